@@ -1,0 +1,323 @@
+//! The FlatBuffers codec: one `Envelope` per WebSocket binary frame.
+//!
+//! Every decode runs the FlatBuffers verifier first (bounded depth and table count), so
+//! a hostile buffer is rejected with [`DecodeError::Malformed`] and never read out of
+//! bounds. Encoding reuses one builder per thread (each shard is one thread).
+
+use std::cell::RefCell;
+
+use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
+
+use crate::error::{DecodeError, ErrorCode};
+use crate::frame::{check, Ack, ClientFrame, ConvId, ErrorFrame, History, Message, MsgKind, Page, ServerFrame, SyncPoint, Target};
+use crate::generated::switchboard::v_1 as g;
+
+thread_local! {
+    static BUILDER: RefCell<FlatBufferBuilder<'static>> = RefCell::new(FlatBufferBuilder::with_capacity(1024));
+}
+
+fn verifier_options() -> VerifierOptions {
+    VerifierOptions { max_depth: 16, max_tables: 100_000, max_apparent_size: 1 << 26, ..Default::default() }
+}
+
+fn envelope(payload: &[u8]) -> Result<g::Envelope<'_>, DecodeError> {
+    g::root_as_envelope_with_opts(&verifier_options(), payload).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+fn conv_id(c: &g::ConvId) -> ConvId {
+    ConvId(((c.hi() as u128) << 64) | c.lo() as u128)
+}
+
+fn g_conv(c: ConvId) -> g::ConvId {
+    g::ConvId::new((c.0 >> 64) as u64, c.0 as u64)
+}
+
+fn kind(k: g::MsgKind) -> Result<MsgKind, DecodeError> {
+    match k {
+        g::MsgKind::Text => Ok(MsgKind::Text),
+        g::MsgKind::Data => Ok(MsgKind::Data),
+        _ => Err(DecodeError::BadValue { field: "kind", reason: "unknown kind" }),
+    }
+}
+
+fn g_kind(k: MsgKind) -> g::MsgKind {
+    match k {
+        MsgKind::Text => g::MsgKind::Text,
+        MsgKind::Data => g::MsgKind::Data,
+    }
+}
+
+fn frame_name(t: g::Frame) -> String {
+    t.variant_name().map(str::to_owned).unwrap_or_else(|| format!("#{}", t.0))
+}
+
+/// Decodes one client frame from a binary frame's payload.
+pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
+    let env = envelope(payload)?;
+    let t = env.frame_type();
+    Ok(match t {
+        g::Frame::Hello => {
+            let h = env.frame_as_hello().ok_or(DecodeError::MissingField("frame"))?;
+            let mut sync = Vec::new();
+            for p in h.sync().iter().flatten() {
+                let c = p.conv().ok_or(DecodeError::MissingField("sync.conv"))?;
+                sync.push(SyncPoint { conv: conv_id(c), seq: p.seq() });
+            }
+            ClientFrame::Hello { sync }
+        }
+        g::Frame::Send => {
+            let s = env.frame_as_send().ok_or(DecodeError::MissingField("frame"))?;
+            ClientFrame::Send(check::send(
+                s.client_msg_id().map(str::to_owned),
+                s.to().map(str::to_owned),
+                s.conv().map(conv_id),
+                s.body().map(|b| b.bytes().to_vec()),
+                kind(s.kind())?,
+            )?)
+        }
+        g::Frame::History => {
+            let h = env.frame_as_history().ok_or(DecodeError::MissingField("frame"))?;
+            let req_id = h.req_id().map(str::to_owned);
+            if let Some(r) = &req_id {
+                check::client_id("req_id", r)?;
+            }
+            ClientFrame::History(History {
+                req_id,
+                conv: conv_id(h.conv().ok_or(DecodeError::MissingField("conv"))?),
+                before_seq: h.before_seq(),
+                limit: h.limit(),
+            })
+        }
+        g::Frame::NONE => return Err(DecodeError::MissingField("frame")),
+        other => return Err(DecodeError::UnknownOp(frame_name(other))),
+    })
+}
+
+fn g_message<'a>(b: &mut FlatBufferBuilder<'a>, m: &Message) -> WIPOffset<g::Msg<'a>> {
+    let from = b.create_string(&m.from);
+    let from_device = b.create_string(&m.from_device);
+    let body = b.create_vector(&m.body);
+    let cmid = b.create_string(&m.client_msg_id);
+    let conv = g_conv(m.conv);
+    g::Msg::create(
+        b,
+        &g::MsgArgs {
+            conv: Some(&conv),
+            seq: m.seq,
+            message_id: m.message_id,
+            from: Some(from),
+            from_device: Some(from_device),
+            ts: m.ts,
+            kind: g_kind(m.kind),
+            body: Some(body),
+            client_msg_id: Some(cmid),
+        },
+    )
+}
+
+fn g_messages<'a>(
+    b: &mut FlatBufferBuilder<'a>,
+    ms: &[Message],
+) -> WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<g::Msg<'a>>>> {
+    let offs: Vec<_> = ms.iter().map(|m| g_message(b, m)).collect();
+    b.create_vector(&offs)
+}
+
+/// Appends the FlatBuffers encoding of a server frame to `out`.
+pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
+    BUILDER.with(|cell| {
+        let mut b = cell.borrow_mut();
+        b.reset();
+        let (t, off) = match frame {
+            ServerFrame::Ready { user, device, shard, max_frame, encoding } => {
+                let user = b.create_string(user);
+                let device = b.create_string(device);
+                let encoding = b.create_string(encoding);
+                let o = g::Ready::create(
+                    &mut b,
+                    &g::ReadyArgs {
+                        user: Some(user),
+                        device: Some(device),
+                        shard: *shard,
+                        max_frame: *max_frame,
+                        encoding: Some(encoding),
+                    },
+                );
+                (g::Frame::Ready, o.as_union_value())
+            }
+            ServerFrame::Ack(a) => {
+                let cmid = b.create_string(&a.client_msg_id);
+                let conv = g_conv(a.conv);
+                let o = g::Ack::create(
+                    &mut b,
+                    &g::AckArgs {
+                        client_msg_id: Some(cmid),
+                        conv: Some(&conv),
+                        seq: a.seq,
+                        message_id: a.message_id,
+                        ts: a.ts,
+                        duplicate: a.duplicate,
+                    },
+                );
+                (g::Frame::Ack, o.as_union_value())
+            }
+            ServerFrame::Msg(m) => (g::Frame::Msg, g_message(&mut b, m).as_union_value()),
+            ServerFrame::HistoryPage(p) => {
+                let req_id = p.req_id.as_deref().map(|r| b.create_string(r));
+                let messages = g_messages(&mut b, &p.messages);
+                let conv = g_conv(p.conv);
+                let o = g::HistoryPage::create(
+                    &mut b,
+                    &g::HistoryPageArgs { req_id, conv: Some(&conv), messages: Some(messages), has_more: p.has_more },
+                );
+                (g::Frame::HistoryPage, o.as_union_value())
+            }
+            ServerFrame::SyncPage(p) => {
+                let messages = g_messages(&mut b, &p.messages);
+                let conv = g_conv(p.conv);
+                let o = g::SyncPage::create(
+                    &mut b,
+                    &g::SyncPageArgs { conv: Some(&conv), messages: Some(messages), has_more: p.has_more },
+                );
+                (g::Frame::SyncPage, o.as_union_value())
+            }
+            ServerFrame::Synced { convs } => {
+                let o = g::Synced::create(&mut b, &g::SyncedArgs { convs: *convs });
+                (g::Frame::Synced, o.as_union_value())
+            }
+            ServerFrame::Error(e) => {
+                let name = b.create_string(e.code.name());
+                let message = b.create_string(&e.message);
+                let ref_id = e.ref_id.as_deref().map(|r| b.create_string(r));
+                let o = g::ErrorFrame::create(
+                    &mut b,
+                    &g::ErrorFrameArgs { code: e.code.number(), name: Some(name), message: Some(message), ref_id },
+                );
+                (g::Frame::ErrorFrame, o.as_union_value())
+            }
+        };
+        let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
+        b.finish(env, None);
+        out.extend_from_slice(b.finished_data());
+    })
+}
+
+/// Encodes a client frame (for client libraries, tests and the load generator).
+pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::with_capacity(256);
+    let (t, off) = match frame {
+        ClientFrame::Hello { sync } => {
+            let points: Vec<_> = sync
+                .iter()
+                .map(|p| {
+                    let c = g_conv(p.conv);
+                    g::SyncPoint::create(&mut b, &g::SyncPointArgs { conv: Some(&c), seq: p.seq })
+                })
+                .collect();
+            let sync = b.create_vector(&points);
+            (g::Frame::Hello, g::Hello::create(&mut b, &g::HelloArgs { sync: Some(sync) }).as_union_value())
+        }
+        ClientFrame::Send(s) => {
+            let cmid = b.create_string(&s.client_msg_id);
+            let body = b.create_vector(&s.body);
+            let (to, conv) = match &s.target {
+                Target::User(u) => (Some(b.create_string(u)), None),
+                Target::Conv(c) => (None, Some(g_conv(*c))),
+            };
+            let o = g::Send::create(
+                &mut b,
+                &g::SendArgs { client_msg_id: Some(cmid), to, conv: conv.as_ref(), body: Some(body), kind: g_kind(s.kind) },
+            );
+            (g::Frame::Send, o.as_union_value())
+        }
+        ClientFrame::History(h) => {
+            let req_id = h.req_id.as_deref().map(|r| b.create_string(r));
+            let conv = g_conv(h.conv);
+            let o = g::History::create(
+                &mut b,
+                &g::HistoryArgs { req_id, conv: Some(&conv), before_seq: h.before_seq, limit: h.limit },
+            );
+            (g::Frame::History, o.as_union_value())
+        }
+    };
+    let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
+    b.finish(env, None);
+    b.finished_data().to_vec()
+}
+
+fn message(m: g::Msg<'_>) -> Result<Message, DecodeError> {
+    Ok(Message {
+        conv: conv_id(m.conv().ok_or(DecodeError::MissingField("conv"))?),
+        seq: m.seq(),
+        message_id: m.message_id(),
+        from: m.from().unwrap_or_default().to_owned(),
+        from_device: m.from_device().unwrap_or_default().to_owned(),
+        ts: m.ts(),
+        kind: kind(m.kind())?,
+        body: m.body().map(|b| b.bytes().to_vec()).unwrap_or_default(),
+        client_msg_id: m.client_msg_id().unwrap_or_default().to_owned(),
+    })
+}
+
+fn page(
+    req_id: Option<&str>,
+    conv: Option<&g::ConvId>,
+    ms: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<g::Msg<'_>>>>,
+    has_more: bool,
+) -> Result<Page, DecodeError> {
+    Ok(Page {
+        req_id: req_id.map(str::to_owned),
+        conv: conv_id(conv.ok_or(DecodeError::MissingField("conv"))?),
+        messages: ms.iter().flatten().map(message).collect::<Result<_, _>>()?,
+        has_more,
+    })
+}
+
+/// Decodes a server frame (for client libraries, tests and the load generator).
+pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
+    let env = envelope(payload)?;
+    let missing = DecodeError::MissingField("frame");
+    Ok(match env.frame_type() {
+        g::Frame::Ready => {
+            let r = env.frame_as_ready().ok_or(missing)?;
+            ServerFrame::Ready {
+                user: r.user().unwrap_or_default().to_owned(),
+                device: r.device().unwrap_or_default().to_owned(),
+                shard: r.shard(),
+                max_frame: r.max_frame(),
+                encoding: r.encoding().unwrap_or_default().to_owned(),
+            }
+        }
+        g::Frame::Ack => {
+            let a = env.frame_as_ack().ok_or(missing)?;
+            ServerFrame::Ack(Ack {
+                client_msg_id: a.client_msg_id().unwrap_or_default().to_owned(),
+                conv: conv_id(a.conv().ok_or(DecodeError::MissingField("conv"))?),
+                seq: a.seq(),
+                message_id: a.message_id(),
+                ts: a.ts(),
+                duplicate: a.duplicate(),
+            })
+        }
+        g::Frame::Msg => ServerFrame::Msg(message(env.frame_as_msg().ok_or(missing)?)?),
+        g::Frame::HistoryPage => {
+            let p = env.frame_as_history_page().ok_or(missing)?;
+            ServerFrame::HistoryPage(page(p.req_id(), p.conv(), p.messages(), p.has_more())?)
+        }
+        g::Frame::SyncPage => {
+            let p = env.frame_as_sync_page().ok_or(missing)?;
+            ServerFrame::SyncPage(page(None, p.conv(), p.messages(), p.has_more())?)
+        }
+        g::Frame::Synced => ServerFrame::Synced { convs: env.frame_as_synced().ok_or(missing)?.convs() },
+        g::Frame::ErrorFrame => {
+            let e = env.frame_as_error_frame().ok_or(missing)?;
+            ServerFrame::Error(ErrorFrame {
+                code: ErrorCode::from_number(e.code())
+                    .ok_or(DecodeError::BadValue { field: "code", reason: "unknown code" })?,
+                message: e.message().unwrap_or_default().to_owned(),
+                ref_id: e.ref_id().map(str::to_owned),
+            })
+        }
+        other => return Err(DecodeError::UnknownOp(frame_name(other))),
+    })
+}

@@ -1,0 +1,330 @@
+//! The JSON codec: one JSON object per WebSocket text frame, `op` names the frame.
+//!
+//! Bodies are strings: the text itself for `kind: "text"`, standard base64 for
+//! `kind: "data"`. Conversation ids are 32 hex digits and `message_id` is a decimal
+//! string (JavaScript numbers cannot hold 64 bits). See docs/PROTOCOL.md.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::error::DecodeError;
+use crate::frame::{check, ClientFrame, ConvId, History, Message, MsgKind, Page, ServerFrame, SyncPoint};
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum JsonClient {
+    Hello {
+        #[serde(default)]
+        sync: Vec<JsonSyncPoint>,
+    },
+    Send {
+        client_msg_id: Option<String>,
+        to: Option<String>,
+        conv: Option<String>,
+        body: Option<String>,
+        kind: Option<String>,
+    },
+    History {
+        req_id: Option<String>,
+        conv: Option<String>,
+        before_seq: Option<u64>,
+        limit: Option<u32>,
+    },
+}
+
+#[derive(Deserialize)]
+struct JsonSyncPoint {
+    conv: Option<String>,
+    seq: Option<u64>,
+}
+
+fn conv(field: &'static str, s: &str) -> Result<ConvId, DecodeError> {
+    ConvId::parse_hex(s).ok_or(DecodeError::BadValue { field, reason: "a conversation id is 32 hex digits" })
+}
+
+fn kind(s: Option<&str>) -> Result<MsgKind, DecodeError> {
+    match s {
+        None | Some("text") => Ok(MsgKind::Text),
+        Some("data") => Ok(MsgKind::Data),
+        Some(_) => Err(DecodeError::BadValue { field: "kind", reason: "kind is \"text\" or \"data\"" }),
+    }
+}
+
+fn map_serde_error(e: serde_json::Error) -> DecodeError {
+    let text = e.to_string();
+    if let Some(rest) = text.strip_prefix("unknown variant `") {
+        let op = rest.split('`').next().unwrap_or_default();
+        return DecodeError::UnknownOp(op.to_owned());
+    }
+    if text.starts_with("missing field `op`") {
+        return DecodeError::MissingField("op");
+    }
+    DecodeError::Malformed(text)
+}
+
+/// Decodes one client frame from a text frame's payload.
+pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(DecodeError::Malformed("a frame is one JSON object".into()));
+    }
+    let frame: JsonClient = serde_json::from_slice(payload).map_err(map_serde_error)?;
+    Ok(match frame {
+        JsonClient::Hello { sync } => {
+            let mut points = Vec::with_capacity(sync.len());
+            for p in sync {
+                let c = p.conv.ok_or(DecodeError::MissingField("sync.conv"))?;
+                points.push(SyncPoint { conv: conv("sync.conv", &c)?, seq: p.seq.unwrap_or(0) });
+            }
+            ClientFrame::Hello { sync: points }
+        }
+        JsonClient::Send { client_msg_id, to, conv: c, body, kind: k } => {
+            let kind = kind(k.as_deref())?;
+            let c = c.map(|c| conv("conv", &c)).transpose()?;
+            let body = match (body, kind) {
+                (None, _) => None,
+                (Some(text), MsgKind::Text) => Some(text.into_bytes()),
+                (Some(b64), MsgKind::Data) => Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64.as_bytes())
+                        .map_err(|_| DecodeError::BadValue { field: "body", reason: "a data body is standard base64" })?,
+                ),
+            };
+            ClientFrame::Send(check::send(client_msg_id, to, c, body, kind)?)
+        }
+        JsonClient::History { req_id, conv: c, before_seq, limit } => {
+            if let Some(r) = &req_id {
+                check::client_id("req_id", r)?;
+            }
+            let c = c.ok_or(DecodeError::MissingField("conv"))?;
+            ClientFrame::History(History { req_id, conv: conv("conv", &c)?, before_seq, limit })
+        }
+    })
+}
+
+// ---- encoding server frames ----
+
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum JsonServer<'a> {
+    Ready { user: &'a str, device: &'a str, shard: u16, max_frame: u32, encoding: &'a str },
+    Ack {
+        client_msg_id: &'a str,
+        conv: String,
+        seq: u64,
+        message_id: String,
+        ts: u64,
+        duplicate: bool,
+    },
+    Msg(JsonMessage<'a>),
+    HistoryPage(JsonPage<'a>),
+    SyncPage(JsonPage<'a>),
+    Synced { convs: u32 },
+    Error {
+        code: &'static str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ref_id: Option<&'a str>,
+    },
+}
+
+#[derive(Serialize)]
+struct JsonMessage<'a> {
+    conv: String,
+    seq: u64,
+    message_id: String,
+    from: &'a str,
+    from_device: &'a str,
+    ts: u64,
+    kind: &'static str,
+    body: JsonBody<'a>,
+    client_msg_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonBody<'a> {
+    Text(&'a str),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct JsonPage<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    req_id: Option<&'a str>,
+    conv: String,
+    messages: Vec<JsonMessage<'a>>,
+    has_more: bool,
+}
+
+fn message(m: &Message) -> JsonMessage<'_> {
+    let (kind, body) = match (m.kind, std::str::from_utf8(&m.body)) {
+        (MsgKind::Text, Ok(text)) => ("text", JsonBody::Text(text)),
+        // A stored text body is always UTF-8 (checked on send); base64 keeps the codec total.
+        (MsgKind::Text, Err(_)) | (MsgKind::Data, _) => {
+            let kind = if m.kind == MsgKind::Text { "text" } else { "data" };
+            (kind, JsonBody::Base64(base64::engine::general_purpose::STANDARD.encode(&m.body)))
+        }
+    };
+    JsonMessage {
+        conv: m.conv.to_string(),
+        seq: m.seq,
+        message_id: m.message_id.to_string(),
+        from: &m.from,
+        from_device: &m.from_device,
+        ts: m.ts,
+        kind,
+        body,
+        client_msg_id: &m.client_msg_id,
+    }
+}
+
+fn page(p: &Page) -> JsonPage<'_> {
+    JsonPage {
+        req_id: p.req_id.as_deref(),
+        conv: p.conv.to_string(),
+        messages: p.messages.iter().map(message).collect(),
+        has_more: p.has_more,
+    }
+}
+
+/// Appends the JSON encoding of a server frame to `out`.
+pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
+    let j = match frame {
+        ServerFrame::Ready { user, device, shard, max_frame, encoding } => {
+            JsonServer::Ready { user, device, shard: *shard, max_frame: *max_frame, encoding }
+        }
+        ServerFrame::Ack(a) => JsonServer::Ack {
+            client_msg_id: &a.client_msg_id,
+            conv: a.conv.to_string(),
+            seq: a.seq,
+            message_id: a.message_id.to_string(),
+            ts: a.ts,
+            duplicate: a.duplicate,
+        },
+        ServerFrame::Msg(m) => JsonServer::Msg(message(m)),
+        ServerFrame::HistoryPage(p) => JsonServer::HistoryPage(page(p)),
+        ServerFrame::SyncPage(p) => JsonServer::SyncPage(page(p)),
+        ServerFrame::Synced { convs } => JsonServer::Synced { convs: *convs },
+        ServerFrame::Error(e) => {
+            JsonServer::Error { code: e.code.name(), message: &e.message, ref_id: e.ref_id.as_deref() }
+        }
+    };
+    // Serializing plain structs of strings and integers into a Vec cannot fail.
+    serde_json::to_writer(out, &j).expect("JSON encoding of a server frame is infallible");
+}
+
+/// Encodes a client frame (for client libraries, tests and the load generator).
+pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
+    let v = match frame {
+        ClientFrame::Hello { sync } => serde_json::json!({
+            "op": "hello",
+            "sync": sync.iter().map(|p| serde_json::json!({"conv": p.conv.to_string(), "seq": p.seq})).collect::<Vec<_>>(),
+        }),
+        ClientFrame::Send(s) => {
+            let mut v = serde_json::json!({
+                "op": "send",
+                "client_msg_id": s.client_msg_id,
+                "kind": if s.kind == MsgKind::Text { "text" } else { "data" },
+                "body": match s.kind {
+                    MsgKind::Text => String::from_utf8_lossy(&s.body).into_owned(),
+                    MsgKind::Data => base64::engine::general_purpose::STANDARD.encode(&s.body),
+                },
+            });
+            match &s.target {
+                crate::frame::Target::User(u) => v["to"] = u.as_str().into(),
+                crate::frame::Target::Conv(c) => v["conv"] = c.to_string().into(),
+            }
+            v
+        }
+        ClientFrame::History(h) => {
+            let mut v = serde_json::json!({"op": "history", "conv": h.conv.to_string()});
+            if let Some(r) = &h.req_id {
+                v["req_id"] = r.as_str().into();
+            }
+            if let Some(b) = h.before_seq {
+                v["before_seq"] = b.into();
+            }
+            if let Some(l) = h.limit {
+                v["limit"] = l.into();
+            }
+            v
+        }
+    };
+    serde_json::to_vec(&v).expect("JSON encoding of a client frame is infallible")
+}
+
+/// Decodes a server frame (for client libraries, tests and the load generator).
+pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
+    let v: serde_json::Value = serde_json::from_slice(payload).map_err(map_serde_error)?;
+    let s = |k: &'static str| v.get(k).and_then(|x| x.as_str()).ok_or(DecodeError::MissingField(k));
+    let u = |k: &'static str| v.get(k).and_then(|x| x.as_u64()).ok_or(DecodeError::MissingField(k));
+    let b = |k: &'static str| v.get(k).and_then(|x| x.as_bool()).ok_or(DecodeError::MissingField(k));
+    let mid = |x: &str| x.parse::<u64>().map_err(|_| DecodeError::BadValue { field: "message_id", reason: "decimal" });
+    fn msg(v: &serde_json::Value) -> Result<Message, DecodeError> {
+        let s = |k: &'static str| v.get(k).and_then(|x| x.as_str()).ok_or(DecodeError::MissingField(k));
+        let u = |k: &'static str| v.get(k).and_then(|x| x.as_u64()).ok_or(DecodeError::MissingField(k));
+        let kind = kind(Some(s("kind")?))?;
+        let body = match kind {
+            MsgKind::Text => s("body")?.as_bytes().to_vec(),
+            MsgKind::Data => base64::engine::general_purpose::STANDARD
+                .decode(s("body")?)
+                .map_err(|_| DecodeError::BadValue { field: "body", reason: "base64" })?,
+        };
+        Ok(Message {
+            conv: conv("conv", s("conv")?)?,
+            seq: u("seq")?,
+            message_id: s("message_id")?
+                .parse()
+                .map_err(|_| DecodeError::BadValue { field: "message_id", reason: "decimal" })?,
+            from: s("from")?.to_owned(),
+            from_device: s("from_device")?.to_owned(),
+            ts: u("ts")?,
+            kind,
+            body,
+            client_msg_id: s("client_msg_id")?.to_owned(),
+        })
+    }
+    let page = |v: &serde_json::Value| -> Result<Page, DecodeError> {
+        let messages = v
+            .get("messages")
+            .and_then(|m| m.as_array())
+            .ok_or(DecodeError::MissingField("messages"))?
+            .iter()
+            .map(msg)
+            .collect::<Result<_, _>>()?;
+        Ok(Page {
+            req_id: v.get("req_id").and_then(|r| r.as_str()).map(str::to_owned),
+            conv: conv("conv", v.get("conv").and_then(|x| x.as_str()).ok_or(DecodeError::MissingField("conv"))?)?,
+            messages,
+            has_more: v.get("has_more").and_then(|x| x.as_bool()).unwrap_or(false),
+        })
+    };
+    Ok(match s("op")? {
+        "ready" => ServerFrame::Ready {
+            user: s("user")?.to_owned(),
+            device: s("device")?.to_owned(),
+            shard: u("shard")? as u16,
+            max_frame: u("max_frame")? as u32,
+            encoding: s("encoding")?.to_owned(),
+        },
+        "ack" => ServerFrame::Ack(crate::frame::Ack {
+            client_msg_id: s("client_msg_id")?.to_owned(),
+            conv: conv("conv", s("conv")?)?,
+            seq: u("seq")?,
+            message_id: mid(s("message_id")?)?,
+            ts: u("ts")?,
+            duplicate: b("duplicate")?,
+        }),
+        "msg" => ServerFrame::Msg(msg(&v)?),
+        "history_page" => ServerFrame::HistoryPage(page(&v)?),
+        "sync_page" => ServerFrame::SyncPage(page(&v)?),
+        "synced" => ServerFrame::Synced { convs: u("convs")? as u32 },
+        "error" => ServerFrame::Error(crate::frame::ErrorFrame {
+            code: crate::error::ErrorCode::from_name(s("code")?)
+                .ok_or(DecodeError::BadValue { field: "code", reason: "unknown code" })?,
+            message: s("message")?.to_owned(),
+            ref_id: v.get("ref_id").and_then(|r| r.as_str()).map(str::to_owned),
+        }),
+        other => return Err(DecodeError::UnknownOp(other.to_owned())),
+    })
+}

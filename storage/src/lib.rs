@@ -1,1 +1,69 @@
-//! placeholder
+//! What the shards store, behind one interface, and the embedded backend.
+//!
+//! Each shard owns one storage partition holding the durable data of its slice of
+//! conversations and users. The interface ([`Store`]) is synchronous on purpose: a shard
+//! never calls it on its reactor; it hands a whole batch to its executor's blocking pool
+//! (`spawn_blocking`) and awaits the result, so one durable sync covers every write of
+//! the batch (group commit) and the reactor keeps serving sockets meanwhile.
+//!
+//! # Layout
+//! - [`model`]: the records ([`model::StoredMessage`], [`model::ConvMeta`]) and writes.
+//! - [`embedded`]: the default backend, one fjall database per shard partition.
+//! - [`layout`]: the data directory: partition paths and the recorded shard count.
+//! - [`conformance`]: the behaviour every backend must show, run against each one.
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+pub mod embedded;
+pub mod layout;
+pub mod model;
+
+use wire::frame::ConvId;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine or the disk failed; the same call may succeed later. Nothing in the
+    /// failed batch is acknowledged.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored bytes could not be decoded: a bug or corruption; retrying will not help.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The data directory does not fit this configuration (e.g. another shard count).
+    #[error("{0}")]
+    Layout(String),
+}
+
+impl StoreError {
+    /// True when retrying the same call may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// A page read from a conversation: messages in ascending `seq`, and whether older
+/// messages exist in the requested range before the first one returned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Slice {
+    /// `(seq, message)`, ascending.
+    pub messages: Vec<(u64, model::StoredMessage)>,
+    /// True when the range holds more (older) messages than were returned.
+    pub has_more: bool,
+}
+
+/// One shard's storage partition. Calls block; run them off the reactor.
+pub trait Store: Send + Sync + 'static {
+    /// Applies every write atomically and durably: when this returns `Ok`, all of them
+    /// survive a crash (fsync'd); on `Err`, none may be assumed stored.
+    fn commit(&self, writes: &[model::Write]) -> Result<(), StoreError>;
+
+    /// The conversation's metadata, if it exists.
+    fn conv_meta(&self, conv: ConvId) -> Result<Option<model::ConvMeta>, StoreError>;
+
+    /// The newest `limit` messages with `after < seq < before`, ascending.
+    fn newest(&self, conv: ConvId, after: u64, before: u64, limit: usize) -> Result<Slice, StoreError>;
+
+    /// The conversations (homed on this partition) that `user` is a member of.
+    fn user_convs(&self, user: &str) -> Result<Vec<ConvId>, StoreError>;
+}

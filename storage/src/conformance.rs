@@ -1,0 +1,65 @@
+//! The behaviour every [`Store`] backend must show. Each backend's tests call [`run`]
+//! with a constructor that opens a store at a directory (reopening the same directory
+//! must see what was committed before).
+
+use std::path::Path;
+
+use wire::frame::ConvId;
+
+use crate::model::{ConvKind, ConvMeta, StoredMessage, Write};
+use crate::Store;
+
+fn msg(i: u64) -> StoredMessage {
+    StoredMessage {
+        message_id: 1000 + i,
+        from: "alice".into(),
+        from_device: "d".into(),
+        client_msg_id: format!("c{i}"),
+        ts: i,
+        kind: 0,
+        body: format!("m{i}").into_bytes(),
+    }
+}
+
+/// Runs every conformance check against stores made by `open`.
+pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = ConvId(5);
+    let b = ConvId(6);
+    {
+        let s = open(dir.path());
+        assert_eq!(s.conv_meta(a).unwrap(), None);
+        let meta = ConvMeta { kind: ConvKind::Direct, members: vec!["alice".into(), "bob".into()], created: 1 };
+        let mut writes = vec![Write::Conv { conv: a, meta: meta.clone() }];
+        writes.extend((1..=10).map(|i| Write::Message { conv: a, seq: i, msg: msg(i) }));
+        writes.push(Write::Message { conv: b, seq: 1, msg: msg(99) });
+        s.commit(&writes).unwrap();
+        assert_eq!(s.conv_meta(a).unwrap(), Some(meta));
+    }
+    // Reopen: everything committed is there.
+    let s = open(dir.path());
+    assert!(s.conv_meta(a).unwrap().is_some());
+    // Newest 3 of all: 8, 9, 10, more before.
+    let page = s.newest(a, 0, u64::MAX, 3).unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.0).collect::<Vec<_>>(), vec![8, 9, 10]);
+    assert!(page.has_more);
+    assert_eq!(page.messages[0].1, msg(8));
+    // Page backwards before 8.
+    let page = s.newest(a, 0, 8, 5).unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.0).collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
+    assert!(page.has_more);
+    let page = s.newest(a, 0, 3, 5).unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(!page.has_more);
+    // After a seq (sync): exactly the newer ones.
+    let page = s.newest(a, 7, u64::MAX, 50).unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.0).collect::<Vec<_>>(), vec![8, 9, 10]);
+    assert!(!page.has_more);
+    assert!(s.newest(a, 10, u64::MAX, 5).unwrap().messages.is_empty());
+    // Conversations do not bleed into each other.
+    assert_eq!(s.newest(b, 0, u64::MAX, 50).unwrap().messages.len(), 1);
+    // The user index.
+    assert_eq!(s.user_convs("alice").unwrap(), vec![a]);
+    assert_eq!(s.user_convs("bob").unwrap(), vec![a]);
+    assert!(s.user_convs("ali").unwrap().is_empty());
+}

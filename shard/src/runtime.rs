@@ -30,25 +30,27 @@ pub struct ShardCtx<M: Send + 'static> {
     pub mesh: MeshEnds<M>,
 }
 
-/// Starts one executor per shard, runs `shard_main(ctx)` on each and waits for all of
-/// them. `shard_main` is cloned once per shard.
-pub fn run<M, G, F>(cfg: &RuntimeConfig, shard_main: G) -> std::io::Result<()>
+/// Starts one executor per shard, runs `shard_main(ctx, input)` on each (shard k gets
+/// `inputs[k]`) and waits for all of them. `shard_main` is cloned once per shard.
+pub fn run<M, I, G, F>(cfg: &RuntimeConfig, inputs: Vec<I>, shard_main: G) -> std::io::Result<()>
 where
     M: Send + 'static,
-    G: Fn(ShardCtx<M>) -> F + Send + Clone + 'static,
+    I: Send + 'static,
+    G: Fn(ShardCtx<M>, I) -> F + Send + Clone + 'static,
     F: Future<Output = ()> + 'static,
 {
+    assert_eq!(inputs.len(), cfg.shards, "one input per shard");
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let ends = mesh::build::<M>(cfg.shards, cfg.mesh_capacity);
     let mut handles = Vec::with_capacity(cfg.shards);
-    for (k, mesh) in ends.into_iter().enumerate() {
+    for (k, (mesh, input)) in ends.into_iter().zip(inputs).enumerate() {
         let placement = if cfg.pin { Placement::Fixed(k % cpus) } else { Placement::Unbound };
         let shard_main = shard_main.clone();
         let ctx = ShardCtx { id: ShardId(k as u16), shards: cfg.shards, mesh };
         let h = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{k}"))
             .io_memory(cfg.io_memory)
-            .spawn(move || shard_main(ctx))
+            .spawn(move || shard_main(ctx, input))
             .map_err(|e| std::io::Error::other(format!("starting shard {k}: {e}")))?;
         handles.push(h);
     }
@@ -71,7 +73,7 @@ mod tests {
     fn mesh_delivers_everything_in_order() {
         let cfg = RuntimeConfig { shards: 3, pin: false, io_memory: 512 << 10, mesh_capacity: 4 };
         let (done_tx, done_rx) = std::sync::mpsc::channel::<(u16, bool)>();
-        run::<(u16, u32), _, _>(&cfg, move |ctx: ShardCtx<(u16, u32)>| {
+        run::<(u16, u32), _, _, _>(&cfg, vec![(); 3], move |ctx: ShardCtx<(u16, u32)>, ()| {
             let done_tx = done_tx.clone();
             async move {
                 let me = ctx.id;

@@ -1,0 +1,135 @@
+//! The `switchboard` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{parse_duration, Config};
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "A thread-per-core chat gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Mint a development token signed with the configured secret.
+    Token(TokenArgs),
+}
+
+/// Settings shared by every subcommand (flags override env, env overrides the file).
+#[derive(Args)]
+struct Common {
+    /// TOML config file.
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (default ./data).
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HS256 token secret (default: a development secret kept in the data dir).
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Listen address (default 127.0.0.1:9000; port 0 picks a free port).
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Number of shards (default: one per CPU).
+    #[arg(long, env = "SWITCHBOARD_SHARDS")]
+    shards: Option<usize>,
+    /// Largest WebSocket frame/message in bytes (default 65536).
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME")]
+    max_frame: Option<usize>,
+    /// Largest message body in bytes (default 49152).
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY")]
+    max_body: Option<usize>,
+    /// Do not pin shards to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    common: Common,
+    /// User id (the token's `sub`).
+    #[arg(long)]
+    user: String,
+    /// Device id to bind into the token.
+    #[arg(long)]
+    device: Option<String>,
+    /// Lifetime, e.g. 90s, 30m, 24h, 7d.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    ttl: std::time::Duration,
+}
+
+fn load(common: &Common) -> anyhow::Result<Config> {
+    let mut cfg = match &common.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &common.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(s) = &common.jwt_secret {
+        cfg.jwt_secret = Some(s.clone());
+    }
+    Ok(cfg)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = load(&args.common)?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(n) = args.shards {
+        cfg.shards = n;
+    }
+    if let Some(n) = args.max_frame {
+        cfg.max_frame = n;
+    }
+    if let Some(n) = args.max_body {
+        cfg.max_body = n;
+    }
+    if args.no_pin {
+        cfg.pin = false;
+    }
+    crate::server::serve(cfg)
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let cfg = load(&args.common)?;
+    let secret = cfg.resolve_secret()?;
+    println!("{}", crate::auth::mint(&secret, &args.user, args.device.as_deref(), args.ttl)?);
+    Ok(())
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let result = match Cli::parse().cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Token(a) => token(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Configuration: defaults, then a TOML file (`--config`), then environment variables
+//! (`SWITCHBOARD_*`), then flags. Every limit lives here; README lists them all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `serve` needs. Immutable once the shards start (shared read-only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the WebSocket listener (one SO_REUSEPORT socket per shard).
+    pub listen: SocketAddr,
+    /// Number of shards; 0 = one per online CPU.
+    pub shards: usize,
+    /// Pin shard k to CPU k.
+    pub pin: bool,
+    /// Where the embedded store keeps its partitions.
+    pub data_dir: PathBuf,
+    /// HS256 secret for tokens. When unset, a random one is created in `data_dir/jwt-secret`.
+    pub jwt_secret: Option<String>,
+    /// Accepted clock skew when checking `exp`, in seconds.
+    pub jwt_leeway_secs: u64,
+    /// Largest WebSocket frame (and reassembled message) accepted, in bytes. Larger: close 1009.
+    pub max_frame: usize,
+    /// Largest message body, in bytes. Larger: `body_too_large`.
+    pub max_body: usize,
+    /// Largest HTTP upgrade request (request line + headers), in bytes. Larger: HTTP 431.
+    pub max_handshake: usize,
+    /// Most messages in one history page.
+    pub history_max: u32,
+    /// Messages per history page when the request names no limit.
+    pub history_default: u32,
+    /// Newest messages replayed per conversation on `hello` before `has_more`.
+    pub sync_per_conv: u32,
+    /// Recent `(sender, client_msg_id)` pairs remembered per conversation for dedupe.
+    pub dedupe_window: usize,
+    /// This host's id (0..32), part of every message id.
+    pub host_id: u8,
+    /// Memory glommio locks per shard for io_uring buffers, in bytes.
+    pub io_memory: usize,
+    /// Submission queue entries of each shard's socket ring.
+    pub ring_entries: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:9000".parse().expect("literal address"),
+            shards: 0,
+            pin: true,
+            data_dir: PathBuf::from("./data"),
+            jwt_secret: None,
+            jwt_leeway_secs: 30,
+            max_frame: 64 * 1024,
+            max_body: 48 * 1024,
+            max_handshake: 8 * 1024,
+            history_max: 100,
+            history_default: 50,
+            sync_per_conv: 50,
+            dedupe_window: 1024,
+            host_id: 0,
+            io_memory: 1 << 20,
+            ring_entries: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    /// The shard count to run with.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            self.shards
+        }
+    }
+
+    /// The token secret: configured, or the development secret kept in the data dir
+    /// (created on first use, readable only by its owner).
+    pub fn resolve_secret(&self) -> anyhow::Result<Vec<u8>> {
+        if let Some(s) = &self.jwt_secret {
+            if s.len() < 16 {
+                anyhow::bail!("jwt_secret must be at least 16 bytes");
+            }
+            return Ok(s.as_bytes().to_vec());
+        }
+        let path = self.data_dir.join("jwt-secret");
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(s.trim().as_bytes().to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                std::fs::create_dir_all(&self.data_dir)?;
+                let secret: String = (0..48).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
+                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+                f.write_all(secret.as_bytes())?;
+                tracing::warn!(path = %path.display(), "no jwt_secret configured: created a development secret");
+                Ok(secret.into_bytes())
+            }
+            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Parses durations such as `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}: expected e.g. 90s, 30m, 24h, 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("bad duration unit in {s:?}: use s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap().as_secs(), 86400);
+        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_typos() {
+        let c: Config = toml::from_str("max_frame = 1024\nshards = 2").unwrap();
+        assert_eq!((c.max_frame, c.shards, c.history_max), (1024, 2, 100));
+        assert!(toml::from_str::<Config>("max_frames = 1").is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! A connection's entry in its shard's slab, and the tokens that name its operations.
+//!
+//! This struct is the per-connection memory budget: it holds no buffer while idle
+//! (`inbuf`, `frag` and `out` are empty `Vec`s, which own no heap memory) and no strings
+//! but the device id; the user id is one shared `Rc<str>` per user.
+
+use std::os::fd::RawFd;
+use std::rc::Rc;
+
+use shard::ids::ConnId;
+use tungstenite::protocol::frame::coding::Data;
+use wire::Encoding;
+
+/// What stage a connection is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP upgrade request.
+    Handshake,
+    /// WebSocket frames flow.
+    Open,
+    /// A close or refusal is being flushed; input is ignored.
+    Closing,
+}
+
+/// One connection.
+pub struct Conn {
+    /// The socket. Invariant: owned by this entry until `close` or handoff.
+    pub fd: RawFd,
+    /// Generation: tokens and ConnRefs carrying another generation are stale.
+    pub gen: u32,
+    /// Stage.
+    pub phase: Phase,
+    /// Negotiated encoding.
+    pub encoding: Encoding,
+    /// The user (set once authenticated; shared with the shard's user table).
+    pub user: Option<Rc<str>>,
+    /// The device id.
+    pub device: Box<str>,
+    /// Bytes of an incomplete request or frame. Empty (no allocation) when idle.
+    pub inbuf: Vec<u8>,
+    /// A fragmented message being reassembled, and its opcode.
+    pub frag: Vec<u8>,
+    /// Opcode of the message in `frag`.
+    pub frag_op: Option<Data>,
+    /// Bytes waiting to be sent. Empty (no allocation) when idle.
+    pub out: Vec<u8>,
+    /// `out` is queued in the shard's flush list.
+    pub dirty: bool,
+    /// A POLLOUT is armed because the socket buffer was full.
+    pub write_armed: bool,
+    /// A multishot POLLIN is armed (open connections).
+    pub read_armed: bool,
+    /// Close once `out` is flushed.
+    pub close_after_flush: bool,
+    /// A `hello` sync is running: shards still to answer, conversations replayed so far.
+    pub sync: Option<(u16, u32)>,
+}
+
+impl Conn {
+    /// A freshly accepted socket.
+    pub fn accepted(fd: RawFd, gen: u32) -> Conn {
+        Conn {
+            fd,
+            gen,
+            phase: Phase::Handshake,
+            encoding: Encoding::Json,
+            user: None,
+            device: Box::from(""),
+            inbuf: Vec::new(),
+            frag: Vec::new(),
+            frag_op: None,
+            out: Vec::new(),
+            dirty: false,
+            write_armed: false,
+            read_armed: false,
+            close_after_flush: false,
+            sync: None,
+        }
+    }
+}
+
+/// What a ring operation was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// The listener's multishot accept.
+    Accept,
+    /// Readiness to read.
+    Read,
+    /// Readiness to write.
+    Write,
+}
+
+/// Packs an operation on a connection into a ring token: slot (32 bits) | generation
+/// (24 bits) | op (8 bits). Token 0 is reserved for fire-and-forget cancels.
+pub fn token(op: Op, conn: ConnId) -> u64 {
+    let op = match op {
+        Op::Accept => 1,
+        Op::Read => 2,
+        Op::Write => 3,
+    };
+    ((conn.slot as u64) << 32) | (((conn.gen & 0xff_ffff) as u64) << 8) | op
+}
+
+/// Inverse of [`token`]; `None` for token 0 or an unknown op. The generation comes back
+/// truncated to 24 bits (compare with [`same_gen`]).
+pub fn untoken(t: u64) -> Option<(Op, ConnId)> {
+    let op = match t & 0xff {
+        1 => Op::Accept,
+        2 => Op::Read,
+        3 => Op::Write,
+        _ => return None,
+    };
+    Some((op, ConnId { slot: (t >> 32) as u32, gen: ((t >> 8) & 0xff_ffff) as u32 }))
+}
+
+/// Do a full generation and a token's 24-bit generation match?
+pub fn same_gen(full: u32, from_token: u32) -> bool {
+    full & 0xff_ffff == from_token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_idle_conn_is_small() {
+        let c = ConnId { slot: 123_456, gen: 0x0123_4567 };
+        let (op, back) = untoken(token(Op::Write, c)).unwrap();
+        assert_eq!((op, back.slot), (Op::Write, c.slot));
+        assert!(same_gen(c.gen, back.gen));
+        assert_eq!(untoken(0), None);
+        // The slab entry is most of a connection's user-space memory: keep it small.
+        assert!(std::mem::size_of::<Conn>() <= 192, "{}", std::mem::size_of::<Conn>());
+    }
+}

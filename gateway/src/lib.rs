@@ -1,0 +1,34 @@
+//! The Switchboard gateway: what runs on each shard, and the `switchboard` command.
+//!
+//! Each shard accepts on its own SO_REUSEPORT listener, speaks HTTP upgrade and
+//! WebSocket over its own io_uring ring (no per-connection task, future or read buffer),
+//! authenticates, and hands the socket to its user's home shard. Messages go to their
+//! conversation's home shard, are stored with group commit, acked, and fanned out
+//! with one mesh route per destination shard.
+//!
+//! # Layout
+//! - [`cli`]: the `switchboard` subcommands (`serve`, `token`).
+//! - [`config`]: configuration and every limit.
+//! - [`server`]: starts storage, listeners and shards.
+//! - [`service`]: a shard's event loop, connections, upgrade and WebSocket handling.
+//! - [`messaging`]: the message path: conversations, group commit, fan-out, history, sync.
+//! - [`route`]: what shards send each other.
+//! - [`conn`]: a connection's slab entry and ring tokens.
+//! - [`reactor`]: the per-shard io_uring ring and socket syscalls (the only `unsafe`).
+//! - [`upgrade`]: HTTP upgrade parsing and responses.
+//! - [`ws`]: WebSocket framing.
+//! - [`auth`]: JWT verification and minting.
+#![deny(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod messaging;
+#[allow(unsafe_code)]
+pub mod reactor;
+pub mod route;
+pub mod server;
+pub mod service;
+pub mod upgrade;
+pub mod ws;

@@ -1,0 +1,406 @@
+//! The life of a message on a conversation's home shard, and fan-out on every shard.
+//!
+//! 1. A `send` arrives as [`SendReq`] at `home(conv)`. The conversation's state is
+//!    loaded from storage on first use (sends queue meanwhile).
+//! 2. Membership is checked here, at the owner; a DM is created on its first message.
+//! 3. A resend of a remembered `(sender, client_msg_id)` gets the original ack (only
+//!    once that original is durable); a new message gets the next dense `seq` and a
+//!    message id, and joins the shard's group-commit queue.
+//! 4. One commit at a time per shard: the queue becomes one storage batch with one
+//!    durable sync. Only after it returns: ack the sender, then one `Deliver` per
+//!    destination shard carrying the recipients homed there.
+//! 5. If the commit fails, nothing in it is acked; its conversations are dropped from
+//!    memory (reloaded from storage on next use, so seqs stay dense) and every sender
+//!    gets a retryable `internal` error, including those queued behind it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shard::conv::{Accepted, ConvState};
+use shard::ids::{home_of_user, now_ms, ConnId, ConnRef, ShardId};
+use storage::model::{ConvKind, ConvMeta, StoredMessage, Write};
+use storage::{Slice, StoreError};
+use wire::error::ErrorCode;
+use wire::frame::{Ack, ConvId, History, Message, MsgKind, Page, ServerFrame, SyncPoint};
+use wire::Encoding;
+
+use crate::conn::Phase;
+use crate::route::{Route, SendReq};
+use crate::service::{data_opcode, error_frame, Shard};
+use crate::ws;
+
+/// The conversations homed on a shard, and its group-commit queue.
+#[derive(Default)]
+pub struct Conversations {
+    /// Loaded (or loading) conversations.
+    slots: HashMap<ConvId, Slot>,
+    /// Accepted messages waiting for the next commit, in acceptance order.
+    queued: Vec<Pending>,
+    /// A commit is running (at most one at a time, so commits finish in order).
+    in_flight: bool,
+    /// Duplicate acks waiting for their original to become durable.
+    deferred: Vec<(ConnRef, Ack)>,
+}
+
+enum Slot {
+    /// Reading state from storage; sends wait here in arrival order.
+    Loading(Vec<SendReq>),
+    /// In memory.
+    Ready(Box<Conv>),
+}
+
+struct Conv {
+    /// Seq, members and dedupe window.
+    state: ConvState,
+    /// Highest seq known durable. Invariant: `durable_seq <= state.last_seq()`.
+    durable_seq: u64,
+    /// False until the conversation exists (stored, or created by a queued write).
+    exists: bool,
+}
+
+/// An accepted message on its way to storage.
+struct Pending {
+    from: ConnRef,
+    msg: Message,
+    /// Metadata to write first when this message creates the conversation.
+    create: Option<ConvMeta>,
+}
+
+fn stored(m: &Message) -> StoredMessage {
+    StoredMessage {
+        message_id: m.message_id,
+        from: m.from.clone(),
+        from_device: m.from_device.clone(),
+        client_msg_id: m.client_msg_id.clone(),
+        ts: m.ts,
+        kind: m.kind.tag(),
+        body: m.body.clone(),
+    }
+}
+
+fn message(conv: ConvId, seq: u64, s: StoredMessage) -> Message {
+    Message {
+        conv,
+        seq,
+        message_id: s.message_id,
+        from: s.from,
+        from_device: s.from_device,
+        ts: s.ts,
+        kind: MsgKind::from_tag(s.kind).unwrap_or(MsgKind::Data),
+        body: s.body,
+        client_msg_id: s.client_msg_id,
+    }
+}
+
+fn page(conv: ConvId, req_id: Option<String>, slice: Slice) -> Page {
+    Page {
+        req_id,
+        conv,
+        messages: slice.messages.into_iter().map(|(seq, m)| message(conv, seq, m)).collect(),
+        has_more: slice.has_more,
+    }
+}
+
+fn internal(e: &StoreError) -> (ErrorCode, String) {
+    tracing::error!("storage: {e}");
+    (ErrorCode::Internal, "storage is unavailable; retry later (the message was not stored)".into())
+}
+
+impl Shard {
+    fn reply(&mut self, to: ConnRef, frame: ServerFrame) {
+        self.route(to.shard, Route::ToConn { to, frame });
+    }
+
+    fn reply_error(&mut self, to: ConnRef, code: ErrorCode, message: String, ref_id: Option<String>) {
+        self.reply(to, error_frame(code, message, ref_id));
+    }
+
+    // ---- on the conversation's home shard ----
+
+    pub(crate) fn on_send(&mut self, req: SendReq) {
+        match self.convs.slots.get_mut(&req.conv) {
+            Some(Slot::Ready(_)) => self.accept_send(req),
+            Some(Slot::Loading(queue)) => queue.push(req),
+            None => {
+                let conv = req.conv;
+                self.convs.slots.insert(conv, Slot::Loading(vec![req]));
+                let (store, window) = (self.store.clone(), self.cfg.dedupe_window);
+                self.blocking(
+                    move || -> Result<_, StoreError> {
+                        Ok((store.conv_meta(conv)?, store.newest(conv, 0, u64::MAX, window)?))
+                    },
+                    move |s, r| s.on_conv_loaded(conv, r),
+                );
+            }
+        }
+    }
+
+    fn on_conv_loaded(&mut self, conv: ConvId, r: Result<(Option<ConvMeta>, Slice), StoreError>) {
+        let Some(Slot::Loading(queue)) = self.convs.slots.remove(&conv) else { return };
+        match r {
+            Err(e) => {
+                let (code, msg) = internal(&e);
+                for req in queue {
+                    self.reply_error(req.from, code, msg.clone(), Some(req.send.client_msg_id));
+                }
+            }
+            Ok((meta, tail)) => {
+                let last_seq = tail.messages.last().map_or(0, |m| m.0);
+                let exists = meta.is_some();
+                let members = meta.map(|m| m.members.into_iter().map(Box::from).collect()).unwrap_or_default();
+                let mut state = ConvState::new(members, last_seq, self.cfg.dedupe_window);
+                for (seq, m) in &tail.messages {
+                    state.remember(&m.from, &m.client_msg_id, Accepted { seq: *seq, message_id: m.message_id, ts: m.ts });
+                }
+                let c = Conv { state, durable_seq: last_seq, exists };
+                self.convs.slots.insert(conv, Slot::Ready(Box::new(c)));
+                for req in queue {
+                    self.accept_send(req);
+                }
+            }
+        }
+    }
+
+    fn accept_send(&mut self, req: SendReq) {
+        let Some(Slot::Ready(c)) = self.convs.slots.get_mut(&req.conv) else { return };
+        let mut create = None;
+        if !c.exists {
+            // Only a DM can come into being by a send, and only between its two users.
+            let is_dm = req.dm_peer.as_deref().is_some_and(|p| shard::ids::dm_conv(&req.user, p) == req.conv);
+            if let (true, Some(peer)) = (is_dm, &req.dm_peer) {
+                let mut members = vec![req.user.clone(), peer.clone()];
+                members.sort();
+                members.dedup();
+                c.state.members = members.iter().map(|m| Box::from(m.as_str())).collect();
+                c.exists = true;
+                create = Some(ConvMeta { kind: ConvKind::Direct, members, created: now_ms() });
+            }
+        }
+        if !c.exists || !c.state.is_member(&req.user) {
+            let msg = "no such conversation, or you are not a member".to_owned();
+            return self.reply_error(req.from, ErrorCode::NotMember, msg, Some(req.send.client_msg_id));
+        }
+        if let Some(a) = c.state.duplicate(&req.user, &req.send.client_msg_id) {
+            let ack = Ack {
+                client_msg_id: req.send.client_msg_id,
+                conv: req.conv,
+                seq: a.seq,
+                message_id: a.message_id,
+                ts: a.ts,
+                duplicate: true,
+            };
+            if a.seq <= c.durable_seq {
+                self.reply(req.from, ServerFrame::Ack(ack));
+            } else {
+                self.convs.deferred.push((req.from, ack));
+            }
+            return;
+        }
+        let ts = now_ms();
+        let message_id = self.ids.next(ts);
+        let a = c.state.accept(&req.user, &req.send.client_msg_id, message_id, ts);
+        let msg = Message {
+            conv: req.conv,
+            seq: a.seq,
+            message_id,
+            from: req.user,
+            from_device: req.device,
+            ts,
+            kind: req.send.kind,
+            body: req.send.body,
+            client_msg_id: req.send.client_msg_id,
+        };
+        self.convs.queued.push(Pending { from: req.from, msg, create });
+    }
+
+    /// Starts a group commit of everything queued, unless one is running.
+    pub(crate) fn kick_commit(&mut self) {
+        if self.convs.in_flight || self.convs.queued.is_empty() {
+            return;
+        }
+        self.convs.in_flight = true;
+        let batch = std::mem::take(&mut self.convs.queued);
+        let mut writes = Vec::with_capacity(batch.len() + 1);
+        for p in &batch {
+            if let Some(meta) = &p.create {
+                writes.push(Write::Conv { conv: p.msg.conv, meta: meta.clone() });
+            }
+            writes.push(Write::Message { conv: p.msg.conv, seq: p.msg.seq, msg: stored(&p.msg) });
+        }
+        let store = self.store.clone();
+        self.blocking(move || store.commit(&writes), move |s, r| s.on_committed(batch, r));
+    }
+
+    fn on_committed(&mut self, batch: Vec<Pending>, r: Result<(), StoreError>) {
+        self.convs.in_flight = false;
+        if let Err(e) = r {
+            return self.on_commit_failed(batch, &e);
+        }
+        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shards];
+        for p in batch {
+            let Some(Slot::Ready(c)) = self.convs.slots.get_mut(&p.msg.conv) else { continue };
+            c.durable_seq = c.durable_seq.max(p.msg.seq);
+            for user in &c.state.members {
+                by_shard[home_of_user(user, self.shards).index()].push(user.to_string());
+            }
+            let ack = Ack {
+                client_msg_id: p.msg.client_msg_id.clone(),
+                conv: p.msg.conv,
+                seq: p.msg.seq,
+                message_id: p.msg.message_id,
+                ts: p.msg.ts,
+                duplicate: false,
+            };
+            self.reply(p.from, ServerFrame::Ack(ack));
+            for (k, recipients) in by_shard.iter_mut().enumerate() {
+                if !recipients.is_empty() {
+                    let r = Route::Deliver { msg: p.msg.clone(), recipients: std::mem::take(recipients), except: Some(p.from) };
+                    self.route(ShardId(k as u16), r);
+                }
+            }
+        }
+        self.release_deferred();
+    }
+
+    fn release_deferred(&mut self) {
+        if self.convs.deferred.is_empty() {
+            return;
+        }
+        let deferred = std::mem::take(&mut self.convs.deferred);
+        for (to, ack) in deferred {
+            match self.convs.slots.get(&ack.conv) {
+                Some(Slot::Ready(c)) if ack.seq > c.durable_seq => self.convs.deferred.push((to, ack)),
+                Some(Slot::Ready(_)) => self.reply(to, ServerFrame::Ack(ack)),
+                // The conversation was dropped after a failed commit: the original is
+                // not stored; the client retries.
+                _ => {
+                    let msg = "storage failed; retry".to_owned();
+                    self.reply_error(to, ErrorCode::Internal, msg, Some(ack.client_msg_id));
+                }
+            }
+        }
+    }
+
+    fn on_commit_failed(&mut self, batch: Vec<Pending>, e: &StoreError) {
+        let (code, msg) = internal(e);
+        let mut failed: Vec<ConvId> = batch.iter().map(|p| p.msg.conv).collect();
+        failed.sort();
+        failed.dedup();
+        // Messages queued behind the failed ones in the same conversations hold seqs
+        // past the gap: fail them too, and reload those conversations from storage.
+        let queued = std::mem::take(&mut self.convs.queued);
+        let (behind, keep): (Vec<_>, Vec<_>) = queued.into_iter().partition(|p| failed.binary_search(&p.msg.conv).is_ok());
+        self.convs.queued = keep;
+        for conv in &failed {
+            self.convs.slots.remove(conv);
+        }
+        for p in batch.into_iter().chain(behind) {
+            self.reply_error(p.from, code, msg.clone(), Some(p.msg.client_msg_id));
+        }
+        self.release_deferred();
+    }
+
+    /// Writes a stored message to every connected device of `recipients` (homed here),
+    /// encoding it at most once per encoding.
+    pub(crate) fn deliver(&mut self, msg: Message, recipients: &[String], except: Option<ConnRef>) {
+        let frame = ServerFrame::Msg(msg);
+        let mut encoded: [Option<Vec<u8>>; 2] = [None, None];
+        for user in recipients {
+            let Some(list) = self.users.get(user.as_str()) else { continue };
+            for &id in list {
+                if except == Some(ConnRef { shard: self.me, conn: id }) {
+                    continue;
+                }
+                let Some(conn) = self.conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else { continue };
+                if conn.phase != Phase::Open {
+                    continue;
+                }
+                let enc = conn.encoding;
+                let bytes = encoded[enc as usize].get_or_insert_with(|| {
+                    let mut out = Vec::with_capacity(128);
+                    ws::write_frame_with(&mut out, data_opcode(enc), |o| enc.encode_server(&frame, o));
+                    out
+                });
+                conn.out.extend_from_slice(bytes);
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(id);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn on_history(&mut self, from: ConnRef, user: String, req: History) {
+        let limit = req.limit.unwrap_or(self.cfg.history_default).clamp(1, self.cfg.history_max) as usize;
+        let store = self.store.clone();
+        self.blocking(
+            move || -> Result<Result<Page, ()>, StoreError> {
+                let member = store.conv_meta(req.conv)?.is_some_and(|m| m.members.iter().any(|u| *u == user));
+                if !member {
+                    return Ok(Err(()));
+                }
+                let slice = store.newest(req.conv, 0, req.before_seq.unwrap_or(u64::MAX), limit)?;
+                Ok(Ok(page(req.conv, req.req_id, slice)))
+            },
+            move |s, r| match r {
+                Ok(Ok(p)) => s.reply(from, ServerFrame::HistoryPage(p)),
+                Ok(Err(())) => {
+                    let msg = "no such conversation, or you are not a member".to_owned();
+                    s.reply_error(from, ErrorCode::NotMember, msg, None)
+                }
+                Err(e) => {
+                    let (code, msg) = internal(&e);
+                    s.reply_error(from, code, msg, None)
+                }
+            },
+        );
+    }
+
+    /// This shard's part of a `hello` sync: for each of the user's conversations homed
+    /// here, the newest messages after the device's last seen seq.
+    pub(crate) fn on_sync(&mut self, from: ConnRef, user: String, points: Vec<SyncPoint>) {
+        let per_conv = self.cfg.sync_per_conv as usize;
+        let store = self.store.clone();
+        self.blocking(
+            move || -> Result<Vec<Page>, StoreError> {
+                let mut pages = Vec::new();
+                for conv in store.user_convs(&user)? {
+                    let after = points.iter().find(|p| p.conv == conv).map_or(0, |p| p.seq);
+                    let slice = store.newest(conv, after, u64::MAX, per_conv)?;
+                    if !slice.messages.is_empty() {
+                        pages.push(page(conv, None, slice));
+                    }
+                }
+                Ok(pages)
+            },
+            move |s, r| {
+                let sent = match r {
+                    Ok(pages) => {
+                        let n = pages.len() as u32;
+                        for p in pages {
+                            s.reply(from, ServerFrame::SyncPage(p));
+                        }
+                        n
+                    }
+                    Err(e) => {
+                        let (code, msg) = internal(&e);
+                        s.reply_error(from, code, msg, None);
+                        0
+                    }
+                };
+                s.route(from.shard, Route::SyncDone { to: from, convs: sent });
+            },
+        );
+    }
+}
+
+// `Encoding as usize` indexes the per-encoding cache in `deliver`.
+const _: () = assert!(Encoding::Json as usize == 0 && Encoding::FlatBuffers as usize == 1);
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: std::marker::Send>() {}
+    is_send::<Route>();
+    is_send::<Arc<dyn storage::Store>>();
+    let _ = ConnId { slot: 0, gen: 0 };
+}

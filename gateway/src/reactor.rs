@@ -1,0 +1,195 @@
+//! Each shard's own io_uring ring for its sockets.
+//!
+//! Why not glommio's `TcpStream`: a glommio stream plus its io source and read buffer
+//! costs ~2.9 KB per idle connection at best (NOTES.md), and the budget is 1 KB. Here a
+//! socket is registered once with a multishot `POLL_ADD`; when it becomes readable the
+//! shard reads with a non-blocking `recv` into one per-shard scratch buffer. An idle
+//! connection therefore holds no buffer and no future, only its slab entry, and the
+//! kernel keeps the poll registration.
+//!
+//! The ring's completions are signalled on an eventfd that the shard awaits through
+//! glommio (`BufferedFile::read_at` on the eventfd is an io_uring read on glommio's own
+//! ring), so the executor keeps running its other tasks (mesh, storage completions)
+//! while sockets are idle. Writes are non-blocking `send`s; only when a socket's send
+//! buffer is full is a one-shot `POLLOUT` armed.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+
+use glommio::io::BufferedFile;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+/// One completion.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    /// The token given when the operation was submitted.
+    pub token: u64,
+    /// The kernel's result (`-errno` on failure).
+    pub result: i32,
+    /// False when a multishot operation has ended and must be re-armed.
+    pub more: bool,
+}
+
+/// A shard's socket ring.
+pub struct Ring {
+    /// The ring itself. Only poll/accept/cancel operations are submitted: none of them
+    /// points into user memory, so no buffer has to outlive a submission.
+    ring: IoUring,
+    /// The eventfd the kernel signals on every completion, wrapped for glommio.
+    /// Invariant: registered with `ring` for its whole life.
+    wake: Rc<BufferedFile>,
+}
+
+impl Ring {
+    /// A ring with `entries` submission slots.
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        let ring = IoUring::builder().setup_cqsize(entries * 4).build(entries)?;
+        // SAFETY: eventfd(2) has no memory-safety preconditions; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        ring.submitter().register_eventfd(efd)?;
+        // SAFETY: `efd` is a fresh, valid descriptor that nothing else owns; the
+        // BufferedFile takes sole ownership and closes it when dropped.
+        let wake = Rc::new(unsafe { BufferedFile::from_raw_fd(efd) });
+        Ok(Ring { ring, wake })
+    }
+
+    /// The eventfd to await (see [`wait`]).
+    pub fn waker(&self) -> Rc<BufferedFile> {
+        self.wake.clone()
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry built here (PollAdd, PollRemove, AcceptMulti with no
+            // address output) refers to no user memory; the fd is only a number to the
+            // kernel, and a stale fd yields an error completion, not unsafety.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            // Queue full: hand what is queued to the kernel and retry.
+            if let Err(e) = self.ring.submit() {
+                tracing::error!("io_uring submit failed: {e}");
+            }
+        }
+    }
+
+    /// Accepts connections on `listener` until cancelled (multishot); accepted sockets
+    /// are non-blocking and close-on-exec.
+    pub fn accept(&mut self, listener: RawFd, token: u64) {
+        let e = opcode::AcceptMulti::new(types::Fd(listener))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(token);
+        self.push(e);
+    }
+
+    /// Watches `fd` for `events` (POLLIN / POLLOUT); `multi` keeps it armed.
+    pub fn poll(&mut self, fd: RawFd, events: u32, multi: bool, token: u64) {
+        let e = opcode::PollAdd::new(types::Fd(fd), events).multi(multi).build().user_data(token);
+        self.push(e);
+    }
+
+    /// Cancels the poll submitted with `token` (its completions are ignored anyway
+    /// once the token is stale).
+    pub fn cancel_poll(&mut self, token: u64) {
+        let e = opcode::PollRemove::new(token).build().user_data(0);
+        self.push(e);
+    }
+
+    /// Hands queued submissions to the kernel (one syscall per shard turn).
+    pub fn submit(&mut self) {
+        if !self.ring.submission().is_empty() {
+            if let Err(e) = self.ring.submit() {
+                tracing::error!("io_uring submit failed: {e}");
+            }
+        }
+    }
+
+    /// Takes every available completion.
+    pub fn completions(&mut self, out: &mut Vec<Completion>) {
+        for cqe in self.ring.completion() {
+            out.push(Completion { token: cqe.user_data(), result: cqe.result(), more: cqueue::more(cqe.flags()) });
+        }
+    }
+}
+
+/// Waits until the ring has signalled completions. Call with no borrow of the shard held.
+pub async fn wait(wake: &BufferedFile) {
+    // An 8-byte read of an eventfd returns (and resets) its counter once it is non-zero.
+    if let Err(e) = wake.read_at(0, 8).await {
+        tracing::error!(fd = wake.as_raw_fd(), "waiting on the ring's eventfd failed: {e}");
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// Sends as much of `buf` as the socket takes now: `Ok(n)` bytes sent (possibly 0 when
+/// the socket buffer is full), `Err` when the connection is broken.
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live slice for the duration of the call and `len` is its length.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Ok(0),
+        io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(e),
+    }
+}
+
+/// Outcome of one non-blocking receive.
+#[derive(Debug)]
+pub enum Recv {
+    /// `n` bytes were read.
+    Data(usize),
+    /// Nothing more right now.
+    WouldBlock,
+    /// The peer closed or the connection broke.
+    Closed,
+}
+
+/// Reads what the socket has into `buf`.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> Recv {
+    // SAFETY: `buf` is a live, exclusively borrowed slice and `len` is its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n > 0 {
+        return Recv::Data(n as usize);
+    }
+    if n == 0 {
+        return Recv::Closed;
+    }
+    match io::Error::last_os_error().kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Recv::WouldBlock,
+        _ => Recv::Closed,
+    }
+}
+
+/// Turns Nagle off (NOTES.md: p50 7 ms with it on) on a freshly accepted socket.
+pub fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: `one` outlives the call and the length passed is its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Shuts a socket down and closes it. The fd number must not be used afterwards.
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and gives it up here; shutdown first so the peer
+    // sees the FIN even while a cancelled poll still holds a file reference.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+        libc::close(fd);
+    }
+}

@@ -1,0 +1,82 @@
+//! `serve`: checks the data directory, opens one storage partition per shard, binds one
+//! SO_REUSEPORT listener per shard on the same port, starts the shards, and prints the
+//! listening line once every shard accepts.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use socket2::{Domain, Socket, Type};
+
+use crate::config::Config;
+use crate::service::{self, ShardSetup};
+
+/// Listen backlog per shard (glommio's own bind hard-codes 1024).
+const BACKLOG: i32 = 4096;
+
+fn listener(addr: SocketAddr) -> anyhow::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.set_cloexec(true)?;
+    s.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+    s.listen(BACKLOG)?;
+    Ok(s)
+}
+
+/// Binds `n` listeners on one port (the first picks it when `addr` has port 0).
+pub fn listeners(addr: SocketAddr, n: usize) -> anyhow::Result<(SocketAddr, Vec<RawFd>)> {
+    let first = listener(addr)?;
+    let bound = first.local_addr()?.as_socket().context("listener has no inet address")?;
+    let mut fds = vec![first.into_raw_fd()];
+    for _ in 1..n {
+        fds.push(listener(bound)?.into_raw_fd());
+    }
+    Ok((bound, fds))
+}
+
+/// Runs the gateway until the process is stopped.
+pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    let shards = cfg.shard_count();
+    anyhow::ensure!((1..=128).contains(&shards), "shards must be 1..=128 (got {shards})");
+    anyhow::ensure!(cfg.host_id < 32, "host_id must be below 32");
+    anyhow::ensure!(cfg.max_body <= cfg.max_frame, "max_body must not exceed max_frame");
+    storage::layout::check_shard_count(&cfg.data_dir, shards)?;
+    let secret = Arc::new(cfg.resolve_secret()?);
+    let mut stores: Vec<Arc<dyn storage::Store>> = Vec::with_capacity(shards);
+    for k in 0..shards {
+        let dir = storage::layout::partition_dir(&cfg.data_dir, k);
+        let store = storage::embedded::EmbeddedStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        stores.push(Arc::new(store));
+    }
+    let (bound, fds) = listeners(cfg.listen, shards)?;
+    let cfg = Arc::new(cfg);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let rt = shard::runtime::RuntimeConfig { shards, pin: cfg.pin, io_memory: cfg.io_memory, mesh_capacity: 1024 };
+    let data_dir = cfg.data_dir.clone();
+    let setups: Vec<ShardSetup> = fds
+        .into_iter()
+        .zip(stores)
+        .map(|(listener, store)| ShardSetup {
+            cfg: cfg.clone(),
+            listener,
+            store,
+            secret: secret.clone(),
+            ready: ready_tx.clone(),
+        })
+        .collect();
+    drop(ready_tx);
+    let announcer = std::thread::spawn(move || {
+        let started = ready_rx.iter().take(shards).count();
+        if started == shards {
+            println!("switchboard listening on ws://{bound} ({shards} shards, data in {})", data_dir.display());
+            let _ = std::io::stdout().flush();
+        }
+    });
+    shard::runtime::run(&rt, setups, service::run)?;
+    let _ = announcer.join();
+    Ok(())
+}

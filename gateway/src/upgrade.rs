@@ -1,0 +1,217 @@
+//! The HTTP/1.1 upgrade: parse the request (httparse), pick the encoding from
+//! `Sec-WebSocket-Protocol`, find the token, and build the 101 or the refusal.
+//!
+//! Runs on whichever shard accepted the socket, before any per-user state exists; the
+//! request bytes are the only buffer a connection holds during its handshake.
+
+use wire::Encoding;
+
+/// A parsed, valid upgrade request.
+#[derive(Debug)]
+pub struct Request {
+    /// `Sec-WebSocket-Accept` value for the response.
+    pub accept_key: String,
+    /// The token from `Authorization: Bearer` or `?token=`.
+    pub token: Option<String>,
+    /// `?device=`, if given.
+    pub device: Option<String>,
+    /// Negotiated encoding.
+    pub encoding: Encoding,
+    /// Whether the client offered a subprotocol we picked (echo it in the 101).
+    pub echo_protocol: bool,
+}
+
+/// An HTTP refusal: status, and a JSON body with a stable code and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human explanation.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal { status, code, message: message.into() }
+    }
+}
+
+/// Outcome of feeding the bytes received so far.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Need more bytes.
+    Partial,
+    /// A complete request of `len` bytes (bytes after it are WebSocket frames).
+    Done {
+        /// The request.
+        req: Request,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Refuse with this response and close.
+    Refuse(Refusal),
+}
+
+const MAX_HEADERS: usize = 32;
+
+/// Parses the upgrade request in `buf` (at most `max` bytes of request).
+pub fn parse(buf: &[u8], max: usize) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() >= max => {
+            return Parsed::Refuse(Refusal::new(431, "headers_too_large", format!("request headers exceed {max} bytes")))
+        }
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Ok(httparse::Status::Complete(len)) if len > max => {
+            return Parsed::Refuse(Refusal::new(431, "headers_too_large", format!("request headers exceed {max} bytes")))
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Refuse(Refusal::new(431, "headers_too_large", format!("more than {MAX_HEADERS} headers")))
+        }
+        Err(e) => return Parsed::Refuse(Refusal::new(400, "bad_request", format!("malformed HTTP request: {e}"))),
+    };
+    if req.method != Some("GET") {
+        return Parsed::Refuse(Refusal::new(405, "method_not_allowed", "use GET with a WebSocket upgrade"));
+    }
+    let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let has_token = |name: &str, token: &str| {
+        req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).any(|h| {
+            std::str::from_utf8(h.value).is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Parsed::Refuse(Refusal::new(426, "upgrade_required", "this endpoint speaks WebSocket only"));
+    }
+    if header("sec-websocket-version") != Some(b"13") {
+        return Parsed::Refuse(Refusal::new(426, "upgrade_required", "Sec-WebSocket-Version must be 13"));
+    }
+    let Some(key) = header("sec-websocket-key") else {
+        return Parsed::Refuse(Refusal::new(400, "bad_request", "missing Sec-WebSocket-Key"));
+    };
+    // Encoding: the first protocol the client offers that we speak; JSON when none.
+    let mut encoding = Encoding::Json;
+    let mut echo_protocol = false;
+    for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol")) {
+        if echo_protocol {
+            break;
+        }
+        if let Some(e) = std::str::from_utf8(h.value).ok().and_then(|v| v.split(',').find_map(Encoding::from_subprotocol)) {
+            encoding = e;
+            echo_protocol = true;
+        }
+    }
+    let mut token = header("authorization")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_owned());
+    let mut device = None;
+    if let Some(query) = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q) {
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "token" if token.is_none() => token = percent_decode(v),
+                "device" => device = percent_decode(v),
+                _ => {}
+            }
+        }
+    }
+    Parsed::Done {
+        req: Request { accept_key: tungstenite::handshake::derive_accept_key(key), token, device, encoding, echo_protocol },
+        len,
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The `101 Switching Protocols` response.
+pub fn accept(req: &Request, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    out.extend_from_slice(req.accept_key.as_bytes());
+    if req.echo_protocol {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
+        out.extend_from_slice(req.encoding.subprotocol().as_bytes());
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// A refusal response; the connection closes after it.
+pub fn refuse(r: &Refusal, out: &mut Vec<u8>) {
+    let reason = match r.status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let body = serde_json::json!({"code": r.code, "message": r.message}).to_string();
+    let extra = if r.status == 426 { "Upgrade: websocket\r\n" } else { "" };
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {reason}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            r.status,
+            body.len()
+        )
+        .as_bytes(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQ: &str = "GET /ws?token=abc&device=my%20phone HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: chat, switchboard.v1.fb\r\n\r\n";
+
+    #[test]
+    fn parses_a_browser_style_upgrade() {
+        for cut in 0..REQ.len() - 1 {
+            assert!(matches!(parse(&REQ.as_bytes()[..cut], 8192), Parsed::Partial));
+        }
+        let Parsed::Done { req, len } = parse(REQ.as_bytes(), 8192) else { panic!("not parsed") };
+        assert_eq!(len, REQ.len());
+        assert_eq!(req.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!((req.token.as_deref(), req.device.as_deref()), (Some("abc"), Some("my phone")));
+        assert_eq!((req.encoding, req.echo_protocol), (Encoding::FlatBuffers, true));
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_upgrade() {
+        let status = |s: &str| match parse(s.as_bytes(), 8192) {
+            Parsed::Refuse(r) => r.status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
+        assert_eq!(status("POST / HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status("\x00\x01garbage\r\n\r\n"), 400);
+        assert_eq!(status(&REQ.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")), 400);
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
+        assert_eq!(status(&big), 431);
+    }
+}

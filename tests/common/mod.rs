@@ -1,0 +1,225 @@
+//! Shared end-to-end harness: start the real `switchboard` binary on an ephemeral
+//! loopback port, mint tokens with its own `token` command, and talk to it over real
+//! WebSocket connections in either encoding.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message as WsMessage, WebSocket};
+use wire::frame::{ClientFrame, ServerFrame};
+use wire::Encoding;
+
+pub const SECRET: &str = "e2e-secret-0123456789abcdef";
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+/// How long any single expected event may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running server; killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub shards: usize,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server with a fresh data dir.
+    pub fn start(shards: usize) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Server::start_in(tmp.path(), shards, &[]);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server on an existing data dir, with extra `serve` flags.
+    pub fn start_in(dir: &Path, shards: usize, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", &shards.to_string(), "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn switchboard");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut server = Server { child: Some(child), addr: "127.0.0.1:1".parse().unwrap(), dir: dir.to_owned(), shards, _tmp: None };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("switchboard listening on ws://") {
+                        server.addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                        return server;
+                    }
+                }
+                Err(_) => {
+                    let status = server.child.as_mut().unwrap().try_wait();
+                    panic!("server not ready within {DEADLINE:?} (exit: {status:?})");
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A token minted by `switchboard token`.
+    pub fn token(&self, user: &str, device: Option<&str>) -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["token", "--user", user]).env("SWITCHBOARD_JWT_SECRET", SECRET);
+        if let Some(d) = device {
+            cmd.args(["--device", d]);
+        }
+        let out = cmd.output().expect("run switchboard token");
+        assert!(out.status.success(), "token failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    pub fn connect(&self, user: &str, device: &str, enc: Encoding) -> Client {
+        Client::connect(self.addr, &self.token(user, Some(device)), enc)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A WebSocket client speaking the Switchboard protocol.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    pub enc: Encoding,
+    pub user: String,
+    pub device: String,
+}
+
+/// The HTTP status of a refused upgrade, or None if it was accepted.
+pub fn upgrade_status(addr: SocketAddr, token: Option<&str>) -> Option<u16> {
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    if let Some(t) = token {
+        req.headers_mut().insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    match tungstenite::client::client(req, stream) {
+        Ok(_) => None,
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => Some(resp.status().as_u16()),
+        Err(e) => panic!("unexpected handshake error: {e}"),
+    }
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, token: &str, enc: Encoding) -> Client {
+        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        req.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        req.headers_mut().insert("Sec-WebSocket-Protocol", enc.subprotocol().parse().unwrap());
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let (ws, _resp) = tungstenite::client::client(req, stream).expect("upgrade");
+        let mut c = Client { ws, enc, user: String::new(), device: String::new() };
+        match c.recv() {
+            ServerFrame::Ready { user, device, encoding, .. } => {
+                assert_eq!(encoding, enc.subprotocol());
+                c.user = user;
+                c.device = device;
+            }
+            other => panic!("expected ready, got {other:?}"),
+        }
+        c
+    }
+
+    pub fn send(&mut self, f: &ClientFrame) {
+        let msg = match self.enc {
+            Encoding::Json => WsMessage::text(String::from_utf8(wire::json::encode_client(f)).unwrap()),
+            Encoding::FlatBuffers => WsMessage::binary(wire::fb::encode_client(f)),
+        };
+        self.ws.send(msg).expect("send");
+    }
+
+    /// Sends several frames with one flush.
+    pub fn send_many(&mut self, fs: impl IntoIterator<Item = ClientFrame>) {
+        for f in fs {
+            let msg = match self.enc {
+                Encoding::Json => WsMessage::text(String::from_utf8(wire::json::encode_client(&f)).unwrap()),
+                Encoding::FlatBuffers => WsMessage::binary(wire::fb::encode_client(&f)),
+            };
+            self.ws.write(msg).expect("write");
+        }
+        self.ws.flush().expect("flush");
+    }
+
+    /// The next protocol frame (pings are answered by tungstenite). Panics on timeout
+    /// or close.
+    pub fn recv(&mut self) -> ServerFrame {
+        loop {
+            match self.ws.read() {
+                Ok(WsMessage::Text(t)) => return wire::json::decode_server(t.as_bytes()).expect("decode json"),
+                Ok(WsMessage::Binary(b)) => return wire::fb::decode_server(&b).expect("decode fb"),
+                Ok(WsMessage::Close(c)) => panic!("{} closed by server: {c:?}", self.user),
+                Ok(_) => continue,
+                Err(e) => panic!("{}: no frame within {DEADLINE:?}: {e}", self.user),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.ws.read() {
+                Ok(WsMessage::Close(Some(c))) => return c.code.into(),
+                Ok(WsMessage::Close(None)) => return 1005,
+                Ok(_) => continue,
+                Err(e) => panic!("expected a close frame, got {e}"),
+            }
+        }
+    }
+}
+
+/// A text `send` to a user.
+pub fn send_to(user: &str, cmid: &str, body: &str) -> ClientFrame {
+    ClientFrame::Send(wire::frame::Send {
+        client_msg_id: cmid.into(),
+        target: wire::frame::Target::User(user.into()),
+        body: body.as_bytes().to_vec(),
+        kind: wire::frame::MsgKind::Text,
+    })
+}
+
+/// The RSS of a process, in bytes, from /proc.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kb * 1024
+}

@@ -35,7 +35,10 @@ fn two_users_chat_in_each_encoding_and_across_encodings() {
         let ack = expect_ack(&mut a, "a1");
         assert_eq!((ack.seq, ack.duplicate), (1, false));
         let m = expect_msg(&mut b);
-        assert_eq!((m.from.as_str(), m.from_device.as_str(), m.body.as_slice()), (ua.as_str(), "phone", "hello bob ✓".as_bytes()));
+        assert_eq!(
+            (m.from.as_str(), m.from_device.as_str(), m.body.as_slice()),
+            (ua.as_str(), "phone", "hello bob ✓".as_bytes())
+        );
         assert_eq!((m.conv, m.seq, m.message_id), (ack.conv, 1, ack.message_id));
         b.send(&send_to(&ua, "b1", "hi alice"));
         let ack2 = expect_ack(&mut b, "b1");
@@ -110,12 +113,20 @@ fn resending_a_client_msg_id_stores_once_and_returns_the_same_ack() {
     a.send(&send_to("hank", "same", "once"));
     let again = expect_ack(&mut a, "same");
     assert!(again.duplicate);
-    assert_eq!((again.seq, again.message_id, again.ts, again.conv), (first.seq, first.message_id, first.ts, first.conv));
+    assert_eq!(
+        (again.seq, again.message_id, again.ts, again.conv),
+        (first.seq, first.message_id, first.ts, first.conv)
+    );
     a.send(&send_to("hank", "other", "twice?"));
     assert_eq!(expect_ack(&mut a, "other").seq, first.seq + 1, "no seq was used by the duplicate");
     assert_eq!(expect_msg(&mut b).client_msg_id, "same");
     assert_eq!(expect_msg(&mut b).client_msg_id, "other", "the duplicate was not delivered again");
-    a.send(&ClientFrame::History(wire::frame::History { req_id: Some("h".into()), conv: first.conv, before_seq: None, limit: None }));
+    a.send(&ClientFrame::History(wire::frame::History {
+        req_id: Some("h".into()),
+        conv: first.conv,
+        before_seq: None,
+        limit: None,
+    }));
     match a.recv() {
         ServerFrame::HistoryPage(p) => {
             let ids: Vec<_> = p.messages.iter().map(|m| m.client_msg_id.as_str()).collect();

@@ -14,10 +14,9 @@
 //!    gets a retryable `internal` error, including those queued behind it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use shard::conv::{Accepted, ConvState};
-use shard::ids::{home_of_user, now_ms, ConnId, ConnRef, ShardId};
+use shard::ids::{home_of_user, now_ms, ConnRef, ShardId};
 use storage::model::{ConvKind, ConvMeta, StoredMessage, Write};
 use storage::{Slice, StoreError};
 use wire::error::ErrorCode;
@@ -150,7 +149,11 @@ impl Shard {
                 let members = meta.map(|m| m.members.into_iter().map(Box::from).collect()).unwrap_or_default();
                 let mut state = ConvState::new(members, last_seq, self.cfg.dedupe_window);
                 for (seq, m) in &tail.messages {
-                    state.remember(&m.from, &m.client_msg_id, Accepted { seq: *seq, message_id: m.message_id, ts: m.ts });
+                    state.remember(
+                        &m.from,
+                        &m.client_msg_id,
+                        Accepted { seq: *seq, message_id: m.message_id, ts: m.ts },
+                    );
                 }
                 let c = Conv { state, durable_seq: last_seq, exists };
                 self.convs.slots.insert(conv, Slot::Ready(Box::new(c)));
@@ -254,7 +257,11 @@ impl Shard {
             self.reply(p.from, ServerFrame::Ack(ack));
             for (k, recipients) in by_shard.iter_mut().enumerate() {
                 if !recipients.is_empty() {
-                    let r = Route::Deliver { msg: p.msg.clone(), recipients: std::mem::take(recipients), except: Some(p.from) };
+                    let r = Route::Deliver {
+                        msg: p.msg.clone(),
+                        recipients: std::mem::take(recipients),
+                        except: Some(p.from),
+                    };
                     self.route(ShardId(k as u16), r);
                 }
             }
@@ -289,7 +296,8 @@ impl Shard {
         // Messages queued behind the failed ones in the same conversations hold seqs
         // past the gap: fail them too, and reload those conversations from storage.
         let queued = std::mem::take(&mut self.convs.queued);
-        let (behind, keep): (Vec<_>, Vec<_>) = queued.into_iter().partition(|p| failed.binary_search(&p.msg.conv).is_ok());
+        let (behind, keep): (Vec<_>, Vec<_>) =
+            queued.into_iter().partition(|p| failed.binary_search(&p.msg.conv).is_ok());
         self.convs.queued = keep;
         for conv in &failed {
             self.convs.slots.remove(conv);
@@ -335,7 +343,7 @@ impl Shard {
         let store = self.store.clone();
         self.blocking(
             move || -> Result<Result<Page, ()>, StoreError> {
-                let member = store.conv_meta(req.conv)?.is_some_and(|m| m.members.iter().any(|u| *u == user));
+                let member = store.conv_meta(req.conv)?.is_some_and(|m| m.members.contains(&user));
                 if !member {
                     return Ok(Err(()));
                 }
@@ -396,11 +404,3 @@ impl Shard {
 
 // `Encoding as usize` indexes the per-encoding cache in `deliver`.
 const _: () = assert!(Encoding::Json as usize == 0 && Encoding::FlatBuffers as usize == 1);
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: std::marker::Send>() {}
-    is_send::<Route>();
-    is_send::<Arc<dyn storage::Store>>();
-    let _ = ConnId { slot: 0, gen: 0 };
-}

@@ -49,7 +49,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut stores: Vec<Arc<dyn storage::Store>> = Vec::with_capacity(shards);
     for k in 0..shards {
         let dir = storage::layout::partition_dir(&cfg.data_dir, k);
-        let store = storage::embedded::EmbeddedStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        let store =
+            storage::embedded::EmbeddedStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
         stores.push(Arc::new(store));
     }
     let (bound, fds) = listeners(cfg.listen, shards)?;

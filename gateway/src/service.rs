@@ -515,7 +515,8 @@ impl Shard {
                     Target::User(peer) => (shard::ids::dm_conv(&user, peer), Some(peer.clone())),
                     Target::Conv(c) => (*c, None),
                 };
-                let req = SendReq { from, user: user.to_string(), device: conn.device.to_string(), conv, dm_peer, send };
+                let req =
+                    SendReq { from, user: user.to_string(), device: conn.device.to_string(), conv, dm_peer, send };
                 self.route(home_of_conv(conv, shards), Route::Send(req));
             }
             ClientFrame::History(req) => {

@@ -62,11 +62,19 @@ pub fn parse(buf: &[u8], max: usize) -> Parsed {
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Partial) if buf.len() >= max => {
-            return Parsed::Refuse(Refusal::new(431, "headers_too_large", format!("request headers exceed {max} bytes")))
+            return Parsed::Refuse(Refusal::new(
+                431,
+                "headers_too_large",
+                format!("request headers exceed {max} bytes"),
+            ))
         }
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Ok(httparse::Status::Complete(len)) if len > max => {
-            return Parsed::Refuse(Refusal::new(431, "headers_too_large", format!("request headers exceed {max} bytes")))
+            return Parsed::Refuse(Refusal::new(
+                431,
+                "headers_too_large",
+                format!("request headers exceed {max} bytes"),
+            ))
         }
         Ok(httparse::Status::Complete(len)) => len,
         Err(httparse::Error::TooManyHeaders) => {
@@ -99,7 +107,9 @@ pub fn parse(buf: &[u8], max: usize) -> Parsed {
         if echo_protocol {
             break;
         }
-        if let Some(e) = std::str::from_utf8(h.value).ok().and_then(|v| v.split(',').find_map(Encoding::from_subprotocol)) {
+        if let Some(e) =
+            std::str::from_utf8(h.value).ok().and_then(|v| v.split(',').find_map(Encoding::from_subprotocol))
+        {
             encoding = e;
             echo_protocol = true;
         }
@@ -120,7 +130,13 @@ pub fn parse(buf: &[u8], max: usize) -> Parsed {
         }
     }
     Parsed::Done {
-        req: Request { accept_key: tungstenite::handshake::derive_accept_key(key), token, device, encoding, echo_protocol },
+        req: Request {
+            accept_key: tungstenite::handshake::derive_accept_key(key),
+            token,
+            device,
+            encoding,
+            echo_protocol,
+        },
         len,
     }
 }
@@ -151,7 +167,9 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// The `101 Switching Protocols` response.
 pub fn accept(req: &Request, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    );
     out.extend_from_slice(req.accept_key.as_bytes());
     if req.echo_protocol {
         out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");

@@ -70,10 +70,7 @@ pub fn dm_conv(a: &str, b: &str) -> ConvId {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Start of message-id time: 2025-01-01T00:00:00Z, in ms since the Unix epoch.

@@ -103,7 +103,8 @@ impl Store for EmbeddedStore {
                 has_more = true;
                 break;
             }
-            let seq_bytes: [u8; 8] = k.get(16..24).and_then(|s| s.try_into().ok()).ok_or_else(|| corrupt("short key"))?;
+            let seq_bytes: [u8; 8] =
+                k.get(16..24).and_then(|s| s.try_into().ok()).ok_or_else(|| corrupt("short key"))?;
             let msg: StoredMessage = postcard::from_bytes(&v).map_err(corrupt)?;
             messages.push((u64::from_be_bytes(seq_bytes), msg));
         }
@@ -116,7 +117,8 @@ impl Store for EmbeddedStore {
         let mut out = Vec::new();
         for item in self.user_convs.prefix(&prefix) {
             let k = item.key().map_err(unavailable)?;
-            let id: [u8; 16] = k.get(prefix.len()..).and_then(|s| s.try_into().ok()).ok_or_else(|| corrupt("bad user_convs key"))?;
+            let id: [u8; 16] =
+                k.get(prefix.len()..).and_then(|s| s.try_into().ok()).ok_or_else(|| corrupt("bad user_convs key"))?;
             out.push(ConvId(u128::from_be_bytes(id)));
         }
         Ok(out)

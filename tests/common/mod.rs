@@ -57,7 +57,13 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let mut server = Server { child: Some(child), addr: "127.0.0.1:1".parse().unwrap(), dir: dir.to_owned(), shards, _tmp: None };
+        let mut server = Server {
+            child: Some(child),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            dir: dir.to_owned(),
+            shards,
+            _tmp: None,
+        };
         let deadline = Instant::now() + DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

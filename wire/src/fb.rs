@@ -9,7 +9,9 @@ use std::cell::RefCell;
 use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
 
 use crate::error::{DecodeError, ErrorCode};
-use crate::frame::{check, Ack, ClientFrame, ConvId, ErrorFrame, History, Message, MsgKind, Page, ServerFrame, SyncPoint, Target};
+use crate::frame::{
+    check, Ack, ClientFrame, ConvId, ErrorFrame, History, Message, MsgKind, Page, ServerFrame, SyncPoint, Target,
+};
 use crate::generated::switchboard::v_1 as g;
 
 thread_local! {
@@ -226,7 +228,13 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             };
             let o = g::Send::create(
                 &mut b,
-                &g::SendArgs { client_msg_id: Some(cmid), to, conv: conv.as_ref(), body: Some(body), kind: g_kind(s.kind) },
+                &g::SendArgs {
+                    client_msg_id: Some(cmid),
+                    to,
+                    conv: conv.as_ref(),
+                    body: Some(body),
+                    kind: g_kind(s.kind),
+                },
             );
             (g::Frame::Send, o.as_union_value())
         }

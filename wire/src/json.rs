@@ -83,11 +83,11 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             let body = match (body, kind) {
                 (None, _) => None,
                 (Some(text), MsgKind::Text) => Some(text.into_bytes()),
-                (Some(b64), MsgKind::Data) => Some(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b64.as_bytes())
-                        .map_err(|_| DecodeError::BadValue { field: "body", reason: "a data body is standard base64" })?,
-                ),
+                (Some(b64), MsgKind::Data) => {
+                    Some(base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()).map_err(|_| {
+                        DecodeError::BadValue { field: "body", reason: "a data body is standard base64" }
+                    })?)
+                }
             };
             ClientFrame::Send(check::send(client_msg_id, to, c, body, kind)?)
         }
@@ -106,7 +106,13 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
 #[derive(Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum JsonServer<'a> {
-    Ready { user: &'a str, device: &'a str, shard: u16, max_frame: u32, encoding: &'a str },
+    Ready {
+        user: &'a str,
+        device: &'a str,
+        shard: u16,
+        max_frame: u32,
+        encoding: &'a str,
+    },
     Ack {
         client_msg_id: &'a str,
         conv: String,
@@ -118,7 +124,9 @@ enum JsonServer<'a> {
     Msg(JsonMessage<'a>),
     HistoryPage(JsonPage<'a>),
     SyncPage(JsonPage<'a>),
-    Synced { convs: u32 },
+    Synced {
+        convs: u32,
+    },
     Error {
         code: &'static str,
         message: &'a str,

@@ -53,7 +53,9 @@ fn server_frames() -> Vec<ServerFrame> {
 
 fn client_frames() -> Vec<ClientFrame> {
     vec![
-        ClientFrame::Hello { sync: vec![SyncPoint { conv: ConvId(1), seq: 9 }, SyncPoint { conv: ConvId(u128::MAX), seq: 0 }] },
+        ClientFrame::Hello {
+            sync: vec![SyncPoint { conv: ConvId(1), seq: 9 }, SyncPoint { conv: ConvId(u128::MAX), seq: 0 }],
+        },
         ClientFrame::Hello { sync: vec![] },
         ClientFrame::Send(Send {
             client_msg_id: "c-1".into(),
@@ -67,7 +69,12 @@ fn client_frames() -> Vec<ClientFrame> {
             body: vec![0, 159, 146, 150],
             kind: MsgKind::Data,
         }),
-        ClientFrame::History(History { req_id: Some("r".into()), conv: ConvId(3), before_seq: Some(10), limit: Some(5) }),
+        ClientFrame::History(History {
+            req_id: Some("r".into()),
+            conv: ConvId(3),
+            before_seq: Some(10),
+            limit: Some(5),
+        }),
         ClientFrame::History(History { req_id: None, conv: ConvId(3), before_seq: None, limit: None }),
     ]
 }
@@ -103,7 +110,10 @@ fn json_bad_input_maps_to_codes() {
         (r#"{"op":"send","to":"bob","body":"x"}"#, ErrorCode::MissingField),
         (r#"{"op":"send","client_msg_id":"c","body":"x"}"#, ErrorCode::MissingField),
         (r#"{"op":"send","client_msg_id":"c","to":"bob"}"#, ErrorCode::MissingField),
-        (r#"{"op":"send","client_msg_id":"c","to":"bob","conv":"00000000000000000000000000000001","body":"x"}"#, ErrorCode::BadValue),
+        (
+            r#"{"op":"send","client_msg_id":"c","to":"bob","conv":"00000000000000000000000000000001","body":"x"}"#,
+            ErrorCode::BadValue,
+        ),
         (r#"{"op":"send","client_msg_id":"c","conv":"xyz","body":"x"}"#, ErrorCode::BadValue),
         (r#"{"op":"send","client_msg_id":"","to":"bob","body":"x"}"#, ErrorCode::BadValue),
         (r#"{"op":"send","client_msg_id":"c","to":"bob","body":"!!","kind":"data"}"#, ErrorCode::BadValue),

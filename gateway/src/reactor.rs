@@ -193,3 +193,14 @@ pub fn close(fd: RawFd) {
         libc::close(fd);
     }
 }
+
+/// Returns memory this thread freed to the OS (mimalloc: process delayed cross-thread
+/// frees, purge empty pages). A shard calls it from its housekeeping tick after
+/// connection churn: otherwise the handshake garbage of a connection storm stays
+/// resident on an idle shard thread, because mimalloc purges only when the thread
+/// allocates again (measured: 1,439 vs 535 bytes/connection at 10,000 idle connections).
+pub fn release_freed_memory() {
+    // SAFETY: mi_collect has no preconditions; it only touches the calling thread's
+    // heap (and the global allocator is mimalloc, see main.rs).
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}

@@ -86,7 +86,16 @@ pub struct Shard {
     mesh: Rc<Mesh<Route>>,
     /// Read buffer shared by all connections (taken out while in use).
     scratch: Vec<u8>,
+    /// Connections opened, adopted or closed since start (drives memory release).
+    churn: u64,
+    /// Failed accepts since start (EMFILE and friends).
+    accept_failures: u64,
+    /// When an accept failure was last logged (at most one line a second).
+    accept_warned: std::time::Instant,
 }
+
+/// Pause before accepting again after an accept error.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Runs one shard until the process exits.
 pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
@@ -128,6 +137,9 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             dirty: Vec::new(),
             mesh,
             scratch: vec![0; scratch_len],
+            churn: 0,
+            accept_failures: 0,
+            accept_warned: std::time::Instant::now() - std::time::Duration::from_secs(2),
             cfg: setup.cfg,
         })
     });
@@ -137,6 +149,7 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
         s.ring.accept(listener, token(Op::Accept, ConnId { slot: 0, gen: 0 }));
         s.finish_turn();
     }
+    glommio::spawn_local(housekeeping(Rc::downgrade(&shard))).detach();
     let _ = setup.ready.send(me);
     let mut done = Vec::with_capacity(256);
     loop {
@@ -147,6 +160,20 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             s.on_completion(c);
         }
         s.finish_turn();
+    }
+}
+
+/// Once a second: give memory freed by connection churn back to the OS.
+async fn housekeeping(shard: Weak<RefCell<Shard>>) {
+    let mut seen_churn = 0;
+    loop {
+        glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+        let Some(s) = shard.upgrade() else { return };
+        let churn = s.borrow().churn;
+        if churn != seen_churn {
+            seen_churn = churn;
+            reactor::release_freed_memory();
+        }
     }
 }
 
@@ -217,12 +244,17 @@ impl Shard {
         if op == Op::Accept {
             if c.result >= 0 {
                 self.on_accept(c.result);
-            } else if c.result != -libc::ECANCELED {
-                tracing::warn!(shard = self.me.0, "accept failed: {}", std::io::Error::from_raw_os_error(-c.result));
+            } else {
+                self.accept_failures += 1;
+                let now = std::time::Instant::now();
+                if now.duration_since(self.accept_warned) > std::time::Duration::from_secs(1) {
+                    let e = std::io::Error::from_raw_os_error(-c.result);
+                    tracing::warn!(shard = self.me.0, failures = self.accept_failures, "accept failed: {e}");
+                    self.accept_warned = now;
+                }
             }
             if !c.more {
-                let listener = self.listener;
-                self.ring.accept(listener, c.token);
+                self.rearm_accept(c.result < 0);
             }
             return;
         }
@@ -254,7 +286,30 @@ impl Shard {
         }
     }
 
+    /// Re-arms the multishot accept. After a failure (EMFILE when out of descriptors,
+    /// ENOBUFS, ...) wait a little first: re-arming at once would spin on the same error
+    /// while the queued connections wait in the kernel backlog.
+    fn rearm_accept(&mut self, after_failure: bool) {
+        let t = token(Op::Accept, ConnId { slot: 0, gen: 0 });
+        if !after_failure {
+            let listener = self.listener;
+            return self.ring.accept(listener, t);
+        }
+        let this = self.this.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(ACCEPT_BACKOFF).await;
+            if let Some(s) = this.upgrade() {
+                let mut s = s.borrow_mut();
+                let listener = s.listener;
+                s.ring.accept(listener, t);
+                s.finish_turn();
+            }
+        })
+        .detach();
+    }
+
     fn on_accept(&mut self, fd: RawFd) {
+        self.churn += 1;
         reactor::set_nodelay(fd);
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
@@ -362,6 +417,7 @@ impl Shard {
 
     /// Takes in an upgraded socket whose user is homed here.
     fn adopt(&mut self, h: Handoff) {
+        self.churn += 1;
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let user: Rc<str> = match self.users.get_key_value(h.user.as_str()) {
@@ -614,6 +670,7 @@ impl Shard {
     fn close(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get(id.slot as usize).filter(|c| c.gen == id.gen) else { return };
         let conn_fd = conn.fd;
+        self.churn += 1;
         let conn = self.conns.remove(id.slot as usize);
         if let Some(user) = &conn.user {
             if let Some(list) = self.users.get_mut(&**user) {

@@ -75,6 +75,23 @@ impl Config {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
     }
 
+    /// Rejects limits that cannot work together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.host_id < 32, "host_id must be below 32");
+        anyhow::ensure!(self.max_frame >= 1024, "max_frame must be at least 1024 bytes");
+        anyhow::ensure!(self.max_body <= self.max_frame, "max_body must not exceed max_frame");
+        anyhow::ensure!(self.max_handshake >= 512, "max_handshake must be at least 512 bytes");
+        anyhow::ensure!(self.history_max >= 1, "history_max must be at least 1");
+        anyhow::ensure!(
+            (1..=self.history_max).contains(&self.history_default),
+            "history_default must be between 1 and history_max"
+        );
+        anyhow::ensure!(self.sync_per_conv >= 1, "sync_per_conv must be at least 1");
+        anyhow::ensure!(self.dedupe_window >= 1, "dedupe_window must be at least 1");
+        anyhow::ensure!(self.ring_entries.is_power_of_two(), "ring_entries must be a power of two");
+        Ok(())
+    }
+
     /// The shard count to run with.
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
@@ -136,6 +153,15 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid_and_nonsense_is_refused() {
+        Config::default().validate().unwrap();
+        let bad: Config = toml::from_str("history_max = 0").unwrap();
+        assert!(bad.validate().is_err());
+        let bad: Config = toml::from_str("max_body = 100000").unwrap();
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -42,8 +42,7 @@ pub fn listeners(addr: SocketAddr, n: usize) -> anyhow::Result<(SocketAddr, Vec<
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let shards = cfg.shard_count();
     anyhow::ensure!((1..=128).contains(&shards), "shards must be 1..=128 (got {shards})");
-    anyhow::ensure!(cfg.host_id < 32, "host_id must be below 32");
-    anyhow::ensure!(cfg.max_body <= cfg.max_frame, "max_body must not exceed max_frame");
+    cfg.validate()?;
     storage::layout::check_shard_count(&cfg.data_dir, shards)?;
     let secret = Arc::new(cfg.resolve_secret()?);
     let mut stores: Vec<Arc<dyn storage::Store>> = Vec::with_capacity(shards);

@@ -24,11 +24,14 @@ pub enum ErrorCode {
     Internal,
     /// The server is shutting down or overloaded; retry later.
     Unavailable,
+    /// Too many requests: the sender's rate limit is exhausted; retry after
+    /// `retry_after_ms`. The message was not stored.
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and round-trip tests.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::BadFrame,
         ErrorCode::UnknownOp,
         ErrorCode::MissingField,
@@ -37,6 +40,7 @@ impl ErrorCode {
         ErrorCode::NotMember,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
+        ErrorCode::RateLimited,
     ];
 
     /// The JSON name.
@@ -50,6 +54,7 @@ impl ErrorCode {
             ErrorCode::NotMember => "not_member",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -64,12 +69,13 @@ impl ErrorCode {
             ErrorCode::NotMember => 6,
             ErrorCode::Internal => 7,
             ErrorCode::Unavailable => 8,
+            ErrorCode::RateLimited => 9,
         }
     }
 
     /// True when the same request may succeed later.
     pub fn retryable(self) -> bool {
-        matches!(self, ErrorCode::Internal | ErrorCode::Unavailable)
+        matches!(self, ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::RateLimited)
     }
 
     /// Inverse of [`ErrorCode::name`].

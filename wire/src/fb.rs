@@ -10,7 +10,8 @@ use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
 
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{
-    check, Ack, ClientFrame, ConvId, ErrorFrame, History, Message, MsgKind, Page, ServerFrame, SyncPoint, Target,
+    check, Ack, ClientFrame, ConvId, ErrorFrame, History, Message, MsgKind, Page, PresenceState, PresenceUpdate,
+    ServerFrame, SyncPoint, Target,
 };
 use crate::generated::switchboard::v_1 as g;
 
@@ -47,6 +48,29 @@ fn g_kind(k: MsgKind) -> g::MsgKind {
         MsgKind::Text => g::MsgKind::Text,
         MsgKind::Data => g::MsgKind::Data,
     }
+}
+
+fn presence_state(p: g::PresenceState) -> Result<PresenceState, DecodeError> {
+    match p {
+        g::PresenceState::Offline => Ok(PresenceState::Offline),
+        g::PresenceState::Online => Ok(PresenceState::Online),
+        g::PresenceState::Away => Ok(PresenceState::Away),
+        _ => Err(DecodeError::BadValue { field: "state", reason: "unknown presence state" }),
+    }
+}
+
+fn g_presence(p: PresenceState) -> g::PresenceState {
+    match p {
+        PresenceState::Offline => g::PresenceState::Offline,
+        PresenceState::Online => g::PresenceState::Online,
+        PresenceState::Away => g::PresenceState::Away,
+    }
+}
+
+fn users(v: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&str>>>) -> Result<Vec<String>, DecodeError> {
+    let users: Vec<String> = v.ok_or(DecodeError::MissingField("users"))?.iter().map(str::to_owned).collect();
+    check::users(&users)?;
+    Ok(users)
 }
 
 fn frame_name(t: g::Frame) -> String {
@@ -90,9 +114,37 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
                 limit: h.limit(),
             })
         }
+        g::Frame::PresenceSub => ClientFrame::PresenceSub {
+            users: users(env.frame_as_presence_sub().ok_or(DecodeError::MissingField("frame"))?.users())?,
+        },
+        g::Frame::PresenceUnsub => ClientFrame::PresenceUnsub {
+            users: users(env.frame_as_presence_unsub().ok_or(DecodeError::MissingField("frame"))?.users())?,
+        },
+        g::Frame::PresenceSet => {
+            let p = env.frame_as_presence_set().ok_or(DecodeError::MissingField("frame"))?;
+            ClientFrame::PresenceSet {
+                state: check::settable(presence_state(p.state())?)?,
+                hide_last_seen: p.hide_last_seen(),
+            }
+        }
+        g::Frame::Typing => {
+            let t = env.frame_as_typing().ok_or(DecodeError::MissingField("frame"))?;
+            ClientFrame::Typing {
+                conv: conv_id(t.conv().ok_or(DecodeError::MissingField("conv"))?),
+                typing: t.typing(),
+            }
+        }
         g::Frame::NONE => return Err(DecodeError::MissingField("frame")),
         other => return Err(DecodeError::UnknownOp(frame_name(other))),
     })
+}
+
+fn g_users<'a>(
+    b: &mut FlatBufferBuilder<'a>,
+    users: &[String],
+) -> WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>> {
+    let offs: Vec<_> = users.iter().map(|u| b.create_string(u)).collect();
+    b.create_vector(&offs)
 }
 
 fn g_message<'a>(b: &mut FlatBufferBuilder<'a>, m: &Message) -> WIPOffset<g::Msg<'a>> {
@@ -193,9 +245,41 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                 let ref_id = e.ref_id.as_deref().map(|r| b.create_string(r));
                 let o = g::ErrorFrame::create(
                     &mut b,
-                    &g::ErrorFrameArgs { code: e.code.number(), name: Some(name), message: Some(message), ref_id },
+                    &g::ErrorFrameArgs {
+                        code: e.code.number(),
+                        name: Some(name),
+                        message: Some(message),
+                        ref_id,
+                        retry_after_ms: e.retry_after_ms,
+                    },
                 );
                 (g::Frame::ErrorFrame, o.as_union_value())
+            }
+            ServerFrame::Presence { updates } => {
+                let offs: Vec<_> = updates
+                    .iter()
+                    .map(|u| {
+                        let user = b.create_string(&u.user);
+                        g::PresenceUpdate::create(
+                            &mut b,
+                            &g::PresenceUpdateArgs {
+                                user: Some(user),
+                                state: g_presence(u.state),
+                                last_seen: u.last_seen,
+                            },
+                        )
+                    })
+                    .collect();
+                let updates = b.create_vector(&offs);
+                let o = g::Presence::create(&mut b, &g::PresenceArgs { updates: Some(updates) });
+                (g::Frame::Presence, o.as_union_value())
+            }
+            ServerFrame::Typing { conv, from, typing } => {
+                let from = b.create_string(from);
+                let conv = g_conv(*conv);
+                let o =
+                    g::Typing::create(&mut b, &g::TypingArgs { conv: Some(&conv), from: Some(from), typing: *typing });
+                (g::Frame::Typing, o.as_union_value())
             }
         };
         let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
@@ -237,6 +321,30 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                 },
             );
             (g::Frame::Send, o.as_union_value())
+        }
+        ClientFrame::PresenceSub { users } => {
+            let users = g_users(&mut b, users);
+            (
+                g::Frame::PresenceSub,
+                g::PresenceSub::create(&mut b, &g::PresenceSubArgs { users: Some(users) }).as_union_value(),
+            )
+        }
+        ClientFrame::PresenceUnsub { users } => {
+            let users = g_users(&mut b, users);
+            let o = g::PresenceUnsub::create(&mut b, &g::PresenceUnsubArgs { users: Some(users) });
+            (g::Frame::PresenceUnsub, o.as_union_value())
+        }
+        ClientFrame::PresenceSet { state, hide_last_seen } => {
+            let o = g::PresenceSet::create(
+                &mut b,
+                &g::PresenceSetArgs { state: g_presence(*state), hide_last_seen: *hide_last_seen },
+            );
+            (g::Frame::PresenceSet, o.as_union_value())
+        }
+        ClientFrame::Typing { conv, typing } => {
+            let conv = g_conv(*conv);
+            let o = g::Typing::create(&mut b, &g::TypingArgs { conv: Some(&conv), from: None, typing: *typing });
+            (g::Frame::Typing, o.as_union_value())
         }
         ClientFrame::History(h) => {
             let req_id = h.req_id.as_deref().map(|r| b.create_string(r));
@@ -324,7 +432,28 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
                     .ok_or(DecodeError::BadValue { field: "code", reason: "unknown code" })?,
                 message: e.message().unwrap_or_default().to_owned(),
                 ref_id: e.ref_id().map(str::to_owned),
+                retry_after_ms: e.retry_after_ms(),
             })
+        }
+        g::Frame::Presence => {
+            let p = env.frame_as_presence().ok_or(missing)?;
+            let mut updates = Vec::new();
+            for u in p.updates().iter().flatten() {
+                updates.push(PresenceUpdate {
+                    user: u.user().unwrap_or_default().to_owned(),
+                    state: presence_state(u.state())?,
+                    last_seen: u.last_seen(),
+                });
+            }
+            ServerFrame::Presence { updates }
+        }
+        g::Frame::Typing => {
+            let t = env.frame_as_typing().ok_or(missing)?;
+            ServerFrame::Typing {
+                conv: conv_id(t.conv().ok_or(DecodeError::MissingField("conv"))?),
+                from: t.from().unwrap_or_default().to_owned(),
+                typing: t.typing(),
+            }
         }
         other => return Err(DecodeError::UnknownOp(frame_name(other))),
     })

@@ -107,6 +107,51 @@ pub struct History {
     pub limit: Option<u32>,
 }
 
+/// A user's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PresenceState {
+    /// No device connected.
+    #[default]
+    Offline,
+    /// At least one device connected and not away.
+    Online,
+    /// Every connected device set itself away.
+    Away,
+}
+
+impl PresenceState {
+    /// The JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PresenceState::Offline => "offline",
+            PresenceState::Online => "online",
+            PresenceState::Away => "away",
+        }
+    }
+
+    /// Inverse of [`PresenceState::name`].
+    pub fn from_name(s: &str) -> Option<PresenceState> {
+        match s {
+            "offline" => Some(PresenceState::Offline),
+            "online" => Some(PresenceState::Online),
+            "away" => Some(PresenceState::Away),
+            _ => None,
+        }
+    }
+}
+
+/// One user's presence as subscribers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceUpdate {
+    /// The user.
+    pub user: String,
+    /// Their state.
+    pub state: PresenceState,
+    /// When their last device went offline (ms since the epoch); `None` while online,
+    /// when never seen, or when the user hides it.
+    pub last_seen: Option<u64>,
+}
+
 /// A frame sent by a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
@@ -119,6 +164,30 @@ pub enum ClientFrame {
     Send(Send),
     /// A page of history.
     History(History),
+    /// Watch these users' presence.
+    PresenceSub {
+        /// User ids.
+        users: Vec<String>,
+    },
+    /// Stop watching these users' presence.
+    PresenceUnsub {
+        /// User ids.
+        users: Vec<String>,
+    },
+    /// Set this device's presence and the user's privacy.
+    PresenceSet {
+        /// `Online` or `Away`.
+        state: PresenceState,
+        /// Hide last seen from others (unchanged when `None`).
+        hide_last_seen: Option<bool>,
+    },
+    /// I am typing (or stopped) in a conversation.
+    Typing {
+        /// The conversation.
+        conv: ConvId,
+        /// True: typing; false: stopped.
+        typing: bool,
+    },
 }
 
 /// A stored message as clients see it.
@@ -183,6 +252,8 @@ pub struct ErrorFrame {
     pub message: String,
     /// The `client_msg_id` or `req_id` of the request that failed, if any.
     pub ref_id: Option<String>,
+    /// For retryable refusals (`rate_limited`): wait this long before retrying.
+    pub retry_after_ms: Option<u32>,
 }
 
 /// A frame sent by the server.
@@ -216,6 +287,20 @@ pub enum ServerFrame {
     },
     /// A request failed.
     Error(ErrorFrame),
+    /// Presence changes of watched users (coalesced).
+    Presence {
+        /// One entry per user.
+        updates: Vec<PresenceUpdate>,
+    },
+    /// A member started or stopped typing.
+    Typing {
+        /// The conversation.
+        conv: ConvId,
+        /// Who.
+        from: String,
+        /// True: typing; false: stopped (also sent when the typing expires).
+        typing: bool,
+    },
 }
 
 /// Field rules both codecs apply after decoding, so the encodings agree on what is valid.
@@ -262,6 +347,27 @@ pub mod check {
             return Err(DecodeError::BadValue { field, reason: "must be 1 to 128 bytes" });
         }
         Ok(())
+    }
+
+    /// Most users in one presence request.
+    pub const MAX_USERS_PER_REQUEST: usize = 256;
+
+    /// Validates a presence request's user list.
+    pub fn users(users: &[String]) -> Result<(), DecodeError> {
+        if users.len() > MAX_USERS_PER_REQUEST {
+            return Err(DecodeError::BadValue { field: "users", reason: "at most 256 users per request" });
+        }
+        users.iter().try_for_each(|u| user_id("users", u))
+    }
+
+    /// Validates a `presence_set` state.
+    pub fn settable(state: PresenceState) -> Result<PresenceState, DecodeError> {
+        match state {
+            PresenceState::Offline => {
+                Err(DecodeError::BadValue { field: "state", reason: "a device sets \"online\" or \"away\"" })
+            }
+            s => Ok(s),
+        }
     }
 
     /// Checks a user id.

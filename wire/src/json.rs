@@ -8,7 +8,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::DecodeError;
-use crate::frame::{check, ClientFrame, ConvId, History, Message, MsgKind, Page, ServerFrame, SyncPoint};
+use crate::frame::{
+    check, ClientFrame, ConvId, History, Message, MsgKind, Page, PresenceState, PresenceUpdate, ServerFrame, SyncPoint,
+};
 
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -30,6 +32,25 @@ enum JsonClient {
         before_seq: Option<u64>,
         limit: Option<u32>,
     },
+    PresenceSub {
+        users: Option<Vec<String>>,
+    },
+    PresenceUnsub {
+        users: Option<Vec<String>>,
+    },
+    PresenceSet {
+        state: Option<String>,
+        hide_last_seen: Option<bool>,
+    },
+    Typing {
+        conv: Option<String>,
+        typing: Option<bool>,
+    },
+}
+
+fn presence_state(s: &str) -> Result<PresenceState, DecodeError> {
+    PresenceState::from_name(s)
+        .ok_or(DecodeError::BadValue { field: "state", reason: "state is \"online\", \"away\" or \"offline\"" })
 }
 
 #[derive(Deserialize)]
@@ -98,6 +119,24 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             let c = c.ok_or(DecodeError::MissingField("conv"))?;
             ClientFrame::History(History { req_id, conv: conv("conv", &c)?, before_seq, limit })
         }
+        JsonClient::PresenceSub { users } => {
+            let users = users.ok_or(DecodeError::MissingField("users"))?;
+            check::users(&users)?;
+            ClientFrame::PresenceSub { users }
+        }
+        JsonClient::PresenceUnsub { users } => {
+            let users = users.ok_or(DecodeError::MissingField("users"))?;
+            check::users(&users)?;
+            ClientFrame::PresenceUnsub { users }
+        }
+        JsonClient::PresenceSet { state, hide_last_seen } => {
+            let state = presence_state(&state.ok_or(DecodeError::MissingField("state"))?)?;
+            ClientFrame::PresenceSet { state: check::settable(state)?, hide_last_seen }
+        }
+        JsonClient::Typing { conv: c, typing } => {
+            let c = c.ok_or(DecodeError::MissingField("conv"))?;
+            ClientFrame::Typing { conv: conv("conv", &c)?, typing: typing.unwrap_or(true) }
+        }
     })
 }
 
@@ -132,7 +171,25 @@ enum JsonServer<'a> {
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         ref_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u32>,
     },
+    Presence {
+        updates: Vec<JsonPresence<'a>>,
+    },
+    Typing {
+        conv: String,
+        from: &'a str,
+        typing: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct JsonPresence<'a> {
+    user: &'a str,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -213,8 +270,20 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
         ServerFrame::HistoryPage(p) => JsonServer::HistoryPage(page(p)),
         ServerFrame::SyncPage(p) => JsonServer::SyncPage(page(p)),
         ServerFrame::Synced { convs } => JsonServer::Synced { convs: *convs },
-        ServerFrame::Error(e) => {
-            JsonServer::Error { code: e.code.name(), message: &e.message, ref_id: e.ref_id.as_deref() }
+        ServerFrame::Error(e) => JsonServer::Error {
+            code: e.code.name(),
+            message: &e.message,
+            ref_id: e.ref_id.as_deref(),
+            retry_after_ms: e.retry_after_ms,
+        },
+        ServerFrame::Presence { updates } => JsonServer::Presence {
+            updates: updates
+                .iter()
+                .map(|u| JsonPresence { user: &u.user, state: u.state.name(), last_seen: u.last_seen })
+                .collect(),
+        },
+        ServerFrame::Typing { conv, from, typing } => {
+            JsonServer::Typing { conv: conv.to_string(), from, typing: *typing }
         }
     };
     // Serializing plain structs of strings and integers into a Vec cannot fail.
@@ -243,6 +312,18 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                 crate::frame::Target::Conv(c) => v["conv"] = c.to_string().into(),
             }
             v
+        }
+        ClientFrame::PresenceSub { users } => serde_json::json!({"op": "presence_sub", "users": users}),
+        ClientFrame::PresenceUnsub { users } => serde_json::json!({"op": "presence_unsub", "users": users}),
+        ClientFrame::PresenceSet { state, hide_last_seen } => {
+            let mut v = serde_json::json!({"op": "presence_set", "state": state.name()});
+            if let Some(h) = hide_last_seen {
+                v["hide_last_seen"] = (*h).into();
+            }
+            v
+        }
+        ClientFrame::Typing { conv, typing } => {
+            serde_json::json!({"op": "typing", "conv": conv.to_string(), "typing": typing})
         }
         ClientFrame::History(h) => {
             let mut v = serde_json::json!({"op": "history", "conv": h.conv.to_string()});
@@ -332,7 +413,32 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
                 .ok_or(DecodeError::BadValue { field: "code", reason: "unknown code" })?,
             message: s("message")?.to_owned(),
             ref_id: v.get("ref_id").and_then(|r| r.as_str()).map(str::to_owned),
+            retry_after_ms: v.get("retry_after_ms").and_then(|r| r.as_u64()).map(|r| r as u32),
         }),
+        "presence" => ServerFrame::Presence {
+            updates: v
+                .get("updates")
+                .and_then(|u| u.as_array())
+                .ok_or(DecodeError::MissingField("updates"))?
+                .iter()
+                .map(|u| {
+                    Ok(PresenceUpdate {
+                        user: u
+                            .get("user")
+                            .and_then(|x| x.as_str())
+                            .ok_or(DecodeError::MissingField("user"))?
+                            .to_owned(),
+                        state: presence_state(
+                            u.get("state").and_then(|x| x.as_str()).ok_or(DecodeError::MissingField("state"))?,
+                        )?,
+                        last_seen: u.get("last_seen").and_then(|x| x.as_u64()),
+                    })
+                })
+                .collect::<Result<_, DecodeError>>()?,
+        },
+        "typing" => {
+            ServerFrame::Typing { conv: conv("conv", s("conv")?)?, from: s("from")?.to_owned(), typing: b("typing")? }
+        }
         other => return Err(DecodeError::UnknownOp(other.to_owned())),
     })
 }

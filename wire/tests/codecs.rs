@@ -46,8 +46,33 @@ fn server_frames() -> Vec<ServerFrame> {
         ServerFrame::HistoryPage(page.clone()),
         ServerFrame::SyncPage(Page { req_id: None, ..page }),
         ServerFrame::Synced { convs: 3 },
-        ServerFrame::Error(ErrorFrame { code: ErrorCode::NotMember, message: "no".into(), ref_id: Some("c-9".into()) }),
-        ServerFrame::Error(ErrorFrame { code: ErrorCode::BadFrame, message: "bad".into(), ref_id: None }),
+        ServerFrame::Error(ErrorFrame {
+            code: ErrorCode::NotMember,
+            message: "no".into(),
+            ref_id: Some("c-9".into()),
+            retry_after_ms: None,
+        }),
+        ServerFrame::Error(ErrorFrame {
+            code: ErrorCode::RateLimited,
+            message: "slow down".into(),
+            ref_id: None,
+            retry_after_ms: Some(250),
+        }),
+        ServerFrame::Presence {
+            updates: vec![
+                PresenceUpdate { user: "a".into(), state: PresenceState::Online, last_seen: None },
+                PresenceUpdate { user: "b".into(), state: PresenceState::Offline, last_seen: Some(1_790_000_000_000) },
+                PresenceUpdate { user: "c".into(), state: PresenceState::Away, last_seen: None },
+            ],
+        },
+        ServerFrame::Typing { conv: ConvId(9), from: "alice".into(), typing: true },
+        ServerFrame::Typing { conv: ConvId(9), from: "alice".into(), typing: false },
+        ServerFrame::Error(ErrorFrame {
+            code: ErrorCode::BadFrame,
+            message: "bad".into(),
+            ref_id: None,
+            retry_after_ms: None,
+        }),
     ]
 }
 
@@ -76,6 +101,12 @@ fn client_frames() -> Vec<ClientFrame> {
             limit: Some(5),
         }),
         ClientFrame::History(History { req_id: None, conv: ConvId(3), before_seq: None, limit: None }),
+        ClientFrame::PresenceSub { users: vec!["bob".into(), "carol".into()] },
+        ClientFrame::PresenceUnsub { users: vec!["bob".into()] },
+        ClientFrame::PresenceSet { state: PresenceState::Away, hide_last_seen: Some(true) },
+        ClientFrame::PresenceSet { state: PresenceState::Online, hide_last_seen: None },
+        ClientFrame::Typing { conv: ConvId(77), typing: true },
+        ClientFrame::Typing { conv: ConvId(77), typing: false },
     ]
 }
 
@@ -120,6 +151,11 @@ fn json_bad_input_maps_to_codes() {
         (r#"{"op":"send","client_msg_id":"c","to":"bob","body":"x","kind":"video"}"#, ErrorCode::BadValue),
         (r#"{"op":"send","client_msg_id":7,"to":"bob","body":"x"}"#, ErrorCode::BadFrame),
         (r#"{"op":"history"}"#, ErrorCode::MissingField),
+        (r#"{"op":"presence_sub"}"#, ErrorCode::MissingField),
+        (r#"{"op":"presence_sub","users":[""]}"#, ErrorCode::BadValue),
+        (r#"{"op":"presence_set","state":"offline"}"#, ErrorCode::BadValue),
+        (r#"{"op":"presence_set","state":"asleep"}"#, ErrorCode::BadValue),
+        (r#"{"op":"typing"}"#, ErrorCode::MissingField),
     ];
     for (input, code) in cases {
         let err = json::decode_client(input.as_bytes()).unwrap_err();

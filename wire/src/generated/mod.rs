@@ -6,6 +6,8 @@ pub mod switchboard {
     use super::*;
     mod msg_kind_generated;
     pub use self::msg_kind_generated::*;
+    mod presence_state_generated;
+    pub use self::presence_state_generated::*;
     mod frame_generated;
     pub use self::frame_generated::*;
     mod conv_id_generated;
@@ -32,6 +34,18 @@ pub mod switchboard {
     pub use self::synced_generated::*;
     mod error_frame_generated;
     pub use self::error_frame_generated::*;
+    mod presence_sub_generated;
+    pub use self::presence_sub_generated::*;
+    mod presence_unsub_generated;
+    pub use self::presence_unsub_generated::*;
+    mod presence_set_generated;
+    pub use self::presence_set_generated::*;
+    mod presence_update_generated;
+    pub use self::presence_update_generated::*;
+    mod presence_generated;
+    pub use self::presence_generated::*;
+    mod typing_generated;
+    pub use self::typing_generated::*;
     mod envelope_generated;
     pub use self::envelope_generated::*;
   } // v_1

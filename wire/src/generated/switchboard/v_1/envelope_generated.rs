@@ -201,6 +201,81 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_presence_sub(&self) -> Option<PresenceSub<'a>> {
+    if self.frame_type() == Frame::PresenceSub {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceSub::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_presence_unsub(&self) -> Option<PresenceUnsub<'a>> {
+    if self.frame_type() == Frame::PresenceUnsub {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceUnsub::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_presence_set(&self) -> Option<PresenceSet<'a>> {
+    if self.frame_type() == Frame::PresenceSet {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceSet::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_presence(&self) -> Option<Presence<'a>> {
+    if self.frame_type() == Frame::Presence {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Presence::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_typing(&self) -> Option<Typing<'a>> {
+    if self.frame_type() == Frame::Typing {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Typing::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -221,6 +296,11 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Frame::SyncPage => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SyncPage>>("Frame::SyncPage", pos),
           Frame::Synced => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Synced>>("Frame::Synced", pos),
           Frame::ErrorFrame => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorFrame>>("Frame::ErrorFrame", pos),
+          Frame::PresenceSub => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceSub>>("Frame::PresenceSub", pos),
+          Frame::PresenceUnsub => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceUnsub>>("Frame::PresenceUnsub", pos),
+          Frame::PresenceSet => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceSet>>("Frame::PresenceSet", pos),
+          Frame::Presence => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Presence>>("Frame::Presence", pos),
+          Frame::Typing => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Typing>>("Frame::Typing", pos),
           _ => Ok(()),
         }
      })?
@@ -340,6 +420,41 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Frame::ErrorFrame => {
           if let Some(x) = self.frame_as_error_frame() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::PresenceSub => {
+          if let Some(x) = self.frame_as_presence_sub() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::PresenceUnsub => {
+          if let Some(x) = self.frame_as_presence_unsub() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::PresenceSet => {
+          if let Some(x) = self.frame_as_presence_set() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::Presence => {
+          if let Some(x) = self.frame_as_presence() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::Typing => {
+          if let Some(x) = self.frame_as_typing() {
             ds.field("frame", &x)
           } else {
             ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -22,6 +22,7 @@ impl<'a> ErrorFrame<'a> {
   pub const VT_NAME: ::flatbuffers::VOffsetT = 6;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 8;
   pub const VT_REF_ID: ::flatbuffers::VOffsetT = 10;
+  pub const VT_RETRY_AFTER_MS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -33,6 +34,7 @@ impl<'a> ErrorFrame<'a> {
     args: &'args ErrorFrameArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ErrorFrame<'bldr>> {
     let mut builder = ErrorFrameBuilder::new(_fbb);
+    if let Some(x) = args.retry_after_ms { builder.add_retry_after_ms(x); }
     if let Some(x) = args.ref_id { builder.add_ref_id(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     if let Some(x) = args.name { builder.add_name(x); }
@@ -69,6 +71,14 @@ impl<'a> ErrorFrame<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ErrorFrame::VT_REF_ID, None)}
   }
+  /// For `rate_limited` and `unavailable`: when to retry.
+  #[inline]
+  pub fn retry_after_ms(&self) -> Option<u32> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ErrorFrame::VT_RETRY_AFTER_MS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ErrorFrame<'_> {
@@ -81,6 +91,7 @@ impl ::flatbuffers::Verifiable for ErrorFrame<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("ref_id", Self::VT_REF_ID, false)?
+     .visit_field::<u32>("retry_after_ms", Self::VT_RETRY_AFTER_MS, false)?
      .finish();
     Ok(())
   }
@@ -90,6 +101,7 @@ pub struct ErrorFrameArgs<'a> {
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub ref_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub retry_after_ms: Option<u32>,
 }
 impl<'a> Default for ErrorFrameArgs<'a> {
   #[inline]
@@ -99,6 +111,7 @@ impl<'a> Default for ErrorFrameArgs<'a> {
       name: None,
       message: None,
       ref_id: None,
+      retry_after_ms: None,
     }
   }
 }
@@ -125,6 +138,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorFrameBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ErrorFrame::VT_REF_ID, ref_id);
   }
   #[inline]
+  pub fn add_retry_after_ms(&mut self, retry_after_ms: u32) {
+    self.fbb_.push_slot_always::<u32>(ErrorFrame::VT_RETRY_AFTER_MS, retry_after_ms);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorFrameBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ErrorFrameBuilder {
@@ -146,6 +163,7 @@ impl ::core::fmt::Debug for ErrorFrame<'_> {
       ds.field("name", &self.name());
       ds.field("message", &self.message());
       ds.field("ref_id", &self.ref_id());
+      ds.field("retry_after_ms", &self.retry_after_ms());
       ds.finish()
   }
 }

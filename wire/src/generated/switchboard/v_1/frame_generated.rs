@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_FRAME: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_FRAME: u8 = 10;
+pub const ENUM_MAX_FRAME: u8 = 15;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_FRAME: [Frame; 11] = [
+pub const ENUM_VALUES_FRAME: [Frame; 16] = [
   Frame::NONE,
   Frame::Hello,
   Frame::Send,
@@ -20,6 +20,11 @@ pub const ENUM_VALUES_FRAME: [Frame; 11] = [
   Frame::SyncPage,
   Frame::Synced,
   Frame::ErrorFrame,
+  Frame::PresenceSub,
+  Frame::PresenceUnsub,
+  Frame::PresenceSet,
+  Frame::Presence,
+  Frame::Typing,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -38,9 +43,14 @@ impl Frame {
   pub const SyncPage: Self = Self(8);
   pub const Synced: Self = Self(9);
   pub const ErrorFrame: Self = Self(10);
+  pub const PresenceSub: Self = Self(11);
+  pub const PresenceUnsub: Self = Self(12);
+  pub const PresenceSet: Self = Self(13);
+  pub const Presence: Self = Self(14);
+  pub const Typing: Self = Self(15);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 15;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -53,6 +63,11 @@ impl Frame {
     Self::SyncPage,
     Self::Synced,
     Self::ErrorFrame,
+    Self::PresenceSub,
+    Self::PresenceUnsub,
+    Self::PresenceSet,
+    Self::Presence,
+    Self::Typing,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -68,6 +83,11 @@ impl Frame {
       Self::SyncPage => Some("SyncPage"),
       Self::Synced => Some("Synced"),
       Self::ErrorFrame => Some("ErrorFrame"),
+      Self::PresenceSub => Some("PresenceSub"),
+      Self::PresenceUnsub => Some("PresenceUnsub"),
+      Self::PresenceSet => Some("PresenceSet"),
+      Self::Presence => Some("Presence"),
+      Self::Typing => Some("Typing"),
       _ => None,
     }
   }

@@ -30,7 +30,7 @@ fn history_all(c: &mut Client, conv: ConvId) -> Vec<(u64, String)> {
 #[test]
 fn acked_messages_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut server = Server::start_in(tmp.path(), 2, &[]);
+    let mut server = Server::start_in(&tmp.path().join("d"), 2, "");
     let mut a = server.connect("ivy", "d", Encoding::FlatBuffers);
     const N: usize = 500;
     a.send_many((0..N).map(|i| send_to("jack", &format!("k{i}"), "durable?")));
@@ -46,7 +46,7 @@ fn acked_messages_survive_kill_9() {
     }
     // Every ack is in: kill without any chance to flush.
     server.kill9();
-    let server = Server::start_in(tmp.path(), 2, &[]);
+    let server = Server::start_in(&tmp.path().join("d"), 2, "");
     let mut j = server.connect("jack", "d", Encoding::Json);
     let hist = history_all(&mut j, conv.unwrap());
     assert_eq!(hist.len(), N);
@@ -65,10 +65,10 @@ fn acked_messages_survive_kill_9() {
 #[test]
 fn restarting_with_another_shard_count_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    drop(Server::start_in(tmp.path(), 2, &[]));
+    drop(Server::start_in(&tmp.path().join("d"), 2, ""));
     let out = std::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--shards", "3", "--data-dir"])
-        .arg(tmp.path())
+        .arg(tmp.path().join("d"))
         .env("SWITCHBOARD_JWT_SECRET", SECRET)
         .output()
         .unwrap();
@@ -125,10 +125,7 @@ fn reconnecting_device_syncs_exactly_what_it_missed() {
 
 #[test]
 fn sync_is_bounded_per_conversation_and_history_pages_the_rest() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("cfg.toml"), "sync_per_conv = 5\nhistory_max = 4\n").unwrap();
-    let cfg = tmp.path().join("cfg.toml");
-    let server = Server::start_in(&tmp.path().join("data"), 1, &["--config", cfg.to_str().unwrap()]);
+    let server = Server::start_with(1, "sync_per_conv = 5\nhistory_max = 4\nhistory_default = 4");
     let mut a = server.connect("nia", "d", Encoding::Json);
     a.send_many((1..=12).map(|i| send_to("otto", &format!("z{i}"), "z")));
     let mut conv = None;

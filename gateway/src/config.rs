@@ -42,6 +42,34 @@ pub struct Config {
     pub io_memory: usize,
     /// Submission queue entries of each shard's socket ring.
     pub ring_entries: u32,
+    /// Ping a connection silent for this long, in seconds.
+    pub ping_interval_secs: u32,
+    /// Close a connection silent (no frame, no pong) for this long, in seconds.
+    pub idle_timeout_secs: u32,
+    /// Close a connection that has not completed its upgrade within this many seconds.
+    pub handshake_timeout_secs: u32,
+    /// Most connections on this host (split evenly over shards); beyond: HTTP 503.
+    pub max_connections: usize,
+    /// Most devices connected at once per user; beyond: HTTP 503.
+    pub max_devices_per_user: usize,
+    /// Upgrades per second each shard completes (0 = unlimited); beyond: HTTP 503.
+    pub handshake_rate: u32,
+    /// Upgrades a shard may complete in a burst above `handshake_rate`.
+    pub handshake_burst: u32,
+    /// Messages per second a user may send (0 = unlimited); beyond: `rate_limited`.
+    pub send_rate: u32,
+    /// Messages a user may send in a burst above `send_rate`.
+    pub send_burst: u32,
+    /// Bytes queued for a connection that does not read; beyond: close 1008.
+    pub max_outbound: usize,
+    /// `Retry-After` seconds sent with HTTP 503.
+    pub retry_after_secs: u32,
+    /// Presence changes are published at most once per window, in ms.
+    pub presence_window_ms: u32,
+    /// A typing indicator without refresh expires after this many seconds.
+    pub typing_ttl_secs: u32,
+    /// Seconds over which a drain (SIGTERM) spreads its 1012 closes.
+    pub drain_secs: u32,
 }
 
 impl Default for Config {
@@ -63,6 +91,20 @@ impl Default for Config {
             host_id: 0,
             io_memory: 1 << 20,
             ring_entries: 4096,
+            ping_interval_secs: 30,
+            idle_timeout_secs: 90,
+            handshake_timeout_secs: 10,
+            max_connections: 1_000_000,
+            max_devices_per_user: 10,
+            handshake_rate: 20_000,
+            handshake_burst: 20_000,
+            send_rate: 20,
+            send_burst: 50,
+            max_outbound: 1 << 20,
+            retry_after_secs: 5,
+            presence_window_ms: 2000,
+            typing_ttl_secs: 6,
+            drain_secs: 10,
         }
     }
 }
@@ -89,6 +131,16 @@ impl Config {
         anyhow::ensure!(self.sync_per_conv >= 1, "sync_per_conv must be at least 1");
         anyhow::ensure!(self.dedupe_window >= 1, "dedupe_window must be at least 1");
         anyhow::ensure!(self.ring_entries.is_power_of_two(), "ring_entries must be a power of two");
+        anyhow::ensure!(self.ping_interval_secs >= 1, "ping_interval_secs must be at least 1");
+        anyhow::ensure!(
+            self.idle_timeout_secs > self.ping_interval_secs,
+            "idle_timeout_secs must exceed ping_interval_secs"
+        );
+        anyhow::ensure!(self.handshake_timeout_secs >= 1, "handshake_timeout_secs must be at least 1");
+        anyhow::ensure!(self.max_devices_per_user >= 1, "max_devices_per_user must be at least 1");
+        anyhow::ensure!(self.max_outbound >= self.max_frame, "max_outbound must be at least max_frame");
+        anyhow::ensure!(self.presence_window_ms >= 50, "presence_window_ms must be at least 50");
+        anyhow::ensure!(self.typing_ttl_secs >= 1, "typing_ttl_secs must be at least 1");
         Ok(())
     }
 

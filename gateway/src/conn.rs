@@ -54,11 +54,18 @@ pub struct Conn {
     pub close_after_flush: bool,
     /// A `hello` sync is running: shards still to answer, conversations replayed so far.
     pub sync: Option<(u16, u32)>,
+    /// Shard clock (s) of the last bytes received (handshake: of the accept; closing:
+    /// of the start of the close). Drives heartbeats and timeouts in the sweep.
+    pub last_seen: u32,
+    /// Shard clock (s) of the last ping sent since `last_seen` (0: none).
+    pub pinged_at: u32,
+    /// The device set itself away.
+    pub away: bool,
 }
 
 impl Conn {
     /// A freshly accepted socket.
-    pub fn accepted(fd: RawFd, gen: u32) -> Conn {
+    pub fn accepted(fd: RawFd, gen: u32, now: u32) -> Conn {
         Conn {
             fd,
             gen,
@@ -75,6 +82,9 @@ impl Conn {
             read_armed: false,
             close_after_flush: false,
             sync: None,
+            last_seen: now,
+            pinged_at: 0,
+            away: false,
         }
     }
 }

@@ -11,7 +11,10 @@
 //! - [`config`]: configuration and every limit.
 //! - [`server`]: starts storage, listeners and shards.
 //! - [`service`]: a shard's event loop, connections, upgrade and WebSocket handling.
-//! - [`messaging`]: the message path: conversations, group commit, fan-out, history, sync.
+//! - [`messaging`]: the message path: conversations, group commit, fan-out, history,
+//!   sync, typing.
+//! - [`presence`]: presence, owned by each user's home shard.
+//! - [`limits`]: token buckets.
 //! - [`route`]: what shards send each other.
 //! - [`conn`]: a connection's slab entry and ring tokens.
 //! - [`reactor`]: the per-shard io_uring ring and socket syscalls (the only `unsafe`).
@@ -24,7 +27,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod limits;
 pub mod messaging;
+pub mod presence;
 #[allow(unsafe_code)]
 pub mod reactor;
 pub mod route;

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use shard::conv::{Accepted, ConvState};
-use shard::ids::{home_of_user, now_ms, ConnRef, ShardId};
+use shard::ids::{home_of_user, now_ms, ConnId, ConnRef, ShardId};
 use storage::model::{ConvKind, ConvMeta, StoredMessage, Write};
 use storage::{Slice, StoreError};
 use wire::error::ErrorCode;
@@ -39,6 +39,15 @@ pub struct Conversations {
     in_flight: bool,
     /// Duplicate acks waiting for their original to become durable.
     deferred: Vec<(ConnRef, Ack)>,
+    /// Conversations with someone typing (checked for expiry every second).
+    typing: Vec<ConvId>,
+}
+
+impl Conversations {
+    /// Nothing queued or being written (drain waits for this).
+    pub fn is_idle(&self) -> bool {
+        self.queued.is_empty() && !self.in_flight
+    }
 }
 
 enum Slot {
@@ -55,6 +64,8 @@ struct Conv {
     durable_seq: u64,
     /// False until the conversation exists (stored, or created by a queued write).
     exists: bool,
+    /// Members typing now: `(user, last relayed ms, expires ms)`. Never stored.
+    typists: Vec<(Box<str>, u64, u64)>,
 }
 
 /// An accepted message on its way to storage.
@@ -155,7 +166,7 @@ impl Shard {
                         Accepted { seq: *seq, message_id: m.message_id, ts: m.ts },
                     );
                 }
-                let c = Conv { state, durable_seq: last_seq, exists };
+                let c = Conv { state, durable_seq: last_seq, exists, typists: Vec::new() };
                 self.convs.slots.insert(conv, Slot::Ready(Box::new(c)));
                 for req in queue {
                     self.accept_send(req);
@@ -199,8 +210,17 @@ impl Shard {
             }
             return;
         }
+        // Sending a message ends the sender's typing indicator.
+        let was_typing = c.typists.iter().position(|t| *t.0 == *req.user);
+        if let Some(i) = was_typing {
+            c.typists.swap_remove(i);
+        }
         let ts = now_ms();
         let message_id = self.ids.next(ts);
+        let c = match self.convs.slots.get_mut(&req.conv) {
+            Some(Slot::Ready(c)) => c,
+            _ => return,
+        };
         let a = c.state.accept(&req.user, &req.send.client_msg_id, message_id, ts);
         let msg = Message {
             conv: req.conv,
@@ -213,6 +233,9 @@ impl Shard {
             body: req.send.body,
             client_msg_id: req.send.client_msg_id,
         };
+        if was_typing.is_some() {
+            self.relay_typing(msg.conv, &msg.from, false);
+        }
         self.convs.queued.push(Pending { from: req.from, msg, create });
     }
 
@@ -313,9 +336,10 @@ impl Shard {
     pub(crate) fn deliver(&mut self, msg: Message, recipients: &[String], except: Option<ConnRef>) {
         let frame = ServerFrame::Msg(msg);
         let mut encoded: [Option<Vec<u8>>; 2] = [None, None];
+        let mut overflowed = Vec::new();
         for user in recipients {
-            let Some(list) = self.users.get(user.as_str()) else { continue };
-            for &id in list {
+            let Some(u) = self.users.get(user.as_str()) else { continue };
+            for &id in &u.conns {
                 if except == Some(ConnRef { shard: self.me, conn: id }) {
                     continue;
                 }
@@ -330,11 +354,130 @@ impl Shard {
                     out
                 });
                 conn.out.extend_from_slice(bytes);
+                if conn.out.len() > self.cfg.max_outbound {
+                    overflowed.push(id);
+                }
                 if !conn.dirty {
                     conn.dirty = true;
                     self.dirty.push(id);
                 }
             }
+        }
+        for id in overflowed {
+            self.overflow(id);
+        }
+    }
+
+    // ---- typing (ephemeral, never stored) ----
+
+    /// At the conversation's home: relay a typing change to the other members,
+    /// at most one `typing: true` per user per conversation per second.
+    pub(crate) fn on_typing(&mut self, from: ConnRef, user: String, conv: ConvId, typing: bool) {
+        let now = now_ms();
+        let ttl = self.cfg.typing_ttl_secs as u64 * 1000;
+        let c = match self.convs.slots.get_mut(&conv) {
+            Some(Slot::Ready(c)) => c,
+            Some(Slot::Loading(_)) => return, // best effort: the client refreshes typing
+            None => {
+                // Load the conversation (for its members) and drop this event: typing is
+                // refreshed by clients every few seconds, so the next one is relayed.
+                self.convs.slots.insert(conv, Slot::Loading(Vec::new()));
+                let (store, window) = (self.store.clone(), self.cfg.dedupe_window);
+                self.blocking(
+                    move || -> Result<_, StoreError> {
+                        Ok((store.conv_meta(conv)?, store.newest(conv, 0, u64::MAX, window)?))
+                    },
+                    move |s, r| s.on_conv_loaded(conv, r),
+                );
+                return;
+            }
+        };
+        if !c.exists || !c.state.is_member(&user) {
+            let msg = "no such conversation, or you are not a member".to_owned();
+            return self.reply_error(from, ErrorCode::NotMember, msg, None);
+        }
+        let pos = c.typists.iter().position(|t| *t.0 == *user);
+        let relay = match (typing, pos) {
+            (true, Some(i)) => {
+                let t = &mut c.typists[i];
+                t.2 = now + ttl;
+                if now.saturating_sub(t.1) >= 1000 {
+                    t.1 = now;
+                    true
+                } else {
+                    false
+                }
+            }
+            (true, None) => {
+                c.typists.push((Box::from(user.as_str()), now, now + ttl));
+                if !self.convs.typing.contains(&conv) {
+                    self.convs.typing.push(conv);
+                }
+                true
+            }
+            (false, Some(i)) => {
+                c.typists.swap_remove(i);
+                true
+            }
+            (false, None) => false,
+        };
+        if relay {
+            self.relay_typing(conv, &user, typing);
+        }
+    }
+
+    /// Sends a typing change to the other members, one route per destination shard.
+    fn relay_typing(&mut self, conv: ConvId, user: &str, typing: bool) {
+        let Some(Slot::Ready(c)) = self.convs.slots.get(&conv) else { return };
+        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shards];
+        for m in c.state.members.iter().filter(|m| ***m != *user) {
+            by_shard[home_of_user(m, self.shards).index()].push(m.to_string());
+        }
+        for (k, recipients) in by_shard.into_iter().enumerate() {
+            if !recipients.is_empty() {
+                let r = Route::TypingDeliver { conv, from: user.to_owned(), typing, recipients };
+                self.route(ShardId(k as u16), r);
+            }
+        }
+    }
+
+    /// Ends typing indicators not refreshed within `typing_ttl_secs` (once a second).
+    pub(crate) fn expire_typing(&mut self) {
+        if self.convs.typing.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut expired = Vec::new();
+        let convs = std::mem::take(&mut self.convs.typing);
+        for conv in convs {
+            let Some(Slot::Ready(c)) = self.convs.slots.get_mut(&conv) else { continue };
+            c.typists.retain(|t| {
+                if t.2 <= now {
+                    expired.push((conv, t.0.to_string()));
+                    false
+                } else {
+                    true
+                }
+            });
+            if !c.typists.is_empty() {
+                self.convs.typing.push(conv);
+            }
+        }
+        for (conv, user) in expired {
+            self.relay_typing(conv, &user, false);
+        }
+    }
+
+    /// On a member's home shard: tell the recipients' online devices.
+    pub(crate) fn on_typing_deliver(&mut self, conv: ConvId, from: &str, typing: bool, recipients: &[String]) {
+        let frame = ServerFrame::Typing { conv, from: from.to_owned(), typing };
+        let ids: Vec<ConnId> = recipients
+            .iter()
+            .filter_map(|r| self.users.get(r.as_str()))
+            .flat_map(|u| u.conns.iter().copied())
+            .collect();
+        for id in ids {
+            self.send_frame(id, &frame);
         }
     }
 

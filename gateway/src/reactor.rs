@@ -100,6 +100,12 @@ impl Ring {
         self.push(e);
     }
 
+    /// Cancels any operation submitted with `token` (the multishot accept, on drain).
+    pub fn cancel(&mut self, token: u64) {
+        let e = opcode::AsyncCancel::new(token).build().user_data(0);
+        self.push(e);
+    }
+
     /// Hands queued submissions to the kernel (one syscall per shard turn).
     pub fn submit(&mut self) {
         if !self.ring.submission().is_empty() {
@@ -203,4 +209,37 @@ pub fn release_freed_memory() {
     // SAFETY: mi_collect has no preconditions; it only touches the calling thread's
     // heap (and the global allocator is mimalloc, see main.rs).
     unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread and every thread it starts later,
+/// so that only [`wait_for_termination`] receives them. Call before starting the shards.
+pub fn block_termination_signals() -> io::Result<()> {
+    // SAFETY: the sigset is initialised by sigemptyset before use and outlives the calls;
+    // pthread_sigmask only changes this thread's mask.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Waits (blocking this thread) for SIGTERM or SIGINT; returns the signal number.
+pub fn wait_for_termination() -> i32 {
+    // SAFETY: as above; sigwait writes the received signal into `sig`, a live local.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let mut sig: libc::c_int = 0;
+        libc::sigwait(&set, &mut sig);
+        sig
+    }
 }

@@ -4,7 +4,8 @@
 use std::os::fd::RawFd;
 
 use shard::ids::ConnRef;
-use wire::frame::{ConvId, History, Message, Send, ServerFrame, SyncPoint};
+use shard::ids::{ConnId, ShardId};
+use wire::frame::{ConvId, History, Message, PresenceUpdate, Send, ServerFrame, SyncPoint};
 use wire::Encoding;
 
 /// A message between shards.
@@ -55,6 +56,49 @@ pub enum Route {
         to: ConnRef,
         /// Pages sent by that shard.
         convs: u32,
+    },
+    /// Watch the presence of `users` (all homed on the receiving shard).
+    PresenceSub {
+        /// The watching connection.
+        from: ConnRef,
+        /// Watched users.
+        users: Vec<String>,
+    },
+    /// Stop watching (also sent by a subscriber's shard when the connection is gone).
+    PresenceUnsub {
+        /// The watching connection.
+        from: ConnRef,
+        /// Users no longer watched.
+        users: Vec<String>,
+    },
+    /// Presence updates for watching connections on the receiving shard.
+    PresenceDeliver {
+        /// The users' home shard (told about connections that are gone).
+        home: ShardId,
+        /// `(connection, update)`; several per connection are merged into one frame.
+        items: Vec<(ConnId, PresenceUpdate)>,
+    },
+    /// A typing event for the conversation's home shard.
+    Typing {
+        /// The typing connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The conversation.
+        conv: ConvId,
+        /// Started (true) or stopped.
+        typing: bool,
+    },
+    /// A typing event for the online devices of `recipients` (homed on the receiving shard).
+    TypingDeliver {
+        /// The conversation.
+        conv: ConvId,
+        /// Who is typing.
+        from: String,
+        /// Started (true) or stopped.
+        typing: bool,
+        /// Members homed on the receiving shard (not the typist).
+        recipients: Vec<String>,
     },
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use socket2::{Domain, Socket, Type};
 
 use crate::config::Config;
-use crate::service::{self, ShardSetup};
+use crate::service::{self, Drain, ShardSetup};
 
 /// Listen backlog per shard (glommio's own bind hard-codes 1024).
 const BACKLOG: i32 = 4096;
@@ -53,6 +53,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         stores.push(Arc::new(store));
     }
     let (bound, fds) = listeners(cfg.listen, shards)?;
+    crate::reactor::block_termination_signals()?;
+    let drain = Arc::new(Drain::new(shards));
     let cfg = Arc::new(cfg);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let rt = shard::runtime::RuntimeConfig { shards, pin: cfg.pin, io_memory: cfg.io_memory, mesh_capacity: 1024 };
@@ -66,6 +68,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             store,
             secret: secret.clone(),
             ready: ready_tx.clone(),
+            drain: drain.clone(),
         })
         .collect();
     drop(ready_tx);
@@ -76,7 +79,31 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             let _ = std::io::stdout().flush();
         }
     });
+    let drain_secs = cfg.drain_secs;
+    std::thread::spawn(move || drain_on_signal(&drain, drain_secs));
     shard::runtime::run(&rt, setups, service::run)?;
     let _ = announcer.join();
     Ok(())
+}
+
+/// Waits for SIGTERM/SIGINT, asks the shards to drain, and exits 0 once every shard has
+/// closed its connections and finished its storage commits (or after the drain window
+/// plus a grace period, with what is durable already durable).
+fn drain_on_signal(drain: &Drain, drain_secs: u32) {
+    let sig = crate::reactor::wait_for_termination();
+    tracing::info!(signal = sig, drain_secs, "draining: no new connections; closing existing ones with 1012");
+    drain.requested.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(drain_secs as u64 + 15);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let idle = drain.idle.iter().all(|i| i.load(std::sync::atomic::Ordering::Relaxed));
+        if idle || std::time::Instant::now() > deadline {
+            if !idle {
+                tracing::warn!("drain window over with work left; exiting (acknowledged messages are durable)");
+            }
+            println!("switchboard drained");
+            let _ = std::io::stdout().flush();
+            std::process::exit(0);
+        }
+    }
 }

@@ -14,9 +14,11 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use shard::ids::{home_of_conv, home_of_user, ConnId, ConnRef, MessageIdGen, ShardId};
+use shard::ids::{home_of_conv, home_of_user, now_ms, ConnId, ConnRef, MessageIdGen, ShardId};
 use shard::mesh::Mesh;
 use shard::runtime::ShardCtx;
 use slab::Slab;
@@ -29,7 +31,9 @@ use wire::Encoding;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::conn::{same_gen, token, untoken, Conn, Op, Phase};
+use crate::limits::TokenBucket;
 use crate::messaging::Conversations;
+use crate::presence::User;
 use crate::reactor::{self, Completion, Recv, Ring};
 use crate::route::{Handoff, Route, SendReq};
 use crate::upgrade::{self, Refusal};
@@ -47,7 +51,32 @@ pub struct ShardSetup {
     pub secret: Arc<Vec<u8>>,
     /// Told once the shard accepts connections.
     pub ready: std::sync::mpsc::Sender<ShardId>,
+    /// Set by the signal thread to start a graceful drain; shards report back here.
+    pub drain: Arc<Drain>,
 }
+
+/// Shared between the signal thread and the shards: read once per housekeeping tick,
+/// never on a hot path.
+pub struct Drain {
+    /// A drain was requested (SIGTERM / SIGINT).
+    pub requested: AtomicBool,
+    /// `idle[k]`: shard k is draining and has no connection and no pending commit.
+    pub idle: Vec<AtomicBool>,
+}
+
+impl Drain {
+    /// For `shards` shards.
+    pub fn new(shards: usize) -> Drain {
+        Drain { requested: AtomicBool::new(false), idle: (0..shards).map(|_| AtomicBool::new(false)).collect() }
+    }
+}
+
+/// Housekeeping period: presence windows, sweeps and drain steps run on this beat.
+const TICK: Duration = Duration::from_millis(250);
+/// A connection closing (close frame or refusal queued) is dropped after this long.
+const CLOSING_GRACE_SECS: u32 = 5;
+/// Close code sent to an older connection of a device that connected again.
+pub const CLOSE_REPLACED: u16 = 4000;
 
 /// A shard's state.
 pub struct Shard {
@@ -69,9 +98,25 @@ pub struct Shard {
     pub(crate) conns: Slab<Conn>,
     /// Generation of the next connection.
     next_gen: u32,
-    /// Users homed here with at least one connection: their connections.
-    /// Invariant: every `ConnId` listed is an `Open` connection of that user.
-    pub(crate) users: HashMap<Rc<str>, Vec<ConnId>>,
+    /// Users homed here: connections, send budget, presence. An entry exists while the
+    /// user has a connection or a watcher, or has been seen.
+    pub(crate) users: HashMap<Rc<str>, User>,
+    /// Users whose presence may have changed since the last window.
+    pub(crate) presence_dirty: Vec<Rc<str>>,
+    /// Handshake admission (upgrades per second on this shard).
+    handshakes: TokenBucket,
+    /// Most connections on this shard (`max_connections / shards`).
+    max_conns: usize,
+    /// Coarse clock: seconds since the shard started (sweeps, timeouts).
+    pub(crate) now: u32,
+    /// When the shard started.
+    started: Instant,
+    /// Ticks since start.
+    ticks: u64,
+    /// Drain requests and reports.
+    drain: Arc<Drain>,
+    /// Connections to close per tick while draining (`None`: not draining).
+    draining: Option<usize>,
     /// Conversations homed here (see `messaging`).
     pub(crate) convs: Conversations,
     /// This shard's storage partition.
@@ -88,6 +133,8 @@ pub struct Shard {
     scratch: Vec<u8>,
     /// Connections opened, adopted or closed since start (drives memory release).
     churn: u64,
+    /// `churn` when memory was last released.
+    churn_seen: u64,
     /// Failed accepts since start (EMFILE and friends).
     accept_failures: u64,
     /// When an accept failure was last logged (at most one line a second).
@@ -130,6 +177,14 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             conns: Slab::new(),
             next_gen: 1,
             users: HashMap::new(),
+            presence_dirty: Vec::new(),
+            handshakes: TokenBucket::full(setup.cfg.handshake_burst, now_ms()),
+            max_conns: setup.cfg.max_connections.div_ceil(ctx.shards).max(1),
+            now: 0,
+            started: Instant::now(),
+            ticks: 0,
+            drain: setup.drain,
+            draining: None,
             convs: Conversations::default(),
             store: setup.store,
             ids: MessageIdGen::new(setup.cfg.host_id, me),
@@ -138,6 +193,7 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             mesh,
             scratch: vec![0; scratch_len],
             churn: 0,
+            churn_seen: 0,
             accept_failures: 0,
             accept_warned: std::time::Instant::now() - std::time::Duration::from_secs(2),
             cfg: setup.cfg,
@@ -163,21 +219,104 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
     }
 }
 
-/// Once a second: give memory freed by connection churn back to the OS.
+/// The shard's beat: heartbeats and timeouts, presence windows, typing expiry, drain,
+/// and returning memory freed by connection churn.
 async fn housekeeping(shard: Weak<RefCell<Shard>>) {
-    let mut seen_churn = 0;
     loop {
-        glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+        glommio::timer::sleep(TICK).await;
         let Some(s) = shard.upgrade() else { return };
-        let churn = s.borrow().churn;
-        if churn != seen_churn {
-            seen_churn = churn;
-            reactor::release_freed_memory();
-        }
+        let mut s = s.borrow_mut();
+        s.tick();
+        s.finish_turn();
     }
 }
 
 impl Shard {
+    fn tick(&mut self) {
+        self.ticks += 1;
+        self.now = self.started.elapsed().as_secs() as u32;
+        let per_sec = (1000 / TICK.as_millis() as u64).max(1);
+        let window_ticks = (self.cfg.presence_window_ms as u64 / TICK.as_millis() as u64).max(1);
+        if self.ticks % window_ticks == 0 {
+            self.publish_presence();
+        }
+        if self.ticks % per_sec == 0 {
+            self.sweep();
+            self.expire_typing();
+            if self.churn != self.churn_seen {
+                self.churn_seen = self.churn;
+                reactor::release_freed_memory();
+            }
+        }
+        if self.draining.is_none() && self.drain.requested.load(Ordering::Relaxed) {
+            self.start_drain();
+        }
+        if let Some(per_tick) = self.draining {
+            self.drain_step(per_tick);
+        }
+    }
+
+    /// One pass over every connection: ping the quiet, close the silent, the slow
+    /// handshakes and the closings that never finished. No timer per connection: the
+    /// cost is one slab walk a second (two integers per connection).
+    fn sweep(&mut self) {
+        let (now, ping, idle, hs) =
+            (self.now, self.cfg.ping_interval_secs, self.cfg.idle_timeout_secs, self.cfg.handshake_timeout_secs);
+        let mut to_close = Vec::new();
+        let mut to_ping = Vec::new();
+        for (slot, c) in self.conns.iter_mut() {
+            let id = ConnId { slot: slot as u32, gen: c.gen };
+            let quiet = now.saturating_sub(c.last_seen);
+            match c.phase {
+                Phase::Handshake if quiet >= hs => to_close.push(id),
+                Phase::Closing if quiet >= CLOSING_GRACE_SECS => to_close.push(id),
+                Phase::Open if quiet >= idle => to_close.push(id),
+                Phase::Open if quiet >= ping && now.saturating_sub(c.pinged_at) >= ping => {
+                    c.pinged_at = now;
+                    to_ping.push(id);
+                }
+                _ => {}
+            }
+        }
+        for id in to_close {
+            self.close(id);
+        }
+        for id in to_ping {
+            if let Some(c) = self.conn_mut(id) {
+                ws::write_frame(&mut c.out, OpCode::Control(Control::Ping), b"");
+                self.mark_dirty(id);
+            }
+        }
+    }
+
+    /// Stop accepting, and start closing connections over `drain_secs`.
+    fn start_drain(&mut self) {
+        let ticks = (self.cfg.drain_secs as usize * 1000 / TICK.as_millis() as usize).max(1);
+        self.draining = Some(self.conns.len().div_ceil(ticks).max(1));
+        self.ring.cancel(token(Op::Accept, ConnId { slot: 0, gen: 0 }));
+        reactor::close(self.listener);
+        self.listener = -1;
+        tracing::info!(shard = self.me.0, connections = self.conns.len(), "draining");
+    }
+
+    fn drain_step(&mut self, per_tick: usize) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Closing)
+            .take(per_tick)
+            .map(|(slot, c)| ConnId { slot: slot as u32, gen: c.gen })
+            .collect();
+        for id in ids {
+            match self.conn_mut(id).map(|c| c.phase) {
+                Some(Phase::Open) => self.fail(id, close::RESTART, "server restarting; reconnect with backoff"),
+                _ => self.close(id),
+            }
+        }
+        let idle = self.conns.is_empty() && self.inbox.is_empty() && self.convs.is_idle();
+        self.drain.idle[self.me.index()].store(idle, Ordering::Relaxed);
+    }
+
     /// Sends a route to shard `to` (this shard: run before the turn ends).
     pub(crate) fn route(&mut self, to: ShardId, r: Route) {
         if to == self.me {
@@ -234,6 +373,13 @@ impl Shard {
             Route::History { from, user, req } => self.on_history(from, user, req),
             Route::Sync { from, user, points } => self.on_sync(from, user, points),
             Route::SyncDone { to, convs } => self.on_sync_done(to.conn, convs),
+            Route::PresenceSub { from, users } => self.on_presence_sub(from, users),
+            Route::PresenceUnsub { from, users } => self.on_presence_unsub(from, users),
+            Route::PresenceDeliver { home, items } => self.on_presence_deliver(home, items),
+            Route::Typing { from, user, conv, typing } => self.on_typing(from, user, conv, typing),
+            Route::TypingDeliver { conv, from, typing, recipients } => {
+                self.on_typing_deliver(conv, &from, typing, &recipients)
+            }
         }
     }
 
@@ -253,7 +399,7 @@ impl Shard {
                     self.accept_warned = now;
                 }
             }
-            if !c.more {
+            if !c.more && self.draining.is_none() {
                 self.rearm_accept(c.result < 0);
             }
             return;
@@ -300,9 +446,11 @@ impl Shard {
             glommio::timer::sleep(ACCEPT_BACKOFF).await;
             if let Some(s) = this.upgrade() {
                 let mut s = s.borrow_mut();
-                let listener = s.listener;
-                s.ring.accept(listener, t);
-                s.finish_turn();
+                if s.draining.is_none() {
+                    let listener = s.listener;
+                    s.ring.accept(listener, t);
+                    s.finish_turn();
+                }
             }
         })
         .detach();
@@ -313,7 +461,7 @@ impl Shard {
         reactor::set_nodelay(fd);
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
-        let slot = self.conns.insert(Conn::accepted(fd, gen));
+        let slot = self.conns.insert(Conn::accepted(fd, gen, self.now));
         let id = ConnId { slot: slot as u32, gen };
         self.conns[slot].read_armed = true;
         // One-shot while handshaking: after the upgrade nothing is armed, so the socket
@@ -338,6 +486,7 @@ impl Shard {
     }
 
     fn on_bytes(&mut self, id: ConnId, data: &mut [u8]) {
+        let now = self.now;
         let Some(conn) = self.conn_mut(id) else { return };
         match conn.phase {
             Phase::Closing => {}
@@ -346,6 +495,7 @@ impl Shard {
                 self.try_handshake(id);
             }
             Phase::Open if conn.inbuf.is_empty() => {
+                conn.last_seen = now;
                 let used = self.on_frames(id, data);
                 if let Some(conn) = self.conn_mut(id) {
                     if conn.phase == Phase::Open && used < data.len() {
@@ -354,6 +504,7 @@ impl Shard {
                 }
             }
             Phase::Open => {
+                conn.last_seen = now;
                 let mut buf = std::mem::take(&mut conn.inbuf);
                 buf.extend_from_slice(data);
                 let used = self.on_frames(id, &mut buf);
@@ -377,6 +528,20 @@ impl Shard {
             upgrade::Parsed::Refuse(r) => return self.refuse(id, &r),
             upgrade::Parsed::Done { req, len } => (req, len),
         };
+        // Admission before any expensive work (token verification, handoff).
+        let retry = self.cfg.retry_after_secs;
+        if self.draining.is_some() {
+            return self
+                .refuse(id, &Refusal::busy("draining", "server restarting; retry another host or later", retry));
+        }
+        if self.conns.len() > self.max_conns {
+            return self.refuse(id, &Refusal::busy("connection_limit", "connection limit reached; retry later", retry));
+        }
+        let (rate, burst) = (self.cfg.handshake_rate, self.cfg.handshake_burst);
+        if let Err(wait_ms) = self.handshakes.take(rate, burst, now_ms()) {
+            let secs = wait_ms.div_ceil(1000).max(1);
+            return self.refuse(id, &Refusal::busy("handshake_rate", "too many new connections; retry later", secs));
+        }
         let claims = match req.token.as_deref().map(|t| self.verifier.verify(t)) {
             None => Err(crate::auth::AuthError::Missing),
             Some(r) => r,
@@ -384,12 +549,12 @@ impl Shard {
         let claims = match claims {
             Ok(c) => c,
             Err(e) => {
-                return self.refuse(id, &Refusal { status: 401, code: "unauthorized", message: e.to_string() });
+                return self.refuse(id, &Refusal::new(401, "unauthorized", e.to_string()));
             }
         };
         let device = claims.device.or(req.device.clone()).unwrap_or_else(|| "default".to_owned());
         if let Err(e) = wire::frame::check::user_id("device", &device) {
-            return self.refuse(id, &Refusal { status: 400, code: "bad_request", message: e.to_string() });
+            return self.refuse(id, &Refusal::new(400, "bad_request", e.to_string()));
         }
         let conn = self.conns.remove(id.slot as usize);
         let mut pending_out = Vec::with_capacity(256);
@@ -407,34 +572,55 @@ impl Shard {
     }
 
     fn refuse(&mut self, id: ConnId, r: &Refusal) {
+        let now = self.now;
         let Some(conn) = self.conn_mut(id) else { return };
         conn.inbuf = Vec::new();
         upgrade::refuse(r, &mut conn.out);
+        conn.last_seen = now;
         conn.phase = Phase::Closing;
         conn.close_after_flush = true;
         self.mark_dirty(id);
     }
 
-    /// Takes in an upgraded socket whose user is homed here.
+    /// Takes in an upgraded socket whose user is homed here. An older connection of
+    /// the same device is replaced (closed with 4000); past `max_devices_per_user` the
+    /// upgrade is refused with 503.
     fn adopt(&mut self, h: Handoff) {
         self.churn += 1;
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
-        let user: Rc<str> = match self.users.get_key_value(h.user.as_str()) {
-            Some((k, _)) => k.clone(),
-            None => Rc::from(h.user.as_str()),
-        };
-        let mut conn = Conn::accepted(h.fd, gen);
-        conn.phase = Phase::Open;
+        let user = self.user_entry(&h.user);
+        let older: Vec<ConnId> = self.users[&user]
+            .conns
+            .iter()
+            .copied()
+            .filter(|c| self.conns.get(c.slot as usize).is_some_and(|x| x.gen == c.gen && *x.device == *h.device))
+            .collect();
+        for old in older {
+            self.fail(old, CLOSE_REPLACED, "replaced by a newer connection of this device");
+            self.detach_from_user(old);
+        }
+        let mut conn = Conn::accepted(h.fd, gen, self.now);
         conn.encoding = h.encoding;
-        conn.user = Some(user.clone());
         conn.device = h.device.into_boxed_str();
-        conn.out = h.pending_out;
-        conn.read_armed = true;
         let fd = conn.fd;
         let slot = self.conns.insert(conn);
         let id = ConnId { slot: slot as u32, gen };
-        self.users.entry(user.clone()).or_default().push(id);
+        if self.users[&user].conns.len() >= self.cfg.max_devices_per_user {
+            let max = self.cfg.max_devices_per_user;
+            let r = Refusal::busy("device_limit", format!("at most {max} devices per user"), self.cfg.retry_after_secs);
+            self.conns[slot].out = Vec::new();
+            self.conns[slot].read_armed = true;
+            self.ring.poll(fd, libc::POLLIN as u32, false, token(Op::Read, id));
+            return self.refuse(id, &r);
+        }
+        let c = &mut self.conns[slot];
+        c.phase = Phase::Open;
+        c.user = Some(user.clone());
+        c.out = h.pending_out;
+        c.read_armed = true;
+        self.users.get_mut(&user).expect("user_entry created it").conns.push(id);
+        self.presence_changed(&user);
         self.ring.poll(fd, libc::POLLIN as u32, true, token(Op::Read, id));
         let ready = ServerFrame::Ready {
             user: user.to_string(),
@@ -563,6 +749,19 @@ impl Shard {
                 }
             }
             ClientFrame::Send(send) => {
+                let device = conn.device.to_string();
+                let (rate, burst) = (self.cfg.send_rate, self.cfg.send_burst);
+                let budget = self.users.get_mut(&*user).map(|u| u.bucket.take(rate, burst, now_ms()));
+                if let Some(Err(wait_ms)) = budget {
+                    let msg = format!("more than {rate} messages per second; retry in {wait_ms} ms");
+                    let e = ErrorFrame {
+                        code: ErrorCode::RateLimited,
+                        message: msg,
+                        ref_id: Some(send.client_msg_id),
+                        retry_after_ms: Some(wait_ms),
+                    };
+                    return self.send_frame(id, &ServerFrame::Error(e));
+                }
                 if send.body.len() > max_body {
                     let msg = format!("body of {} bytes exceeds max_body ({max_body})", send.body.len());
                     return self.send_error(id, ErrorCode::BodyTooLarge, msg, Some(send.client_msg_id));
@@ -571,13 +770,25 @@ impl Shard {
                     Target::User(peer) => (shard::ids::dm_conv(&user, peer), Some(peer.clone())),
                     Target::Conv(c) => (*c, None),
                 };
-                let req =
-                    SendReq { from, user: user.to_string(), device: conn.device.to_string(), conv, dm_peer, send };
+                let req = SendReq { from, user: user.to_string(), device, conv, dm_peer, send };
                 self.route(home_of_conv(conv, shards), Route::Send(req));
             }
             ClientFrame::History(req) => {
                 let home = home_of_conv(req.conv, shards);
                 self.route(home, Route::History { from, user: user.to_string(), req });
+            }
+            ClientFrame::PresenceSub { users } => self.route_presence_request(from, users, true),
+            ClientFrame::PresenceUnsub { users } => self.route_presence_request(from, users, false),
+            ClientFrame::PresenceSet { state, hide_last_seen } => {
+                conn.away = state == wire::frame::PresenceState::Away;
+                if let (Some(hide), Some(u)) = (hide_last_seen, self.users.get_mut(&*user)) {
+                    u.hide_last_seen = hide;
+                }
+                self.presence_changed(&user);
+            }
+            ClientFrame::Typing { conv, typing } => {
+                let r = Route::Typing { from, user: user.to_string(), conv, typing };
+                self.route(home_of_conv(conv, shards), r);
             }
         }
     }
@@ -612,7 +823,27 @@ impl Shard {
         }
         let enc = conn.encoding;
         ws::write_frame_with(&mut conn.out, data_opcode(enc), |o| enc.encode_server(frame, o));
+        let over = conn.out.len() > self.cfg.max_outbound;
         self.mark_dirty(id);
+        if over {
+            self.overflow(id);
+        }
+    }
+
+    /// The connection's outbound queue passed `max_outbound`: its peer does not read.
+    /// Close it rather than grow; what it missed is stored and comes back by sync.
+    pub(crate) fn overflow(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        tracing::debug!("closing a slow reader");
+        if conn.write_armed {
+            // Its socket buffer is full, partly through a frame: no close frame can
+            // reach it; end the TCP connection.
+            return self.close(id);
+        }
+        // Nothing of `out` is on the wire yet (it was all queued this turn): replace it
+        // with the close frame.
+        conn.out = Vec::new();
+        self.fail(id, close::POLICY, "outbound queue over max_outbound (slow reader)");
     }
 
     /// The one place an error becomes an `error` frame.
@@ -622,9 +853,11 @@ impl Shard {
 
     /// Closes the WebSocket with `code` after flushing what is queued.
     fn fail(&mut self, id: ConnId, code: u16, reason: &str) {
+        let now = self.now;
         let Some(conn) = self.conn_mut(id) else { return };
         tracing::debug!(code, reason, "closing connection");
         ws::write_close(&mut conn.out, code, reason);
+        conn.last_seen = now;
         conn.phase = Phase::Closing;
         conn.close_after_flush = true;
         conn.inbuf = Vec::new();
@@ -671,15 +904,8 @@ impl Shard {
         let Some(conn) = self.conns.get(id.slot as usize).filter(|c| c.gen == id.gen) else { return };
         let conn_fd = conn.fd;
         self.churn += 1;
+        self.detach_from_user(id);
         let conn = self.conns.remove(id.slot as usize);
-        if let Some(user) = &conn.user {
-            if let Some(list) = self.users.get_mut(&**user) {
-                list.retain(|c| *c != id);
-                if list.is_empty() {
-                    self.users.remove(&**user);
-                }
-            }
-        }
         if conn.read_armed {
             self.ring.cancel_poll(token(Op::Read, id));
         }
@@ -687,6 +913,20 @@ impl Shard {
             self.ring.cancel_poll(token(Op::Write, id));
         }
         reactor::close(conn_fd);
+    }
+}
+
+impl Shard {
+    /// Removes a connection from its user's list (it gets no more messages); records
+    /// last seen when it was the user's last device.
+    fn detach_from_user(&mut self, id: ConnId) {
+        let Some(user) = self.conn_mut(id).and_then(|c| c.user.take()) else { return };
+        let Some(u) = self.users.get_mut(&*user) else { return };
+        u.conns.retain(|c| *c != id);
+        if u.conns.is_empty() {
+            u.last_seen = Some(now_ms());
+        }
+        self.presence_changed(&user);
     }
 }
 
@@ -700,5 +940,5 @@ pub(crate) fn data_opcode(enc: Encoding) -> OpCode {
 
 /// Builds an `error` frame.
 pub(crate) fn error_frame(code: ErrorCode, message: String, ref_id: Option<String>) -> ServerFrame {
-    ServerFrame::Error(ErrorFrame { code, message, ref_id })
+    ServerFrame::Error(ErrorFrame { code, message, ref_id, retry_after_ms: None })
 }

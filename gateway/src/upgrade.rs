@@ -30,11 +30,19 @@ pub struct Refusal {
     pub code: &'static str,
     /// Human explanation.
     pub message: String,
+    /// `Retry-After` seconds (503 only).
+    pub retry_after: Option<u32>,
 }
 
 impl Refusal {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal { status, code, message: message.into() }
+    /// A refusal without `Retry-After`.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal { status, code, message: message.into(), retry_after: None }
+    }
+
+    /// HTTP 503 with `Retry-After`: the server is at a limit; come back later.
+    pub fn busy(code: &'static str, message: impl Into<String>, retry_after: u32) -> Refusal {
+        Refusal { status: 503, code, message: message.into(), retry_after: Some(retry_after) }
     }
 }
 
@@ -190,7 +198,11 @@ pub fn refuse(r: &Refusal, out: &mut Vec<u8>) {
         _ => "Error",
     };
     let body = serde_json::json!({"code": r.code, "message": r.message}).to_string();
-    let extra = if r.status == 426 { "Upgrade: websocket\r\n" } else { "" };
+    let extra = match (r.status, r.retry_after) {
+        (426, _) => "Upgrade: websocket\r\n".to_owned(),
+        (_, Some(secs)) => format!("Retry-After: {secs}\r\n"),
+        _ => String::new(),
+    };
     out.extend_from_slice(
         format!(
             "HTTP/1.1 {} {reason}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -30,20 +30,29 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server with a fresh data dir.
+    /// A server with a fresh data dir and the test defaults.
     pub fn start(shards: usize) -> Server {
+        Server::start_with(shards, "")
+    }
+
+    /// A server with a fresh data dir and extra TOML config lines.
+    pub fn start_with(shards: usize, toml: &str) -> Server {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = Server::start_in(tmp.path(), shards, &[]);
+        let mut s = Server::start_in(&tmp.path().join("data"), shards, toml);
         s._tmp = Some(tmp);
         s
     }
 
-    /// A server on an existing data dir, with extra `serve` flags.
-    pub fn start_in(dir: &Path, shards: usize, extra: &[&str]) -> Server {
+    /// A server on an existing data dir. The config is the test defaults (no send rate
+    /// limit, so tests can send bursts) plus `toml`; the file lives beside `dir`.
+    pub fn start_in(dir: &Path, shards: usize, toml: &str) -> Server {
+        let cfg = dir.with_extension("toml");
+        std::fs::write(&cfg, format!("send_rate = 0\n{toml}\n")).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", &shards.to_string(), "--data-dir"])
             .arg(dir)
-            .args(extra)
+            .arg("--config")
+            .arg(&cfg)
             .env("SWITCHBOARD_JWT_SECRET", SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -79,6 +88,20 @@ impl Server {
                     panic!("server not ready within {DEADLINE:?} (exit: {status:?})");
                 }
             }
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -354,7 +354,7 @@ impl Shard {
                     out
                 });
                 conn.out.extend_from_slice(bytes);
-                if conn.out.len() > self.cfg.max_outbound {
+                if conn.write_armed && conn.out.len() > self.cfg.max_outbound {
                     overflowed.push(id);
                 }
                 if !conn.dirty {

@@ -40,6 +40,9 @@ pub fn listeners(addr: SocketAddr, n: usize) -> anyhow::Result<(SocketAddr, Vec<
 
 /// Runs the gateway until the process is stopped.
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    // First, before any thread exists (fjall starts its own): only the drain thread
+    // may receive SIGTERM/SIGINT; every thread started later inherits the mask.
+    crate::reactor::block_termination_signals()?;
     let shards = cfg.shard_count();
     anyhow::ensure!((1..=128).contains(&shards), "shards must be 1..=128 (got {shards})");
     cfg.validate()?;
@@ -53,7 +56,6 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         stores.push(Arc::new(store));
     }
     let (bound, fds) = listeners(cfg.listen, shards)?;
-    crate::reactor::block_termination_signals()?;
     let drain = Arc::new(Drain::new(shards));
     let cfg = Arc::new(cfg);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -237,10 +237,10 @@ impl Shard {
         self.now = self.started.elapsed().as_secs() as u32;
         let per_sec = (1000 / TICK.as_millis() as u64).max(1);
         let window_ticks = (self.cfg.presence_window_ms as u64 / TICK.as_millis() as u64).max(1);
-        if self.ticks % window_ticks == 0 {
+        if self.ticks.is_multiple_of(window_ticks) {
             self.publish_presence();
         }
-        if self.ticks % per_sec == 0 {
+        if self.ticks.is_multiple_of(per_sec) {
             self.sweep();
             self.expire_typing();
             if self.churn != self.churn_seen {
@@ -390,6 +390,8 @@ impl Shard {
         if op == Op::Accept {
             if c.result >= 0 {
                 self.on_accept(c.result);
+            } else if self.draining.is_some() {
+                // The listener was closed on purpose.
             } else {
                 self.accept_failures += 1;
                 let now = std::time::Instant::now();
@@ -823,27 +825,22 @@ impl Shard {
         }
         let enc = conn.encoding;
         ws::write_frame_with(&mut conn.out, data_opcode(enc), |o| enc.encode_server(frame, o));
-        let over = conn.out.len() > self.cfg.max_outbound;
+        // While the socket is known full, the queue only grows: enforce the bound now.
+        // Otherwise the flush at the end of the turn tries the socket first.
+        let over = conn.write_armed && conn.out.len() > self.cfg.max_outbound;
         self.mark_dirty(id);
         if over {
             self.overflow(id);
         }
     }
 
-    /// The connection's outbound queue passed `max_outbound`: its peer does not read.
-    /// Close it rather than grow; what it missed is stored and comes back by sync.
+    /// The bytes a connection's socket would not take passed `max_outbound`: its peer
+    /// does not read. Close it rather than grow; what it missed is stored and comes back
+    /// by sync. Its socket is full, possibly part-way through a frame, so no close frame
+    /// (1008) could reach it in order: the TCP connection is ended.
     pub(crate) fn overflow(&mut self, id: ConnId) {
-        let Some(conn) = self.conn_mut(id) else { return };
         tracing::debug!("closing a slow reader");
-        if conn.write_armed {
-            // Its socket buffer is full, partly through a frame: no close frame can
-            // reach it; end the TCP connection.
-            return self.close(id);
-        }
-        // Nothing of `out` is on the wire yet (it was all queued this turn): replace it
-        // with the close frame.
-        conn.out = Vec::new();
-        self.fail(id, close::POLICY, "outbound queue over max_outbound (slow reader)");
+        self.close(id);
     }
 
     /// The one place an error becomes an `error` frame.
@@ -879,6 +876,7 @@ impl Shard {
     }
 
     fn flush_conn(&mut self, id: ConnId) {
+        let max_outbound = self.cfg.max_outbound;
         let Some(conn) = self.conn_mut(id) else { return };
         conn.dirty = false;
         if !conn.out.is_empty() && !conn.write_armed {
@@ -886,6 +884,10 @@ impl Shard {
                 Ok(n) if n == conn.out.len() => conn.out = Vec::new(),
                 Ok(n) => {
                     conn.out.drain(..n);
+                    if conn.out.len() > max_outbound {
+                        // What the socket refused is past the bound: a slow reader.
+                        return self.overflow(id);
+                    }
                     conn.write_armed = true;
                     let fd = conn.fd;
                     self.ring.poll(fd, libc::POLLOUT as u32, false, token(Op::Write, id));

@@ -47,14 +47,15 @@ impl Server {
     /// limit, so tests can send bursts) plus `toml`; the file lives beside `dir`.
     pub fn start_in(dir: &Path, shards: usize, toml: &str) -> Server {
         let cfg = dir.with_extension("toml");
-        std::fs::write(&cfg, format!("send_rate = 0\n{toml}\n")).unwrap();
+        let defaults = if toml.contains("send_rate") { "" } else { "send_rate = 0\n" };
+        std::fs::write(&cfg, format!("{defaults}{toml}\n")).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", &shards.to_string(), "--data-dir"])
             .arg(dir)
             .arg("--config")
             .arg(&cfg)
             .env("SWITCHBOARD_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("SB_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -251,4 +252,83 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap();
     kb * 1024
+}
+
+/// Opens a raw TCP connection and completes an upgrade by hand (no client library):
+/// returns the stream positioned after the 101 response.
+pub fn raw_upgrade(addr: SocketAddr, token: &str) -> TcpStream {
+    raw_upgrade_with(TcpStream::connect(addr).unwrap(), token)
+}
+
+/// Like [`raw_upgrade`] from a socket whose receive buffer is pinned small (no
+/// autotuning): a reader that stops reading backs up into the server quickly.
+pub fn raw_upgrade_small_rcvbuf(addr: SocketAddr, token: &str) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(8192).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    raw_upgrade_with(sock.into(), token)
+}
+
+fn raw_upgrade_with(mut s: TcpStream, token: &str) -> TcpStream {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "closed during upgrade");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// Reads and discards until the server closes the TCP connection (EOF or reset);
+/// panics if it stays open past the deadline.
+pub fn wait_for_eof(s: &mut TcpStream) {
+    use std::io::Read;
+    let deadline = Instant::now() + DEADLINE;
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("connection still open after {DEADLINE:?}: {e}"),
+        }
+        assert!(Instant::now() < deadline, "connection still open after {DEADLINE:?}");
+    }
+}
+
+/// The raw HTTP response to an upgrade attempt (status line, headers, body).
+pub fn upgrade_response(addr: SocketAddr, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.starts_with(b"HTTP/1.1 101") && out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

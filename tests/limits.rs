@@ -1,0 +1,239 @@
+//! End-to-end: rate limits, connection caps, slow readers, slow handshakes, graceful drain.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+use wire::error::ErrorCode;
+use wire::frame::{ClientFrame, ConvId, History, PresenceState, ServerFrame};
+use wire::Encoding;
+
+#[test]
+fn send_rate_limit_answers_rate_limited_and_stores_nothing() {
+    let server = Server::start_with(1, "send_rate = 2\nsend_burst = 5");
+    let mut a = server.connect("rl-a", "d", Encoding::Json);
+    a.send_many((0..10).map(|i| send_to("rl-b", &format!("m{i}"), "x")));
+    let (mut acked, mut limited, mut conv) = (Vec::new(), Vec::new(), ConvId(0));
+    for _ in 0..10 {
+        match a.recv() {
+            ServerFrame::Ack(ack) => {
+                conv = ack.conv;
+                acked.push(ack.client_msg_id)
+            }
+            ServerFrame::Error(e) if e.code == ErrorCode::RateLimited => {
+                assert!(e.retry_after_ms.is_some_and(|ms| ms > 0 && ms <= 1000), "{e:?}");
+                limited.push(e.ref_id.unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(acked.len(), 5, "the burst");
+    assert_eq!(limited.len(), 5);
+    a.send(&ClientFrame::History(History { req_id: None, conv, before_seq: None, limit: None }));
+    match a.recv() {
+        ServerFrame::HistoryPage(p) => {
+            let ids: Vec<_> = p.messages.into_iter().map(|m| m.client_msg_id).collect();
+            assert_eq!(ids, acked, "rate-limited messages were not stored");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn connection_caps_refuse_with_503_and_retry_after() {
+    let server = Server::start_with(1, "max_devices_per_user = 2\nmax_connections = 4\nretry_after_secs = 7");
+    let _d1 = server.connect("capped", "one", Encoding::Json);
+    let mut d2 = server.connect("capped", "two", Encoding::Json);
+    let resp = upgrade_response(server.addr, &server.token("capped", Some("three")));
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(resp.contains("Retry-After: 7") && resp.contains("device_limit"), "{resp}");
+    // The same device reconnecting replaces its older connection instead.
+    let _new = server.connect("capped", "two", Encoding::Json);
+    assert_eq!(d2.expect_close(), 4000);
+    // Host connection cap: 3 open connections + the one being upgraded passes 4 only
+    // at the fifth.
+    let _o1 = server.connect("other1", "d", Encoding::Json);
+    let _o2 = server.connect("other2", "d", Encoding::Json);
+    let resp = upgrade_response(server.addr, &server.token("other3", None));
+    assert!(resp.starts_with("HTTP/1.1 503") && resp.contains("connection_limit"), "{resp}");
+}
+
+#[test]
+fn handshake_rate_limit_refuses_the_excess_with_503() {
+    let server = Server::start_with(1, "handshake_rate = 1\nhandshake_burst = 2");
+    let token = server.token("hs", None);
+    let statuses: Vec<String> = (0..4).map(|_| upgrade_response(server.addr, &token)[..12].to_owned()).collect();
+    assert_eq!(statuses.iter().filter(|s| s.ends_with("101")).count(), 2, "{statuses:?}");
+    assert!(statuses[2..].iter().all(|s| s.ends_with("503")), "{statuses:?}");
+}
+
+#[test]
+fn a_slow_reader_is_cut_off_and_others_are_unaffected() {
+    let server =
+        Server::start_with(2, "max_frame = 16384\nmax_body = 8192\nmax_outbound = 65536\npresence_window_ms = 100");
+    let mut w = server.connect("sr-watch", "d", Encoding::Json);
+    w.send(&ClientFrame::PresenceSub { users: vec!["sr-slow".into()] });
+    assert!(matches!(w.recv(), ServerFrame::Presence { .. }));
+    // Upgrades, then never reads again (until the end of the test).
+    let mut slow = raw_upgrade_small_rcvbuf(server.addr, &server.token("sr-slow", Some("d")));
+    // Wait until its watcher sees it online, so the cut-off is a visible change.
+    loop {
+        if let ServerFrame::Presence { updates } = w.recv() {
+            if updates.iter().any(|u| u.user == "sr-slow" && u.state == PresenceState::Online) {
+                break;
+            }
+        }
+    }
+    let mut fast = server.connect("sr-fast", "d", Encoding::FlatBuffers);
+    let mut peer = server.connect("sr-peer", "d", Encoding::Json);
+    let body = "y".repeat(8000);
+    const N: usize = 1500; // 12 MB: far past the socket buffers and max_outbound
+    fast.send_many((0..N).map(|i| send_to("sr-slow", &format!("s{i}"), &body)));
+    let mut acked = 0;
+    while acked < N {
+        match fast.recv() {
+            ServerFrame::Ack(a) if a.client_msg_id.starts_with('s') => {
+                assert_eq!(a.client_msg_id, format!("s{acked}"));
+                acked += 1;
+                if acked % 300 == 0 {
+                    // Everyone else keeps chatting meanwhile.
+                    fast.send(&send_to("sr-peer", &format!("p{acked}"), "still fine"));
+                    assert!(matches!(peer.recv(), ServerFrame::Msg(m) if m.client_msg_id == format!("p{acked}")));
+                }
+            }
+            ServerFrame::Ack(_) => {} // a peer message's ack
+            other => panic!("{other:?}"),
+        }
+    }
+    // Drain the acks of the peer messages interleaved above, then check the slow
+    // reader was disconnected (its watcher sees it go offline).
+    let mut seen_offline = false;
+    while !seen_offline {
+        if let ServerFrame::Presence { updates } = w.recv() {
+            seen_offline = updates.iter().any(|u| u.user == "sr-slow" && u.state == PresenceState::Offline);
+        }
+    }
+    // The slow reader, reading at last, finds its connection ended long before the
+    // 12 MB sent to it: the server held at most max_outbound beyond the socket buffers.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match std::io::Read::read(&mut slow, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("slow reader's connection still open: {e}"),
+        }
+    }
+    assert!(total < N * 8000 / 2, "received {total} bytes");
+}
+
+#[test]
+fn slow_handshakes_are_closed() {
+    let server = Server::start_with(1, "handshake_timeout_secs = 1");
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: slow\r\n").unwrap(); // and never finish
+    let t0 = std::time::Instant::now();
+    wait_for_eof(&mut s);
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(500), "{:?}", t0.elapsed());
+    let _ok = server.connect("after-slowloris", "d", Encoding::Json);
+}
+
+#[test]
+fn idle_connections_are_pinged() {
+    let server = Server::start_with(1, "ping_interval_secs = 1\nidle_timeout_secs = 5");
+    let mut c = server.connect("pinged", "d", Encoding::Json);
+    loop {
+        match c.ws.read().expect("a ping within the deadline") {
+            tungstenite::Message::Ping(_) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    // tungstenite answered the ping: the connection stays up past idle_timeout.
+    c.send(&send_to("nobody-home", "alive", "still here"));
+    assert!(matches!(c.recv(), ServerFrame::Ack(_)));
+}
+
+#[test]
+fn sigterm_drains_with_1012_exits_0_and_loses_no_acked_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let mut server = Server::start_in(&dir, 2, "drain_secs = 1");
+    let mut receiver = server.connect("dr-recv", "d", Encoding::Json);
+    let mut senders: Vec<Client> =
+        (0..4).map(|i| server.connect(&format!("dr-s{i}"), "d", Encoding::FlatBuffers)).collect();
+    // A steady flow: each sender keeps 10 messages in flight and records acks.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(ConvId, String)>::new()));
+    let mut threads = Vec::new();
+    for (i, mut s) in senders.drain(..).enumerate() {
+        let acked = acked.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut next = 0usize;
+            s.send_many((0..10).map(|k| send_to("dr-recv", &format!("s{i}-{k}"), "flow")));
+            next += 10;
+            loop {
+                match s.ws.read() {
+                    Ok(tungstenite::Message::Binary(b)) => match wire::fb::decode_server(&b).unwrap() {
+                        ServerFrame::Ack(a) => {
+                            acked.lock().unwrap().push((a.conv, a.client_msg_id));
+                            // The server may already have closed: a failed send is fine,
+                            // the close frame is still there to read.
+                            let f = wire::fb::encode_client(&send_to("dr-recv", &format!("s{i}-{next}"), "flow"));
+                            let _ = s.ws.send(tungstenite::Message::binary(f));
+                            next += 1;
+                        }
+                        other => panic!("{other:?}"),
+                    },
+                    Ok(tungstenite::Message::Close(c)) => return c.map(|c| u16::from(c.code)),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        }));
+    }
+    while acked.lock().unwrap().len() < 200 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    for t in threads {
+        assert_eq!(t.join().unwrap(), Some(1012), "every sender is closed with 1012");
+    }
+    loop {
+        match receiver.ws.read() {
+            Ok(tungstenite::Message::Close(Some(c))) => {
+                assert_eq!(u16::from(c.code), 1012);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("receiver got no 1012: {e}"),
+        }
+    }
+    // After a restart every acked message is in history, exactly once.
+    let server = Server::start_in(&dir, 2, "");
+    let mut r = server.connect("dr-recv", "d", Encoding::Json);
+    let acked = acked.lock().unwrap().clone();
+    let mut convs: Vec<ConvId> = acked.iter().map(|a| a.0).collect();
+    convs.sort();
+    convs.dedup();
+    let mut stored = std::collections::HashMap::new();
+    for conv in convs {
+        let mut before = None;
+        loop {
+            r.send(&ClientFrame::History(History { req_id: None, conv, before_seq: before, limit: Some(100) }));
+            let ServerFrame::HistoryPage(p) = r.recv() else { panic!("expected a page") };
+            before = p.messages.first().map(|m| m.seq);
+            for m in p.messages {
+                *stored.entry(m.client_msg_id).or_insert(0) += 1;
+            }
+            if !p.has_more {
+                break;
+            }
+        }
+    }
+    for (_, id) in &acked {
+        assert_eq!(stored.get(id), Some(&1), "acked {id} stored once");
+    }
+}

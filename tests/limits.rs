@@ -235,3 +235,35 @@ fn sigterm_drains_with_1012_exits_0_and_loses_no_acked_message() {
         assert_eq!(stored.get(id), Some(&1), "acked {id} stored once");
     }
 }
+
+#[test]
+fn admin_endpoint_reports_metrics_readiness_and_drains() {
+    let mut server = Server::start_with(2, "drain_secs = 1");
+    assert_eq!(admin_request(&server, "GET", "/healthz").0, 200);
+    assert_eq!(admin_request(&server, "GET", "/readyz").0, 200);
+    let mut a = server.connect("adm-a", "d", Encoding::Json);
+    let mut b = server.connect("adm-b", "d", Encoding::Json);
+    for i in 0..3 {
+        a.send(&send_to("adm-b", &format!("m{i}"), "counted"));
+        assert!(matches!(a.recv(), ServerFrame::Ack(_)));
+        assert!(matches!(b.recv(), ServerFrame::Msg(_)));
+    }
+    let (status, metrics) = admin_request(&server, "GET", "/metrics");
+    assert_eq!(status, 200);
+    let total = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(total("switchboard_messages_stored_total"), 3, "{metrics}");
+    assert_eq!(total("switchboard_deliveries_total"), 3, "{metrics}");
+    assert!(total("switchboard_accepted_total") >= 2, "{metrics}");
+    // The drain command: not ready any more, clients told 1012, exit 0.
+    assert_eq!(admin_request(&server, "POST", "/drain").0, 202);
+    assert_eq!(a.expect_close(), 1012);
+    assert_eq!(b.expect_close(), 1012);
+    let status = server.terminate_wait();
+    assert!(status.success(), "{status:?}");
+}

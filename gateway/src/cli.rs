@@ -43,6 +43,9 @@ struct ServeArgs {
     /// Listen address (default 127.0.0.1:9000; port 0 picks a free port).
     #[arg(long, env = "SWITCHBOARD_LISTEN")]
     listen: Option<std::net::SocketAddr>,
+    /// Admin endpoint address (default 127.0.0.1:9100).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
     /// Number of shards (default: one per CPU).
     #[arg(long, env = "SWITCHBOARD_SHARDS")]
     shards: Option<usize>,
@@ -90,6 +93,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = load(&args.common)?;
     if let Some(l) = args.listen {
         cfg.listen = l;
+    }
+    if let Some(a) = args.admin_listen {
+        cfg.admin_listen = a;
     }
     if let Some(n) = args.shards {
         cfg.shards = n;

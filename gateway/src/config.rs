@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub struct Config {
     /// Address of the WebSocket listener (one SO_REUSEPORT socket per shard).
     pub listen: SocketAddr,
+    /// Address of the admin endpoint (health, readiness, metrics, drain).
+    pub admin_listen: SocketAddr,
     /// Number of shards; 0 = one per online CPU.
     pub shards: usize,
     /// Pin shard k to CPU k.
@@ -76,6 +78,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: "127.0.0.1:9000".parse().expect("literal address"),
+            admin_listen: "127.0.0.1:9100".parse().expect("literal address"),
             shards: 0,
             pin: true,
             data_dir: PathBuf::from("./data"),

@@ -7,6 +7,7 @@
 //! with one mesh route per destination shard.
 //!
 //! # Layout
+//! - [`admin`]: health, readiness, Prometheus metrics and the drain command.
 //! - [`cli`]: the `switchboard` subcommands (`serve`, `token`).
 //! - [`config`]: configuration and every limit.
 //! - [`server`]: starts storage, listeners and shards.
@@ -23,6 +24,7 @@
 //! - [`auth`]: JWT verification and minting.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -262,6 +262,9 @@ impl Shard {
         if let Err(e) = r {
             return self.on_commit_failed(batch, &e);
         }
+        let stats = self.stats();
+        stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.messages_stored.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shards];
         for p in batch {
             let Some(Slot::Ready(c)) = self.convs.slots.get_mut(&p.msg.conv) else { continue };
@@ -337,6 +340,7 @@ impl Shard {
         let frame = ServerFrame::Msg(msg);
         let mut encoded: [Option<Vec<u8>>; 2] = [None, None];
         let mut overflowed = Vec::new();
+        let mut delivered = 0u64;
         for user in recipients {
             let Some(u) = self.users.get(user.as_str()) else { continue };
             for &id in &u.conns {
@@ -354,6 +358,7 @@ impl Shard {
                     out
                 });
                 conn.out.extend_from_slice(bytes);
+                delivered += 1;
                 if conn.write_armed && conn.out.len() > self.cfg.max_outbound {
                     overflowed.push(id);
                 }
@@ -363,6 +368,7 @@ impl Shard {
                 }
             }
         }
+        self.stats().deliveries.fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
         for id in overflowed {
             self.overflow(id);
         }

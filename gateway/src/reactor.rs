@@ -243,3 +243,12 @@ pub fn wait_for_termination() -> i32 {
         sig
     }
 }
+
+/// Sends SIGTERM to this process (the admin drain command), so that the signal thread
+/// runs the one drain path.
+pub fn request_termination() {
+    // SAFETY: kill(2) with our own pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGTERM);
+    }
+}

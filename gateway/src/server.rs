@@ -57,6 +57,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let (bound, fds) = listeners(cfg.listen, shards)?;
     let drain = Arc::new(Drain::new(shards));
+    let stats: Arc<Vec<crate::admin::ShardStats>> = Arc::new((0..shards).map(|_| Default::default()).collect());
+    let admin = crate::admin::start(cfg.admin_listen, stats.clone(), drain.clone())?;
     let cfg = Arc::new(cfg);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let rt = shard::runtime::RuntimeConfig { shards, pin: cfg.pin, io_memory: cfg.io_memory, mesh_capacity: 1024 };
@@ -71,13 +73,17 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             secret: secret.clone(),
             ready: ready_tx.clone(),
             drain: drain.clone(),
+            stats: stats.clone(),
         })
         .collect();
     drop(ready_tx);
     let announcer = std::thread::spawn(move || {
         let started = ready_rx.iter().take(shards).count();
         if started == shards {
-            println!("switchboard listening on ws://{bound} ({shards} shards, data in {})", data_dir.display());
+            println!(
+                "switchboard listening on ws://{bound} ({shards} shards, data in {}, admin http://{admin})",
+                data_dir.display()
+            );
             let _ = std::io::stdout().flush();
         }
     });

@@ -28,6 +28,7 @@ use wire::error::{close, ErrorCode};
 use wire::frame::{ClientFrame, ErrorFrame, ServerFrame, Target};
 use wire::Encoding;
 
+use crate::admin::ShardStats;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::conn::{same_gen, token, untoken, Conn, Op, Phase};
@@ -53,6 +54,8 @@ pub struct ShardSetup {
     pub ready: std::sync::mpsc::Sender<ShardId>,
     /// Set by the signal thread to start a graceful drain; shards report back here.
     pub drain: Arc<Drain>,
+    /// Published figures, one entry per shard.
+    pub stats: Arc<Vec<ShardStats>>,
 }
 
 /// Shared between the signal thread and the shards: read once per housekeeping tick,
@@ -117,6 +120,8 @@ pub struct Shard {
     drain: Arc<Drain>,
     /// Connections to close per tick while draining (`None`: not draining).
     draining: Option<usize>,
+    /// Published figures (this shard writes only `stats[me]`).
+    stats: Arc<Vec<ShardStats>>,
     /// Conversations homed here (see `messaging`).
     pub(crate) convs: Conversations,
     /// This shard's storage partition.
@@ -185,6 +190,7 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             ticks: 0,
             drain: setup.drain,
             draining: None,
+            stats: setup.stats,
             convs: Conversations::default(),
             store: setup.store,
             ids: MessageIdGen::new(setup.cfg.host_id, me),
@@ -232,8 +238,14 @@ async fn housekeeping(shard: Weak<RefCell<Shard>>) {
 }
 
 impl Shard {
+    /// This shard's published figures.
+    pub(crate) fn stats(&self) -> &ShardStats {
+        &self.stats[self.me.index()]
+    }
+
     fn tick(&mut self) {
         self.ticks += 1;
+        self.stats().connections.store(self.conns.len() as u64, Ordering::Relaxed);
         self.now = self.started.elapsed().as_secs() as u32;
         let per_sec = (1000 / TICK.as_millis() as u64).max(1);
         let window_ticks = (self.cfg.presence_window_ms as u64 / TICK.as_millis() as u64).max(1);
@@ -279,6 +291,9 @@ impl Shard {
             }
         }
         for id in to_close {
+            if self.conn_mut(id).is_some_and(|c| c.phase != Phase::Closing) {
+                ShardStats::bump(&self.stats().timeouts);
+            }
             self.close(id);
         }
         for id in to_ping {
@@ -460,6 +475,7 @@ impl Shard {
 
     fn on_accept(&mut self, fd: RawFd) {
         self.churn += 1;
+        ShardStats::bump(&self.stats().accepted);
         reactor::set_nodelay(fd);
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
@@ -574,6 +590,7 @@ impl Shard {
     }
 
     fn refuse(&mut self, id: ConnId, r: &Refusal) {
+        ShardStats::bump(&self.stats().refused);
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else { return };
         conn.inbuf = Vec::new();
@@ -755,6 +772,7 @@ impl Shard {
                 let (rate, burst) = (self.cfg.send_rate, self.cfg.send_burst);
                 let budget = self.users.get_mut(&*user).map(|u| u.bucket.take(rate, burst, now_ms()));
                 if let Some(Err(wait_ms)) = budget {
+                    ShardStats::bump(&self.stats().rate_limited);
                     let msg = format!("more than {rate} messages per second; retry in {wait_ms} ms");
                     let e = ErrorFrame {
                         code: ErrorCode::RateLimited,
@@ -840,6 +858,7 @@ impl Shard {
     /// (1008) could reach it in order: the TCP connection is ended.
     pub(crate) fn overflow(&mut self, id: ConnId) {
         tracing::debug!("closing a slow reader");
+        ShardStats::bump(&self.stats().slow_readers);
         self.close(id);
     }
 

@@ -24,6 +24,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The admin endpoint.
+    pub admin: SocketAddr,
     pub dir: PathBuf,
     pub shards: usize,
     _tmp: Option<tempfile::TempDir>,
@@ -47,7 +49,10 @@ impl Server {
     /// limit, so tests can send bursts) plus `toml`; the file lives beside `dir`.
     pub fn start_in(dir: &Path, shards: usize, toml: &str) -> Server {
         let cfg = dir.with_extension("toml");
-        let defaults = if toml.contains("send_rate") { "" } else { "send_rate = 0\n" };
+        let mut defaults = String::from("admin_listen = \"127.0.0.1:0\"\n");
+        if !toml.contains("send_rate") {
+            defaults.push_str("send_rate = 0\n");
+        }
         std::fs::write(&cfg, format!("{defaults}{toml}\n")).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", &shards.to_string(), "--data-dir"])
@@ -70,6 +75,7 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             addr: "127.0.0.1:1".parse().unwrap(),
+            admin: "127.0.0.1:1".parse().unwrap(),
             dir: dir.to_owned(),
             shards,
             _tmp: None,
@@ -81,6 +87,8 @@ impl Server {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix("switchboard listening on ws://") {
                         server.addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                        let admin = rest.split("admin http://").nth(1).expect("admin address in the listening line");
+                        server.admin = admin.trim_end_matches(')').parse().unwrap();
                         return server;
                     }
                 }
@@ -94,8 +102,14 @@ impl Server {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().unwrap();
+        let c = self.child.as_ref().unwrap();
         Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        self.terminate_wait()
+    }
+
+    /// Waits (bounded) for the server to exit by itself.
+    pub fn terminate_wait(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = c.try_wait().unwrap() {
@@ -331,4 +345,17 @@ pub fn upgrade_response(addr: SocketAddr, token: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A plain HTTP request to the admin endpoint: (status, body).
+pub fn admin_request(server: &Server, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(server.admin).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }

@@ -1,0 +1,131 @@
+//! The admin endpoint: health, readiness, Prometheus metrics, and a drain command.
+//!
+//! Served by one plain thread with blocking sockets, off the shards: operators and
+//! scrapers are few and slow, and nothing here touches a shard's state. Shards publish
+//! their figures into [`ShardStats`]: per-shard atomics written only by their shard
+//! (relaxed stores and adds, no locks, no contention) and read here.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when accepting connections, 503 while draining |
+//! | `GET /metrics` | Prometheus text format |
+//! | `POST /drain` | starts a graceful drain (same as SIGTERM) |
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::service::Drain;
+
+/// One shard's published figures. Invariant: only shard k writes `stats[k]`.
+#[derive(Default)]
+pub struct ShardStats {
+    /// Open connections now (set every tick).
+    pub connections: AtomicU64,
+    /// Sockets accepted.
+    pub accepted: AtomicU64,
+    /// Upgrades refused (401, 503, ...).
+    pub refused: AtomicU64,
+    /// Messages stored (acknowledged) by this shard as a conversation home.
+    pub messages_stored: AtomicU64,
+    /// Group commits completed.
+    pub commits: AtomicU64,
+    /// `msg` frames written to devices.
+    pub deliveries: AtomicU64,
+    /// Sends refused with `rate_limited`.
+    pub rate_limited: AtomicU64,
+    /// Connections closed for not reading (outbound queue over `max_outbound`).
+    pub slow_readers: AtomicU64,
+    /// Connections closed for silence (heartbeat) or slow handshakes.
+    pub timeouts: AtomicU64,
+}
+
+impl ShardStats {
+    /// Adds one to a counter (its shard is the only writer).
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
+    let mut out = String::new();
+    let series: [(&str, &str, &str, fn(&ShardStats) -> &AtomicU64); 9] = [
+        ("switchboard_connections", "gauge", "Open connections.", |s| &s.connections),
+        ("switchboard_accepted_total", "counter", "Sockets accepted.", |s| &s.accepted),
+        ("switchboard_upgrades_refused_total", "counter", "Upgrades refused (401, 503, ...).", |s| &s.refused),
+        ("switchboard_messages_stored_total", "counter", "Messages durably stored and acknowledged.", |s| {
+            &s.messages_stored
+        }),
+        ("switchboard_commits_total", "counter", "Group commits (one durable sync each).", |s| &s.commits),
+        ("switchboard_deliveries_total", "counter", "msg frames written to devices.", |s| &s.deliveries),
+        ("switchboard_rate_limited_total", "counter", "Sends refused with rate_limited.", |s| &s.rate_limited),
+        ("switchboard_slow_reader_closes_total", "counter", "Connections closed for not reading.", |s| &s.slow_readers),
+        ("switchboard_timeouts_total", "counter", "Connections closed by heartbeat or handshake timeout.", |s| {
+            &s.timeouts
+        }),
+    ];
+    for (name, kind, help, get) in series {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (k, s) in stats.iter().enumerate() {
+            out.push_str(&format!("{name}{{shard=\"{k}\"}} {}\n", get(s).load(Ordering::Relaxed)));
+        }
+    }
+    let draining = u8::from(drain.requested.load(Ordering::Relaxed));
+    out.push_str(&format!(
+        "# HELP switchboard_draining 1 while draining.\n# TYPE switchboard_draining gauge\nswitchboard_draining {draining}\n"
+    ));
+    out
+}
+
+fn respond(mut s: TcpStream, status: &str, body: &str, content_type: &str) {
+    let _ = write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let mut reader = BufReader::new(match s.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    if reader.read_line(&mut line).is_err() || line.len() > 1024 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let text = "text/plain; charset=utf-8";
+    match (method, path) {
+        ("GET", "/healthz") => respond(s, "200 OK", "ok\n", text),
+        ("GET", "/readyz") if drain.requested.load(Ordering::Relaxed) => {
+            respond(s, "503 Service Unavailable", "draining\n", text)
+        }
+        ("GET", "/readyz") => respond(s, "200 OK", "ready\n", text),
+        ("GET", "/metrics") => respond(s, "200 OK", &metrics(stats, drain), "text/plain; version=0.0.4"),
+        ("POST", "/drain") => {
+            // The same path as an operator's SIGTERM: the signal thread starts the drain.
+            crate::reactor::request_termination();
+            respond(s, "202 Accepted", "draining\n", text)
+        }
+        _ => respond(s, "404 Not Found", "try /healthz, /readyz, /metrics or POST /drain\n", text),
+    }
+}
+
+/// Binds the admin listener; returns its address. Requests are served one at a time
+/// on a dedicated thread.
+pub fn start(addr: SocketAddr, stats: Arc<Vec<ShardStats>>, drain: Arc<Drain>) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("binding admin {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new().name("admin".into()).spawn(move || {
+        for s in listener.incoming().flatten() {
+            serve_one(s, &stats, &drain);
+        }
+    })?;
+    Ok(bound)
+}

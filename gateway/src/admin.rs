@@ -50,9 +50,12 @@ impl ShardStats {
     }
 }
 
+/// One exported series: name, type, help, and where to read it.
+type Series = (&'static str, &'static str, &'static str, fn(&ShardStats) -> &AtomicU64);
+
 fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
     let mut out = String::new();
-    let series: [(&str, &str, &str, fn(&ShardStats) -> &AtomicU64); 9] = [
+    let series: [Series; 9] = [
         ("switchboard_connections", "gauge", "Open connections.", |s| &s.connections),
         ("switchboard_accepted_total", "counter", "Sockets accepted.", |s| &s.accepted),
         ("switchboard_upgrades_refused_total", "counter", "Upgrades refused (401, 503, ...).", |s| &s.refused),

@@ -116,17 +116,34 @@ fn a_slow_reader_is_cut_off_and_others_are_unaffected() {
     }
     // The slow reader, reading at last, finds its connection ended long before the
     // 12 MB sent to it: the server held at most max_outbound beyond the socket buffers.
-    let mut total = 0usize;
+    let mut got = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         match std::io::Read::read(&mut slow, &mut buf) {
             Ok(0) => break,
-            Ok(n) => total += n,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
             Err(e) => panic!("slow reader's connection still open: {e}"),
         }
     }
-    assert!(total < N * 8000 / 2, "received {total} bytes");
+    assert!(got.len() < N * 8000 / 2, "received {} bytes", got.len());
+    // Walk the frames: whole frames, then a close with 1008 and its reason.
+    let mut pos = 0;
+    let mut close_code = None;
+    while pos + 2 <= got.len() {
+        let (op, len7) = (got[pos] & 0x0f, (got[pos + 1] & 0x7f) as usize);
+        let (hlen, len) = match len7 {
+            126 => (4, u16::from_be_bytes([got[pos + 2], got[pos + 3]]) as usize),
+            127 => (10, u64::from_be_bytes(got[pos + 2..pos + 10].try_into().unwrap()) as usize),
+            n => (2, n),
+        };
+        if op == 0x8 {
+            close_code = Some(u16::from_be_bytes([got[pos + hlen], got[pos + hlen + 1]]));
+        }
+        pos += hlen + len;
+    }
+    assert_eq!(pos, got.len(), "the stream is whole frames");
+    assert_eq!(close_code, Some(1008), "a slow reader that reads at last finds a 1008 close");
 }
 
 #[test]

@@ -44,6 +44,9 @@ pub struct Conn {
     pub frag_op: Option<Data>,
     /// Bytes waiting to be sent. Empty (no allocation) when idle.
     pub out: Vec<u8>,
+    /// Bytes at the head of `out` that finish a frame already partly sent (0: `out`
+    /// starts on a frame boundary). Lets a close frame be queued cleanly behind it.
+    pub out_partial: u32,
     /// `out` is queued in the shard's flush list.
     pub dirty: bool,
     /// A POLLOUT is armed because the socket buffer was full.
@@ -77,6 +80,7 @@ impl Conn {
             frag: Vec::new(),
             frag_op: None,
             out: Vec::new(),
+            out_partial: 0,
             dirty: false,
             write_armed: false,
             read_armed: false,

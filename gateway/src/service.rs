@@ -853,13 +853,19 @@ impl Shard {
     }
 
     /// The bytes a connection's socket would not take passed `max_outbound`: its peer
-    /// does not read. Close it rather than grow; what it missed is stored and comes back
-    /// by sync. Its socket is full, possibly part-way through a frame, so no close frame
-    /// (1008) could reach it in order: the TCP connection is ended.
+    /// does not read. Drop its queue (what it missed is stored and comes back by sync),
+    /// keeping only the rest of a frame already partly sent, and queue a 1008 close
+    /// behind it: a peer that is merely slow reads the close; one that never reads is
+    /// dropped when the closing grace ends.
     pub(crate) fn overflow(&mut self, id: ConnId) {
         tracing::debug!("closing a slow reader");
         ShardStats::bump(&self.stats().slow_readers);
-        self.close(id);
+        let Some(conn) = self.conn_mut(id) else { return };
+        let keep = conn.out_partial as usize;
+        conn.out.truncate(keep);
+        conn.out.shrink_to_fit();
+        self.detach_from_user(id);
+        self.fail(id, close::POLICY, "outbound queue over max_outbound (slow reader)");
     }
 
     /// The one place an error becomes an `error` frame.
@@ -900,12 +906,18 @@ impl Shard {
         conn.dirty = false;
         if !conn.out.is_empty() && !conn.write_armed {
             match reactor::send(conn.fd, &conn.out) {
-                Ok(n) if n == conn.out.len() => conn.out = Vec::new(),
+                Ok(n) if n == conn.out.len() => {
+                    conn.out = Vec::new();
+                    conn.out_partial = 0;
+                }
                 Ok(n) => {
+                    conn.out_partial = ws::partial_after(&conn.out, conn.out_partial as usize, n) as u32;
                     conn.out.drain(..n);
                     if conn.out.len() > max_outbound {
-                        // What the socket refused is past the bound: a slow reader.
-                        return self.overflow(id);
+                        // What the socket refused is past the bound: a slow reader. Its
+                        // queue shrinks to the close frame; flush that (arms POLLOUT).
+                        self.overflow(id);
+                        return self.flush_conn(id);
                     }
                     conn.write_armed = true;
                     let fd = conn.fd;

@@ -103,6 +103,26 @@ pub fn write_frame_with(out: &mut Vec<u8>, opcode: OpCode, fill: impl FnOnce(&mu
     out.truncate(start + hl + len);
 }
 
+/// After `sent` bytes of `out` went out (`out` started `partial` bytes before a frame
+/// boundary), how many bytes at the new head still belong to a partly sent frame.
+/// `out` holds only whole server frames behind `partial`.
+pub fn partial_after(out: &[u8], partial: usize, sent: usize) -> usize {
+    if sent < partial {
+        return partial - sent;
+    }
+    let mut pos = partial;
+    while pos < sent {
+        let mut cur = Cursor::new(&out[pos..]);
+        let Ok(Some((_, len))) = FrameHeader::parse(&mut cur) else { return 0 };
+        let end = pos + cur.position() as usize + len as usize;
+        if end > sent {
+            return end - sent;
+        }
+        pos = end;
+    }
+    0
+}
+
 /// Appends a close frame with a code and reason.
 pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
     let mut p = Vec::with_capacity(2 + reason.len());
@@ -150,6 +170,20 @@ mod tests {
         assert!(matches!(next(&client_frame(2, true, &[0; 300], true), 100), Next::Violation(1009, _)));
         assert!(matches!(next(&client_frame(9, false, b"", true), 100), Next::Violation(1002, _)));
         assert!(matches!(next(&client_frame(3, true, b"", true), 100), Next::Violation(1002, _)));
+    }
+
+    #[test]
+    fn partial_frames_are_tracked_across_sends() {
+        let mut out = Vec::new();
+        write_frame(&mut out, OpCode::Data(Data::Text), &[1; 10]); // 12 bytes
+        write_frame(&mut out, OpCode::Data(Data::Text), &[2; 200]); // 204 bytes
+        assert_eq!(partial_after(&out, 0, 0), 0);
+        assert_eq!(partial_after(&out, 0, 5), 7);
+        assert_eq!(partial_after(&out, 0, 12), 0);
+        assert_eq!(partial_after(&out, 0, 20), 196);
+        assert_eq!(partial_after(&out, 0, 216), 0);
+        assert_eq!(partial_after(&out[5..], 7, 3), 4);
+        assert_eq!(partial_after(&out[5..], 7, 10), 201);
     }
 
     #[test]

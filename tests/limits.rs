@@ -284,3 +284,51 @@ fn admin_endpoint_reports_metrics_readiness_and_drains() {
     let status = server.terminate_wait();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_reconnect_storm_is_absorbed_while_connected_users_keep_chatting() {
+    let server = Server::start_with(2, "handshake_rate = 200\nhandshake_burst = 50\nretry_after_secs = 1");
+    let mut a = server.connect("storm-a", "d", Encoding::FlatBuffers);
+    let mut b = server.connect("storm-b", "d", Encoding::Json);
+    let secret = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let addr = server.addr;
+    let storm: Vec<_> = (0..8)
+        .map(|t| {
+            let secret = secret.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut busy) = (0, 0);
+                let mut held = Vec::new();
+                for i in 0..100 {
+                    let claims = serde_json::json!({"sub": format!("storm-{t}-{i}"), "exp": now + 600});
+                    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &secret).unwrap();
+                    let resp = upgrade_response(addr, &token);
+                    if resp.starts_with("HTTP/1.1 101") {
+                        ok += 1;
+                        held.push(resp);
+                    } else if resp.starts_with("HTTP/1.1 503") && resp.contains("Retry-After: 1") {
+                        busy += 1;
+                    } else {
+                        panic!("unexpected answer in the storm: {resp}");
+                    }
+                }
+                (ok, busy)
+            })
+        })
+        .collect();
+    // Meanwhile, the connected pair keeps exchanging messages.
+    for i in 0..100 {
+        a.send(&send_to("storm-b", &format!("m{i}"), "during the storm"));
+        assert!(matches!(a.recv(), ServerFrame::Ack(_)));
+        assert!(matches!(b.recv(), ServerFrame::Msg(m) if m.client_msg_id == format!("m{i}")));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for t in storm {
+        let (o, b) = t.join().unwrap();
+        ok += o;
+        busy += b;
+    }
+    assert_eq!(ok + busy, 800);
+    assert!(ok >= 100, "the rate still admits upgrades: {ok}");
+    assert!(busy >= 100, "the excess is refused with 503: {busy}");
+}

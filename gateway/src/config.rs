@@ -72,6 +72,9 @@ pub struct Config {
     pub typing_ttl_secs: u32,
     /// Seconds over which a drain (SIGTERM) spreads its 1012 closes.
     pub drain_secs: u32,
+    /// Seconds a closing connection (close frame or refusal queued) may take to read it
+    /// before its TCP connection is ended.
+    pub closing_grace_secs: u32,
 }
 
 impl Default for Config {
@@ -108,6 +111,7 @@ impl Default for Config {
             presence_window_ms: 2000,
             typing_ttl_secs: 6,
             drain_secs: 10,
+            closing_grace_secs: 5,
         }
     }
 }

@@ -76,8 +76,6 @@ impl Drain {
 
 /// Housekeeping period: presence windows, sweeps and drain steps run on this beat.
 const TICK: Duration = Duration::from_millis(250);
-/// A connection closing (close frame or refusal queued) is dropped after this long.
-const CLOSING_GRACE_SECS: u32 = 5;
 /// Close code sent to an older connection of a device that connected again.
 pub const CLOSE_REPLACED: u16 = 4000;
 
@@ -281,7 +279,7 @@ impl Shard {
             let quiet = now.saturating_sub(c.last_seen);
             match c.phase {
                 Phase::Handshake if quiet >= hs => to_close.push(id),
-                Phase::Closing if quiet >= CLOSING_GRACE_SECS => to_close.push(id),
+                Phase::Closing if quiet >= grace => to_close.push(id),
                 Phase::Open if quiet >= idle => to_close.push(id),
                 Phase::Open if quiet >= ping && now.saturating_sub(c.pinged_at) >= ping => {
                     c.pinged_at = now;

@@ -272,6 +272,7 @@ impl Shard {
     fn sweep(&mut self) {
         let (now, ping, idle, hs) =
             (self.now, self.cfg.ping_interval_secs, self.cfg.idle_timeout_secs, self.cfg.handshake_timeout_secs);
+        let grace = self.cfg.closing_grace_secs;
         let mut to_close = Vec::new();
         let mut to_ping = Vec::new();
         for (slot, c) in self.conns.iter_mut() {

@@ -1,0 +1,130 @@
+//! Property tests: every frame, with arbitrary valid contents, survives encode → decode
+//! unchanged in both encodings.
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use wire::error::ErrorCode;
+use wire::frame::*;
+use wire::{fb, json};
+
+fn id() -> impl Strategy<Value = String> {
+    // 1..=128 bytes, no control characters (the rules for ids).
+    "[a-zA-Z0-9_.:@é✓-]{1,40}"
+}
+
+fn conv() -> impl Strategy<Value = ConvId> {
+    any::<u128>().prop_map(ConvId)
+}
+
+fn kind_body() -> impl Strategy<Value = (MsgKind, Vec<u8>)> {
+    prop_oneof![
+        ".{0,200}".prop_map(|t: String| (MsgKind::Text, t.into_bytes())),
+        vec(any::<u8>(), 0..300).prop_map(|b| (MsgKind::Data, b)),
+    ]
+}
+
+fn presence_state() -> impl Strategy<Value = PresenceState> {
+    prop_oneof![Just(PresenceState::Offline), Just(PresenceState::Online), Just(PresenceState::Away)]
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    (conv(), any::<u64>(), any::<u64>(), id(), id(), any::<u64>(), kind_body(), id()).prop_map(
+        |(conv, seq, message_id, from, from_device, ts, (kind, body), client_msg_id)| Message {
+            conv,
+            seq,
+            message_id,
+            from,
+            from_device,
+            ts,
+            kind,
+            body,
+            client_msg_id,
+        },
+    )
+}
+
+fn page(with_req: bool) -> impl Strategy<Value = Page> {
+    (proptest::option::of(id()), conv(), vec(message(), 0..4), any::<bool>()).prop_map(
+        move |(req_id, conv, messages, has_more)| Page {
+            req_id: if with_req { req_id } else { None },
+            conv,
+            messages,
+            has_more,
+        },
+    )
+}
+
+fn client_frame() -> impl Strategy<Value = ClientFrame> {
+    prop_oneof![
+        vec((conv(), any::<u64>()), 0..5).prop_map(|v| ClientFrame::Hello {
+            sync: v.into_iter().map(|(conv, seq)| SyncPoint { conv, seq }).collect()
+        }),
+        (id(), prop_oneof![id().prop_map(Target::User), conv().prop_map(Target::Conv)], kind_body()).prop_map(
+            |(client_msg_id, target, (kind, body))| ClientFrame::Send(Send { client_msg_id, target, body, kind })
+        ),
+        (proptest::option::of(id()), conv(), proptest::option::of(any::<u64>()), proptest::option::of(any::<u32>()))
+            .prop_map(|(req_id, conv, before_seq, limit)| ClientFrame::History(History {
+                req_id,
+                conv,
+                before_seq,
+                limit
+            })),
+        vec(id(), 0..10).prop_map(|users| ClientFrame::PresenceSub { users }),
+        vec(id(), 0..10).prop_map(|users| ClientFrame::PresenceUnsub { users }),
+        (prop_oneof![Just(PresenceState::Online), Just(PresenceState::Away)], proptest::option::of(any::<bool>()))
+            .prop_map(|(state, hide_last_seen)| ClientFrame::PresenceSet { state, hide_last_seen }),
+        (conv(), any::<bool>()).prop_map(|(conv, typing)| ClientFrame::Typing { conv, typing }),
+    ]
+}
+
+fn server_frame() -> impl Strategy<Value = ServerFrame> {
+    prop_oneof![
+        (id(), id(), any::<u16>(), any::<u32>(), id()).prop_map(|(user, device, shard, max_frame, encoding)| {
+            ServerFrame::Ready { user, device, shard, max_frame, encoding }
+        }),
+        (id(), conv(), any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(client_msg_id, conv, seq, message_id, ts, duplicate)| {
+                ServerFrame::Ack(Ack { client_msg_id, conv, seq, message_id, ts, duplicate })
+            }
+        ),
+        message().prop_map(ServerFrame::Msg),
+        page(true).prop_map(ServerFrame::HistoryPage),
+        page(false).prop_map(ServerFrame::SyncPage),
+        any::<u32>().prop_map(|convs| ServerFrame::Synced { convs }),
+        (0..ErrorCode::ALL.len(), ".{0,80}", proptest::option::of(id()), proptest::option::of(any::<u32>())).prop_map(
+            |(i, message, ref_id, retry_after_ms)| {
+                ServerFrame::Error(ErrorFrame { code: ErrorCode::ALL[i], message, ref_id, retry_after_ms })
+            }
+        ),
+        vec((id(), presence_state(), proptest::option::of(any::<u64>())), 0..5).prop_map(|v| ServerFrame::Presence {
+            updates: v.into_iter().map(|(user, state, last_seen)| PresenceUpdate { user, state, last_seen }).collect()
+        }),
+        (conv(), id(), any::<bool>()).prop_map(|(conv, from, typing)| ServerFrame::Typing { conv, from, typing }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn client_frames_round_trip(f in client_frame()) {
+        prop_assert_eq!(json::decode_client(&json::encode_client(&f)).unwrap(), f.clone());
+        prop_assert_eq!(fb::decode_client(&fb::encode_client(&f)).unwrap(), f);
+    }
+
+    #[test]
+    fn server_frames_round_trip(f in server_frame()) {
+        let mut out = Vec::new();
+        json::encode_server(&f, &mut out);
+        prop_assert_eq!(json::decode_server(&out).unwrap(), f.clone());
+        let mut out = Vec::new();
+        fb::encode_server(&f, &mut out);
+        prop_assert_eq!(fb::decode_server(&out).unwrap(), f);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoders(data in vec(any::<u8>(), 0..512)) {
+        wire::fuzzing::json_client(&data);
+        wire::fuzzing::fb_client(&data);
+    }
+}

@@ -52,3 +52,67 @@ fn the_token_command_mints_tokens_the_server_accepts() {
     let c = server.connect("zoe", "watch", Encoding::FlatBuffers);
     assert_eq!((c.user.as_str(), c.device.as_str()), ("zoe", "watch"));
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+}
+
+fn signed(alg: jsonwebtoken::Algorithm, kid: Option<&str>, key: &EncodingKey, claims: serde_json::Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, &claims, key).unwrap()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[test]
+fn public_key_tokens_ed25519_pem_and_rs256_jwks_with_issuer_and_audience() {
+    let toml = format!(
+        "jwt_public_key = {:?}\njwt_jwks = {:?}\njwt_issuer = \"auth.example\"\njwt_audience = \"chat\"\njwt_leeway_secs = 0",
+        fixture("ed25519-public.pem"),
+        fixture("jwks.json")
+    );
+    let server = Server::start_with(1, &toml);
+    let ed = EncodingKey::from_ed_pem(&std::fs::read(fixture("ed25519-private.pem")).unwrap()).unwrap();
+    let rsa = EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
+    let good = |sub: &str| serde_json::json!({"sub": sub, "exp": now() + 600, "iss": "auth.example", "aud": "chat"});
+    use jsonwebtoken::Algorithm::{EdDSA, HS256, RS256};
+    // Accepted: EdDSA (PEM, no kid; and JWKS kid ed-1), RS256 by JWKS kid.
+    for token in [
+        signed(EdDSA, None, &ed, good("pk-ed")),
+        signed(EdDSA, Some("ed-1"), &ed, good("pk-ed-kid")),
+        signed(RS256, Some("rsa-1"), &rsa, good("pk-rsa")),
+    ] {
+        assert_eq!(upgrade_status(server.addr, Some(&token)), None);
+    }
+    let refused = |token: String, why: &str| assert_eq!(upgrade_status(server.addr, Some(&token)), Some(401), "{why}");
+    refused(signed(RS256, Some("rsa-unknown"), &rsa, good("x")), "unknown kid");
+    refused(signed(EdDSA, None, &ed, serde_json::json!({"sub": "x", "exp": now() + 600, "aud": "chat"})), "no iss");
+    refused(
+        signed(EdDSA, None, &ed, serde_json::json!({"sub": "x", "exp": now() + 600, "iss": "evil", "aud": "chat"})),
+        "wrong iss",
+    );
+    refused(
+        signed(
+            EdDSA,
+            None,
+            &ed,
+            serde_json::json!({"sub": "x", "exp": now() + 600, "iss": "auth.example", "aud": "ads"}),
+        ),
+        "wrong aud",
+    );
+    refused(
+        signed(
+            EdDSA,
+            None,
+            &ed,
+            serde_json::json!({"sub": "x", "exp": now() + 600, "nbf": now() + 300, "iss": "auth.example", "aud": "chat"}),
+        ),
+        "not yet valid",
+    );
+    // Algorithm confusion: an HS256 token whose HMAC key is the RSA *public* key.
+    let public_as_secret = EncodingKey::from_secret(&std::fs::read(fixture("rsa-public.pem")).unwrap());
+    refused(signed(HS256, Some("rsa-1"), &public_as_secret, good("x")), "HS256 signed with the public key");
+}

@@ -22,8 +22,16 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HS256 secret for tokens. When unset, a random one is created in `data_dir/jwt-secret`.
     pub jwt_secret: Option<String>,
-    /// Accepted clock skew when checking `exp`, in seconds.
+    /// Accepted clock skew when checking `exp` and `nbf`, in seconds.
     pub jwt_leeway_secs: u64,
+    /// A public key (PEM: Ed25519 for EdDSA tokens, RSA for RS256) the token issuer signs with.
+    pub jwt_public_key: Option<PathBuf>,
+    /// A JWKS file of public keys (EdDSA, RS256), chosen by the token's `kid`.
+    pub jwt_jwks: Option<PathBuf>,
+    /// Required `iss` claim.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    pub jwt_audience: Option<String>,
     /// Largest WebSocket frame (and reassembled message) accepted, in bytes. Larger: close 1009.
     pub max_frame: usize,
     /// Largest message body, in bytes. Larger: `body_too_large`.
@@ -87,6 +95,10 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             jwt_secret: None,
             jwt_leeway_secs: 30,
+            jwt_public_key: None,
+            jwt_jwks: None,
+            jwt_issuer: None,
+            jwt_audience: None,
             max_frame: 64 * 1024,
             max_body: 48 * 1024,
             max_handshake: 8 * 1024,
@@ -184,6 +196,30 @@ impl Config {
             }
             Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
         }
+    }
+}
+
+impl Config {
+    /// The token verifier: the HS256 secret (configured, or the development secret when
+    /// no public key is configured either), the public key and the JWKS.
+    pub fn verifier(&self) -> anyhow::Result<crate::auth::Verifier> {
+        let has_public = self.jwt_public_key.is_some() || self.jwt_jwks.is_some();
+        let secret = if self.jwt_secret.is_some() || !has_public { Some(self.resolve_secret()?) } else { None };
+        let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
+            p.as_ref()
+                .map(|p| std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display())))
+                .transpose()
+        };
+        let pem = read(&self.jwt_public_key)?;
+        let jwks = read(&self.jwt_jwks)?.map(String::from_utf8).transpose()?;
+        crate::auth::Verifier::new(&crate::auth::KeySources {
+            secret: secret.as_deref(),
+            public_pem: pem.as_deref(),
+            jwks: jwks.as_deref(),
+            issuer: self.jwt_issuer.as_deref(),
+            audience: self.jwt_audience.as_deref(),
+            leeway_secs: self.jwt_leeway_secs,
+        })
     }
 }
 

@@ -47,7 +47,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     anyhow::ensure!((1..=128).contains(&shards), "shards must be 1..=128 (got {shards})");
     cfg.validate()?;
     storage::layout::check_shard_count(&cfg.data_dir, shards)?;
-    let secret = Arc::new(cfg.resolve_secret()?);
+    let verifier = Arc::new(cfg.verifier()?);
     let mut stores: Vec<Arc<dyn storage::Store>> = Vec::with_capacity(shards);
     for k in 0..shards {
         let dir = storage::layout::partition_dir(&cfg.data_dir, k);
@@ -70,7 +70,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             cfg: cfg.clone(),
             listener,
             store,
-            secret: secret.clone(),
+            verifier: verifier.clone(),
             ready: ready_tx.clone(),
             drain: drain.clone(),
             stats: stats.clone(),

@@ -48,8 +48,8 @@ pub struct ShardSetup {
     pub listener: RawFd,
     /// This shard's storage partition.
     pub store: Arc<dyn Store>,
-    /// Token secret.
-    pub secret: Arc<Vec<u8>>,
+    /// Token verification (shared, read-only).
+    pub verifier: Arc<Verifier>,
     /// Told once the shard accepts connections.
     pub ready: std::sync::mpsc::Sender<ShardId>,
     /// Set by the signal thread to start a graceful drain; shards report back here.
@@ -89,8 +89,8 @@ pub struct Shard {
     pub(crate) this: Weak<RefCell<Shard>>,
     /// Configuration.
     pub(crate) cfg: Arc<Config>,
-    /// Token verification.
-    verifier: Verifier,
+    /// Token verification (shared, read-only).
+    verifier: Arc<Verifier>,
     /// The socket ring.
     ring: Ring,
     /// The listener.
@@ -174,7 +174,7 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             me,
             shards: ctx.shards,
             this: this.clone(),
-            verifier: Verifier::hs256(&setup.secret, setup.cfg.jwt_leeway_secs),
+            verifier: setup.verifier,
             ring,
             listener: setup.listener,
             conns: Slab::new(),

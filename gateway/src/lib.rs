@@ -22,6 +22,7 @@
 //! - [`upgrade`]: HTTP upgrade parsing and responses.
 //! - [`ws`]: WebSocket framing.
 //! - [`auth`]: JWT verification and minting.
+//! - [`fuzzing`]: entry points for the fuzz targets in `fuzz/`.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod fuzzing;
 pub mod limits;
 pub mod messaging;
 pub mod presence;

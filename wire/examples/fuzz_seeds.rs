@@ -19,7 +19,12 @@ fn main() {
             body: vec![0, 1, 2],
             kind: MsgKind::Data,
         }),
-        ClientFrame::History(History { req_id: Some("r".into()), conv: ConvId(9), before_seq: Some(5), limit: Some(2) }),
+        ClientFrame::History(History {
+            req_id: Some("r".into()),
+            conv: ConvId(9),
+            before_seq: Some(5),
+            limit: Some(2),
+        }),
         ClientFrame::PresenceSub { users: vec!["a".into(), "b".into()] },
         ClientFrame::PresenceUnsub { users: vec!["a".into()] },
         ClientFrame::PresenceSet { state: PresenceState::Away, hide_last_seen: Some(true) },

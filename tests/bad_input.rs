@@ -176,3 +176,39 @@ fn masked_frame_fin(opcode: u8, payload: &[u8], fin: bool) -> Vec<u8> {
     v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     v
 }
+
+#[test]
+fn per_connection_limits_close_with_1008_and_long_urls_get_414() {
+    let server = Server::start_with(1, "max_frames_per_sec = 50\nmax_fragments = 4\nmax_sync_convs = 3\nmax_url = 256");
+    // A frame flood: 200 pings in one write, far over 50 per second.
+    let mut c = server.connect("flood", "d", Encoding::Json);
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        flood.extend(masked_frame_fin(0x9, b"", true));
+    }
+    c.ws.get_mut().write_all(&flood).unwrap();
+    assert_eq!(c.expect_close(), 1008);
+    // A message in 10 fragments, over 4.
+    let mut c = server.connect("frags", "d", Encoding::Json);
+    let mut bytes = masked_frame_fin(0x1, b"{", false);
+    for _ in 0..9 {
+        bytes.extend(masked_frame_fin(0x0, b" ", false));
+    }
+    c.ws.get_mut().write_all(&bytes).unwrap();
+    assert_eq!(c.expect_close(), 1008);
+    // Too many conversations in one hello: a request error, the connection stays.
+    let mut c = server.connect("syncer", "d", Encoding::Json);
+    let sync = (0..4).map(|i| wire::frame::SyncPoint { conv: ConvId(i), seq: 0 }).collect();
+    c.send(&ClientFrame::Hello { sync });
+    expect_error(&mut c, ErrorCode::BadValue);
+    c.send(&ClientFrame::Hello { sync: vec![] });
+    assert!(matches!(c.recv(), ServerFrame::Synced { .. }));
+    // An over-long request target: 414 before anything else.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(format!("GET /ws?token={} HTTP/1.1\r\nHost: x\r\n\r\n", "t".repeat(400)).as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 414"), "{resp}");
+    still_serving(&server, "limits");
+}

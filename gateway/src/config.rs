@@ -38,6 +38,14 @@ pub struct Config {
     pub max_body: usize,
     /// Largest HTTP upgrade request (request line + headers), in bytes. Larger: HTTP 431.
     pub max_handshake: usize,
+    /// Longest request target (path and query) of the upgrade, in bytes. Longer: HTTP 414.
+    pub max_url: usize,
+    /// Frames a connection may send per second (any kind); more: close 1008.
+    pub max_frames_per_sec: u32,
+    /// Fragments one message may arrive in; more: close 1008.
+    pub max_fragments: u32,
+    /// Conversations one `hello` may list; more: `bad_value`.
+    pub max_sync_convs: usize,
     /// Most messages in one history page.
     pub history_max: u32,
     /// Messages per history page when the request names no limit.
@@ -102,6 +110,10 @@ impl Default for Config {
             max_frame: 64 * 1024,
             max_body: 48 * 1024,
             max_handshake: 8 * 1024,
+            max_url: 2048,
+            max_frames_per_sec: 200,
+            max_fragments: 64,
+            max_sync_convs: 1000,
             history_max: 100,
             history_default: 50,
             sync_per_conv: 50,
@@ -142,6 +154,9 @@ impl Config {
         anyhow::ensure!(self.max_frame >= 1024, "max_frame must be at least 1024 bytes");
         anyhow::ensure!(self.max_body <= self.max_frame, "max_body must not exceed max_frame");
         anyhow::ensure!(self.max_handshake >= 512, "max_handshake must be at least 512 bytes");
+        anyhow::ensure!(self.max_url >= 64, "max_url must be at least 64 bytes");
+        anyhow::ensure!(self.max_frames_per_sec >= 1, "max_frames_per_sec must be at least 1");
+        anyhow::ensure!(self.max_fragments >= 1, "max_fragments must be at least 1");
         anyhow::ensure!(self.history_max >= 1, "history_max must be at least 1");
         anyhow::ensure!(
             (1..=self.history_max).contains(&self.history_default),

@@ -64,6 +64,12 @@ pub struct Conn {
     pub pinged_at: u32,
     /// The device set itself away.
     pub away: bool,
+    /// Frames received in the second `frames_at` (frame-rate limit).
+    pub frames: u16,
+    /// Shard clock second `frames` counts for.
+    pub frames_at: u32,
+    /// Fragments of the message in `frag` so far.
+    pub fragments: u16,
 }
 
 impl Conn {
@@ -89,6 +95,9 @@ impl Conn {
             last_seen: now,
             pinged_at: 0,
             away: false,
+            frames: 0,
+            frames_at: 0,
+            fragments: 0,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 /// The HTTP upgrade parser.
 pub fn upgrade(data: &[u8]) {
-    let _ = crate::upgrade::parse(data, 8192);
+    let _ = crate::upgrade::parse(data, 8192, 2048);
 }
 
 /// JWT parsing and verification (HS256 verifier with a fixed secret).

@@ -538,9 +538,9 @@ impl Shard {
     // ---- the upgrade ----
 
     fn try_handshake(&mut self, id: ConnId) {
-        let max = self.cfg.max_handshake;
+        let (max, max_url) = (self.cfg.max_handshake, self.cfg.max_url);
         let Some(conn) = self.conn_mut(id) else { return };
-        let (req, len) = match upgrade::parse(&conn.inbuf, max) {
+        let (req, len) = match upgrade::parse(&conn.inbuf, max, max_url) {
             upgrade::Parsed::Partial => return,
             upgrade::Parsed::Refuse(r) => return self.refuse(id, &r),
             upgrade::Parsed::Done { req, len } => (req, len),
@@ -682,8 +682,17 @@ impl Shard {
     }
 
     fn on_frame(&mut self, id: ConnId, fin: bool, opcode: OpCode, payload: &[u8]) {
-        let max = self.cfg.max_frame;
+        let (max, now) = (self.cfg.max_frame, self.now);
+        let (max_rate, max_fragments) = (self.cfg.max_frames_per_sec, self.cfg.max_fragments);
         let Some(conn) = self.conn_mut(id) else { return };
+        if conn.frames_at != now {
+            conn.frames_at = now;
+            conn.frames = 0;
+        }
+        conn.frames = conn.frames.saturating_add(1);
+        if u32::from(conn.frames) > max_rate {
+            return self.fail(id, close::POLICY, "too many frames per second");
+        }
         match opcode {
             OpCode::Control(Control::Ping) => {
                 ws::write_frame(&mut conn.out, OpCode::Control(Control::Pong), payload);
@@ -707,6 +716,10 @@ impl Shard {
                 if conn.frag.len() + payload.len() > max {
                     return self.fail(id, close::TOO_BIG, "message exceeds max_frame");
                 }
+                conn.fragments = conn.fragments.saturating_add(1);
+                if u32::from(conn.fragments) > max_fragments {
+                    return self.fail(id, close::POLICY, "too many fragments in one message");
+                }
                 conn.frag.extend_from_slice(payload);
                 if fin {
                     let whole = std::mem::take(&mut conn.frag);
@@ -723,6 +736,7 @@ impl Shard {
                 } else {
                     conn.frag_op = Some(op);
                     conn.frag = payload.to_vec();
+                    conn.fragments = 1;
                 }
             }
             OpCode::Control(_) => {} // pong, and reserved opcodes (rejected by ws::next)
@@ -757,6 +771,11 @@ impl Shard {
         let from = ConnRef { shard: me, conn: id };
         match frame {
             ClientFrame::Hello { sync } => {
+                if sync.len() > self.cfg.max_sync_convs {
+                    let msg = format!("at most {} conversations per hello", self.cfg.max_sync_convs);
+                    return self.send_error(id, ErrorCode::BadValue, msg, None);
+                }
+                let Some(conn) = self.conn_mut(id) else { return };
                 if conn.sync.is_some() {
                     return self.send_error(id, ErrorCode::BadValue, "a sync is already running".into(), None);
                 }

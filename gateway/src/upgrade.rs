@@ -64,8 +64,9 @@ pub enum Parsed {
 
 const MAX_HEADERS: usize = 32;
 
-/// Parses the upgrade request in `buf` (at most `max` bytes of request).
-pub fn parse(buf: &[u8], max: usize) -> Parsed {
+/// Parses the upgrade request in `buf` (at most `max` bytes of request, a request
+/// target of at most `max_url` bytes).
+pub fn parse(buf: &[u8], max: usize, max_url: usize) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -90,6 +91,9 @@ pub fn parse(buf: &[u8], max: usize) -> Parsed {
         }
         Err(e) => return Parsed::Refuse(Refusal::new(400, "bad_request", format!("malformed HTTP request: {e}"))),
     };
+    if req.path.is_some_and(|p| p.len() > max_url) {
+        return Parsed::Refuse(Refusal::new(414, "uri_too_long", format!("request target exceeds {max_url} bytes")));
+    }
     if req.method != Some("GET") {
         return Parsed::Refuse(Refusal::new(405, "method_not_allowed", "use GET with a WebSocket upgrade"));
     }
@@ -192,6 +196,7 @@ pub fn refuse(r: &Refusal, out: &mut Vec<u8>) {
         400 => "Bad Request",
         401 => "Unauthorized",
         405 => "Method Not Allowed",
+        414 => "URI Too Long",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -222,9 +227,9 @@ mod tests {
     #[test]
     fn parses_a_browser_style_upgrade() {
         for cut in 0..REQ.len() - 1 {
-            assert!(matches!(parse(&REQ.as_bytes()[..cut], 8192), Parsed::Partial));
+            assert!(matches!(parse(&REQ.as_bytes()[..cut], 8192, 2048), Parsed::Partial));
         }
-        let Parsed::Done { req, len } = parse(REQ.as_bytes(), 8192) else { panic!("not parsed") };
+        let Parsed::Done { req, len } = parse(REQ.as_bytes(), 8192, 2048) else { panic!("not parsed") };
         assert_eq!(len, REQ.len());
         assert_eq!(req.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!((req.token.as_deref(), req.device.as_deref()), (Some("abc"), Some("my phone")));
@@ -233,7 +238,7 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_an_upgrade() {
-        let status = |s: &str| match parse(s.as_bytes(), 8192) {
+        let status = |s: &str| match parse(s.as_bytes(), 8192, 2048) {
             Parsed::Refuse(r) => r.status,
             other => panic!("{other:?}"),
         };
@@ -243,5 +248,7 @@ mod tests {
         assert_eq!(status(&REQ.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")), 400);
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
         assert_eq!(status(&big), 431);
+        let long = format!("GET /ws?token={} HTTP/1.1\r\nHost: x\r\n\r\n", "t".repeat(3000));
+        assert_eq!(status(&long), 414);
     }
 }

@@ -116,3 +116,28 @@ fn public_key_tokens_ed25519_pem_and_rs256_jwks_with_issuer_and_audience() {
     let public_as_secret = EncodingKey::from_secret(&std::fs::read(fixture("rsa-public.pem")).unwrap());
     refused(signed(HS256, Some("rsa-1"), &public_as_secret, good("x")), "HS256 signed with the public key");
 }
+
+#[test]
+fn revoking_a_device_closes_it_refuses_its_tokens_and_survives_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let mut server = Server::start_in(&dir, 2, "");
+    let old_token = server.token("rev-alice", Some("phone"));
+    let mut phone = Client::connect(server.addr, &old_token, Encoding::Json);
+    let mut laptop = server.connect("rev-alice", "laptop", Encoding::Json);
+    let (status, body) = admin_request(&server, "POST", "/revoke?user=rev-alice&device=phone");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(phone.expect_close(), 4003);
+    // The user's other device is untouched.
+    laptop.send(&common::send_to("rev-bob", "still-here", "laptop works"));
+    assert!(matches!(laptop.recv(), ServerFrame::Ack(_)));
+    assert_eq!(upgrade_status(server.addr, Some(&old_token)), Some(401), "old token refused");
+    // Across a restart too.
+    server.kill9();
+    let server = Server::start_in(&dir, 2, "");
+    assert_eq!(upgrade_status(server.addr, Some(&old_token)), Some(401), "still refused after restart");
+    // Signing in again (a token issued after the revocation) works.
+    let later = serde_json::json!({"sub": "rev-alice", "device": "phone", "exp": now() + 600, "iat": now() + 5});
+    let fresh = encode(&Header::default(), &later, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+    assert_eq!(upgrade_status(server.addr, Some(&fresh)), None);
+}

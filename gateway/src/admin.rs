@@ -11,6 +11,7 @@
 //! | `GET /readyz` | 200 when accepting connections, 503 while draining |
 //! | `GET /metrics` | Prometheus text format |
 //! | `POST /drain` | starts a graceful drain (same as SIGTERM) |
+//! | `POST /revoke?user=U&device=D` | revokes a device: live connections close (4003), older tokens stop working |
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,7 +19,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::revocation::{self, Revocations, Revoke};
 use crate::service::Drain;
+
+/// What the admin thread owns for revocations.
+pub struct RevokeDesk {
+    /// The data directory (where the list is persisted).
+    pub data_dir: std::path::PathBuf,
+    /// The current list.
+    pub list: Revocations,
+    /// One sender per shard.
+    pub shards: Vec<crossbeam_channel::Sender<Revoke>>,
+}
 
 /// One shard's published figures. Invariant: only shard k writes `stats[k]`.
 #[derive(Default)]
@@ -91,7 +103,30 @@ fn respond(mut s: TcpStream, status: &str, body: &str, content_type: &str) {
     );
 }
 
-fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain) {
+fn query(path: &str, key: &str) -> Option<String> {
+    let q = path.split_once('?')?.1;
+    q.split('&').find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_owned))
+}
+
+fn revoke(s: TcpStream, path: &str, desk: &mut RevokeDesk) {
+    let text = "text/plain; charset=utf-8";
+    let (Some(user), Some(device)) = (query(path, "user"), query(path, "device")) else {
+        return respond(s, "400 Bad Request", "POST /revoke?user=U&device=D\n", text);
+    };
+    let revoked_at = shard::ids::now_ms() / 1000;
+    let r = Revoke { user, device, revoked_at };
+    desk.list.insert(&r);
+    if let Err(e) = revocation::save(&desk.data_dir, &desk.list) {
+        return respond(s, "500 Internal Server Error", &format!("could not persist the revocation: {e}\n"), text);
+    }
+    for tx in &desk.shards {
+        let _ = tx.send(r.clone());
+    }
+    tracing::info!(user = %r.user, device = %r.device, "device revoked");
+    respond(s, "200 OK", &format!("{{\"revoked_at\":{revoked_at}}}\n"), "application/json");
+}
+
+fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut RevokeDesk) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
     let mut reader = BufReader::new(match s.try_clone() {
@@ -106,6 +141,7 @@ fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain) {
     let text = "text/plain; charset=utf-8";
     match (method, path) {
         ("GET", "/healthz") => respond(s, "200 OK", "ok\n", text),
+        ("POST", p) if p.starts_with("/revoke") => revoke(s, p, desk),
         ("GET", "/readyz") if drain.requested.load(Ordering::Relaxed) => {
             respond(s, "503 Service Unavailable", "draining\n", text)
         }
@@ -122,12 +158,17 @@ fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain) {
 
 /// Binds the admin listener; returns its address. Requests are served one at a time
 /// on a dedicated thread.
-pub fn start(addr: SocketAddr, stats: Arc<Vec<ShardStats>>, drain: Arc<Drain>) -> anyhow::Result<SocketAddr> {
+pub fn start(
+    addr: SocketAddr,
+    stats: Arc<Vec<ShardStats>>,
+    drain: Arc<Drain>,
+    mut desk: RevokeDesk,
+) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("binding admin {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new().name("admin".into()).spawn(move || {
         for s in listener.incoming().flatten() {
-            serve_one(s, &stats, &drain);
+            serve_one(s, &stats, &drain, &mut desk);
         }
     })?;
     Ok(bound)

@@ -16,6 +16,7 @@
 //!   sync, typing.
 //! - [`presence`]: presence, owned by each user's home shard.
 //! - [`limits`]: token buckets.
+//! - [`revocation`]: revoked devices, persisted and broadcast to the shards.
 //! - [`route`]: what shards send each other.
 //! - [`conn`]: a connection's slab entry and ring tokens.
 //! - [`reactor`]: the per-shard io_uring ring and socket syscalls (the only `unsafe`).
@@ -36,6 +37,7 @@ pub mod messaging;
 pub mod presence;
 #[allow(unsafe_code)]
 pub mod reactor;
+pub mod revocation;
 pub mod route;
 pub mod server;
 pub mod service;

@@ -58,7 +58,10 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let (bound, fds) = listeners(cfg.listen, shards)?;
     let drain = Arc::new(Drain::new(shards));
     let stats: Arc<Vec<crate::admin::ShardStats>> = Arc::new((0..shards).map(|_| Default::default()).collect());
-    let admin = crate::admin::start(cfg.admin_listen, stats.clone(), drain.clone())?;
+    let revoked = crate::revocation::load(&cfg.data_dir)?;
+    let (revoke_txs, revoke_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
+    let desk = crate::admin::RevokeDesk { data_dir: cfg.data_dir.clone(), list: revoked.clone(), shards: revoke_txs };
+    let admin = crate::admin::start(cfg.admin_listen, stats.clone(), drain.clone(), desk)?;
     let cfg = Arc::new(cfg);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let rt = shard::runtime::RuntimeConfig { shards, pin: cfg.pin, io_memory: cfg.io_memory, mesh_capacity: 1024 };
@@ -66,7 +69,10 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let setups: Vec<ShardSetup> = fds
         .into_iter()
         .zip(stores)
-        .map(|(listener, store)| ShardSetup {
+        .zip(revoke_rxs)
+        .map(|((listener, store), revoke_rx)| ShardSetup {
+            revoked: revoked.clone(),
+            revoke_rx,
             cfg: cfg.clone(),
             listener,
             store,

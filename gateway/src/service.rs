@@ -36,6 +36,7 @@ use crate::limits::TokenBucket;
 use crate::messaging::Conversations;
 use crate::presence::User;
 use crate::reactor::{self, Completion, Recv, Ring};
+use crate::revocation::{Revocations, Revoke, CLOSE_REVOKED};
 use crate::route::{Handoff, Route, SendReq};
 use crate::upgrade::{self, Refusal};
 use crate::ws;
@@ -56,6 +57,10 @@ pub struct ShardSetup {
     pub drain: Arc<Drain>,
     /// Published figures, one entry per shard.
     pub stats: Arc<Vec<ShardStats>>,
+    /// Revoked devices at start.
+    pub revoked: Revocations,
+    /// New revocations from the admin thread.
+    pub revoke_rx: crossbeam_channel::Receiver<Revoke>,
 }
 
 /// Shared between the signal thread and the shards: read once per housekeeping tick,
@@ -120,6 +125,10 @@ pub struct Shard {
     draining: Option<usize>,
     /// Published figures (this shard writes only `stats[me]`).
     stats: Arc<Vec<ShardStats>>,
+    /// Revoked devices (this shard's copy).
+    revoked: Revocations,
+    /// New revocations, drained on the beat with `try_recv` (never blocks).
+    revoke_rx: crossbeam_channel::Receiver<Revoke>,
     /// Conversations homed here (see `messaging`).
     pub(crate) convs: Conversations,
     /// This shard's storage partition.
@@ -189,6 +198,8 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             drain: setup.drain,
             draining: None,
             stats: setup.stats,
+            revoked: setup.revoked,
+            revoke_rx: setup.revoke_rx,
             convs: Conversations::default(),
             store: setup.store,
             ids: MessageIdGen::new(setup.cfg.host_id, me),
@@ -258,6 +269,9 @@ impl Shard {
                 reactor::release_freed_memory();
             }
         }
+        while let Ok(r) = self.revoke_rx.try_recv() {
+            self.apply_revocation(r);
+        }
         if self.draining.is_none() && self.drain.requested.load(Ordering::Relaxed) {
             self.start_drain();
         }
@@ -299,6 +313,18 @@ impl Shard {
             if let Some(c) = self.conn_mut(id) {
                 ws::write_frame(&mut c.out, OpCode::Control(Control::Ping), b"");
                 self.mark_dirty(id);
+            }
+        }
+    }
+
+    /// Records a revocation and closes the device's connections homed here.
+    fn apply_revocation(&mut self, r: Revoke) {
+        self.revoked.insert(&r);
+        let ids: Vec<ConnId> = self.users.get(r.user.as_str()).map(|u| u.conns.clone()).unwrap_or_default();
+        for id in ids {
+            if self.conn_mut(id).is_some_and(|c| *c.device == *r.device) {
+                self.detach_from_user(id);
+                self.fail(id, CLOSE_REVOKED, "device revoked");
             }
         }
     }
@@ -572,6 +598,9 @@ impl Shard {
         let device = claims.device.or(req.device.clone()).unwrap_or_else(|| "default".to_owned());
         if let Err(e) = wire::frame::check::user_id("device", &device) {
             return self.refuse(id, &Refusal::new(400, "bad_request", e.to_string()));
+        }
+        if self.revoked.is_revoked(&claims.sub, &device, claims.iat) {
+            return self.refuse(id, &Refusal::new(401, "unauthorized", "device revoked: sign in again"));
         }
         let conn = self.conns.remove(id.slot as usize);
         let mut pending_out = Vec::with_capacity(256);

@@ -58,6 +58,15 @@ struct ServeArgs {
     /// Do not pin shards to CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// Serve WSS with a self-signed certificate for localhost (written to the data dir).
+    #[arg(long)]
+    tls_dev: bool,
+    /// TLS certificate chain (PEM); with --tls-key, serve WSS.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -108,6 +117,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.no_pin {
         cfg.pin = false;
+    }
+    if args.tls_dev {
+        cfg.tls_dev = true;
+    }
+    if args.tls_cert.is_some() {
+        cfg.tls_cert = args.tls_cert;
+    }
+    if args.tls_key.is_some() {
+        cfg.tls_key = args.tls_key;
     }
     crate::server::serve(cfg)
 }

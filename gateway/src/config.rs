@@ -14,6 +14,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the admin endpoint (health, readiness, metrics, drain).
     pub admin_listen: SocketAddr,
+    /// TLS certificate chain (PEM). With `tls_key`, the listener speaks WSS only.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Serve WSS with a self-signed development certificate kept in the data dir.
+    pub tls_dev: bool,
     /// Number of shards; 0 = one per online CPU.
     pub shards: usize,
     /// Pin shard k to CPU k.
@@ -98,6 +104,9 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:9000".parse().expect("literal address"),
             admin_listen: "127.0.0.1:9100".parse().expect("literal address"),
+            tls_cert: None,
+            tls_key: None,
+            tls_dev: false,
             shards: 0,
             pin: true,
             data_dir: PathBuf::from("./data"),
@@ -176,6 +185,17 @@ impl Config {
         anyhow::ensure!(self.presence_window_ms >= 50, "presence_window_ms must be at least 50");
         anyhow::ensure!(self.typing_ttl_secs >= 1, "typing_ttl_secs must be at least 1");
         Ok(())
+    }
+
+    /// The certificate and key files to serve WSS with, if any (creating the
+    /// development certificate for `tls_dev`).
+    pub fn tls_files(&self) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+        match (&self.tls_cert, &self.tls_key, self.tls_dev) {
+            (Some(c), Some(k), _) => Ok(Some((c.clone(), k.clone()))),
+            (None, None, true) => crate::tls::dev_cert(&self.data_dir).map(Some),
+            (None, None, false) => Ok(None),
+            _ => anyhow::bail!("tls_cert and tls_key go together"),
+        }
     }
 
     /// The shard count to run with.

@@ -70,6 +70,9 @@ pub struct Conn {
     pub frames_at: u32,
     /// Fragments of the message in `frag` so far.
     pub fragments: u16,
+    /// The TLS session of a WSS connection (`None`: plain WS). Boxed: most of its
+    /// ~1.2 KB is only needed while the connection is TLS.
+    pub tls: Option<Box<rustls::ServerConnection>>,
 }
 
 impl Conn {
@@ -98,6 +101,7 @@ impl Conn {
             frames: 0,
             frames_at: 0,
             fragments: 0,
+            tls: None,
         }
     }
 }

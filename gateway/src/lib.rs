@@ -20,6 +20,7 @@
 //! - [`route`]: what shards send each other.
 //! - [`conn`]: a connection's slab entry and ring tokens.
 //! - [`reactor`]: the per-shard io_uring ring and socket syscalls (the only `unsafe`).
+//! - [`tls`]: WSS with rustls: configuration, development certificate, socket writer.
 //! - [`upgrade`]: HTTP upgrade parsing and responses.
 //! - [`ws`]: WebSocket framing.
 //! - [`auth`]: JWT verification and minting.
@@ -41,5 +42,6 @@ pub mod revocation;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod upgrade;
 pub mod ws;

@@ -211,7 +211,7 @@ pub fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread and every thread it starts later,
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread it starts later,
 /// so that only [`wait_for_termination`] receives them. Call before starting the shards.
 pub fn block_termination_signals() -> io::Result<()> {
     // SAFETY: the sigset is initialised by sigemptyset before use and outlives the calls;
@@ -221,6 +221,7 @@ pub fn block_termination_signals() -> io::Result<()> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
     };
     if rc == 0 {
@@ -230,7 +231,7 @@ pub fn block_termination_signals() -> io::Result<()> {
     }
 }
 
-/// Waits (blocking this thread) for SIGTERM or SIGINT; returns the signal number.
+/// Waits (blocking this thread) for SIGTERM, SIGINT or SIGHUP; returns the signal number.
 pub fn wait_for_termination() -> i32 {
     // SAFETY: as above; sigwait writes the received signal into `sig`, a live local.
     unsafe {
@@ -238,6 +239,7 @@ pub fn wait_for_termination() -> i32 {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let mut sig: libc::c_int = 0;
         libc::sigwait(&set, &mut sig);
         sig

@@ -115,8 +115,10 @@ pub struct Handoff {
     pub encoding: Encoding,
     /// Bytes read after the HTTP request (early WebSocket frames).
     pub pending_in: Vec<u8>,
-    /// Bytes not yet written (the 101 response).
+    /// Bytes not yet written (the 101 response), as plaintext.
     pub pending_out: Vec<u8>,
+    /// The TLS session, for WSS connections.
+    pub tls: Option<Box<rustls::ServerConnection>>,
 }
 
 /// A `send` on its way to the conversation's home shard.

@@ -62,6 +62,10 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let (revoke_txs, revoke_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
     let desk = crate::admin::RevokeDesk { data_dir: cfg.data_dir.clone(), list: revoked.clone(), shards: revoke_txs };
     let admin = crate::admin::start(cfg.admin_listen, stats.clone(), drain.clone(), desk)?;
+    let tls_files = cfg.tls_files()?;
+    let tls = tls_files.as_ref().map(|(c, k)| crate::tls::server_config(c, k)).transpose()?;
+    let (tls_txs, tls_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let cfg = Arc::new(cfg);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let rt = shard::runtime::RuntimeConfig { shards, pin: cfg.pin, io_memory: cfg.io_memory, mesh_capacity: 1024 };
@@ -70,7 +74,10 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         .into_iter()
         .zip(stores)
         .zip(revoke_rxs)
-        .map(|((listener, store), revoke_rx)| ShardSetup {
+        .zip(tls_rxs)
+        .map(|(((listener, store), revoke_rx), tls_rx)| ShardSetup {
+            tls: tls.clone(),
+            tls_rx,
             revoked: revoked.clone(),
             revoke_rx,
             cfg: cfg.clone(),
@@ -87,14 +94,14 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         let started = ready_rx.iter().take(shards).count();
         if started == shards {
             println!(
-                "switchboard listening on ws://{bound} ({shards} shards, data in {}, admin http://{admin})",
+                "switchboard listening on {scheme}://{bound} ({shards} shards, data in {}, admin http://{admin})",
                 data_dir.display()
             );
             let _ = std::io::stdout().flush();
         }
     });
     let drain_secs = cfg.drain_secs;
-    std::thread::spawn(move || drain_on_signal(&drain, drain_secs));
+    std::thread::spawn(move || drain_on_signal(&drain, drain_secs, tls_files, tls_txs));
     shard::runtime::run(&rt, setups, service::run)?;
     let _ = announcer.join();
     Ok(())
@@ -103,8 +110,29 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
 /// Waits for SIGTERM/SIGINT, asks the shards to drain, and exits 0 once every shard has
 /// closed its connections and finished its storage commits (or after the drain window
 /// plus a grace period, with what is durable already durable).
-fn drain_on_signal(drain: &Drain, drain_secs: u32) {
-    let sig = crate::reactor::wait_for_termination();
+fn drain_on_signal(
+    drain: &Drain,
+    drain_secs: u32,
+    tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    tls_txs: Vec<crossbeam_channel::Sender<Arc<rustls::ServerConfig>>>,
+) {
+    let sig = loop {
+        let sig = crate::reactor::wait_for_termination();
+        if sig != libc::SIGHUP {
+            break sig;
+        }
+        // SIGHUP: reload the certificate; new connections use it.
+        match &tls_files {
+            None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            Some((c, k)) => match crate::tls::server_config(c, k) {
+                Ok(cfg) => {
+                    tls_txs.iter().for_each(|tx| drop(tx.send(cfg.clone())));
+                    tracing::info!(cert = %c.display(), "SIGHUP: TLS certificate reloaded");
+                }
+                Err(e) => tracing::error!("SIGHUP: keeping the old certificate: {e:#}"),
+            },
+        }
+    };
     tracing::info!(signal = sig, drain_secs, "draining: no new connections; closing existing ones with 1012");
     drain.requested.store(true, std::sync::atomic::Ordering::Relaxed);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(drain_secs as u64 + 15);

@@ -61,6 +61,10 @@ pub struct ShardSetup {
     pub revoked: Revocations,
     /// New revocations from the admin thread.
     pub revoke_rx: crossbeam_channel::Receiver<Revoke>,
+    /// TLS configuration (`None`: plain WS).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Reloaded TLS configurations (SIGHUP).
+    pub tls_rx: crossbeam_channel::Receiver<Arc<rustls::ServerConfig>>,
 }
 
 /// Shared between the signal thread and the shards: read once per housekeeping tick,
@@ -129,6 +133,12 @@ pub struct Shard {
     revoked: Revocations,
     /// New revocations, drained on the beat with `try_recv` (never blocks).
     revoke_rx: crossbeam_channel::Receiver<Revoke>,
+    /// TLS configuration for new connections (`None`: plain WS).
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Reloaded TLS configurations, drained on the beat.
+    tls_rx: crossbeam_channel::Receiver<Arc<rustls::ServerConfig>>,
+    /// Decrypted bytes of the TLS connection being read (taken out while in use).
+    plain: Vec<u8>,
     /// Conversations homed here (see `messaging`).
     pub(crate) convs: Conversations,
     /// This shard's storage partition.
@@ -200,6 +210,9 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             stats: setup.stats,
             revoked: setup.revoked,
             revoke_rx: setup.revoke_rx,
+            tls: setup.tls,
+            tls_rx: setup.tls_rx,
+            plain: Vec::with_capacity(32 * 1024),
             convs: Conversations::default(),
             store: setup.store,
             ids: MessageIdGen::new(setup.cfg.host_id, me),
@@ -271,6 +284,10 @@ impl Shard {
         }
         while let Ok(r) = self.revoke_rx.try_recv() {
             self.apply_revocation(r);
+        }
+        while let Ok(cfg) = self.tls_rx.try_recv() {
+            tracing::info!(shard = self.me.0, "TLS certificate reloaded");
+            self.tls = Some(cfg);
         }
         if self.draining.is_none() && self.drain.requested.load(Ordering::Relaxed) {
             self.start_drain();
@@ -507,6 +524,16 @@ impl Shard {
         let slot = self.conns.insert(Conn::accepted(fd, gen, self.now));
         let id = ConnId { slot: slot as u32, gen };
         self.conns[slot].read_armed = true;
+        if let Some(cfg) = &self.tls {
+            match rustls::ServerConnection::new(cfg.clone()) {
+                Ok(c) => self.conns[slot].tls = Some(Box::new(c)),
+                Err(e) => {
+                    tracing::warn!("cannot start a TLS session: {e}");
+                    self.conns[slot].read_armed = false;
+                    return self.close(id);
+                }
+            }
+        }
         // One-shot while handshaking: after the upgrade nothing is armed, so the socket
         // can move to another shard.
         self.ring.poll(fd, libc::POLLIN as u32, false, token(Op::Read, id));
@@ -516,7 +543,9 @@ impl Shard {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(conn) = self.conn_mut(id) {
             let fd = conn.fd;
+            let tls = conn.tls.is_some();
             match reactor::recv(fd, &mut scratch) {
+                Recv::Data(n) if tls => self.on_tls_bytes(id, &scratch[..n]),
                 Recv::Data(n) => self.on_bytes(id, &mut scratch[..n]),
                 Recv::WouldBlock => break,
                 Recv::Closed => {
@@ -526,6 +555,58 @@ impl Shard {
             }
         }
         self.scratch = scratch;
+    }
+
+    /// Feeds TLS records to the connection's session and its plaintext to `on_bytes`.
+    fn on_tls_bytes(&mut self, id: ConnId, mut data: &[u8]) {
+        let mut plain = std::mem::take(&mut self.plain);
+        let mut failed = None;
+        loop {
+            plain.clear();
+            let Some(tls) = self.conn_mut(id).and_then(|c| c.tls.as_mut()) else { break };
+            if !data.is_empty() {
+                if let Err(e) = tls.read_tls(&mut data) {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+            match tls.process_new_packets() {
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+                Ok(state) => {
+                    if state.plaintext_bytes_to_read() > 0 {
+                        // Ends with WouldBlock once the plaintext is drained; what was
+                        // read is in `plain` either way.
+                        let _ = std::io::Read::read_to_end(&mut tls.reader(), &mut plain);
+                    }
+                }
+            }
+            let wants_write = tls.wants_write();
+            if wants_write {
+                self.mark_dirty(id);
+            }
+            if !plain.is_empty() {
+                self.on_bytes(id, &mut plain);
+            }
+            if data.is_empty() {
+                break;
+            }
+        }
+        self.plain = plain;
+        if let Some(e) = failed {
+            tracing::debug!("TLS error: {e}");
+            // Send the alert rustls queued, then close.
+            if let Some(c) = self.conn_mut(id) {
+                c.close_after_flush = true;
+                c.phase = Phase::Closing;
+            }
+            self.flush_conn(id);
+            if self.conn_mut(id).is_some_and(|c| !c.write_armed) {
+                self.close(id);
+            }
+        }
     }
 
     fn on_bytes(&mut self, id: ConnId, data: &mut [u8]) {
@@ -612,6 +693,7 @@ impl Shard {
             pending_in: conn.inbuf[len..].to_vec(),
             pending_out,
             user: claims.sub,
+            tls: conn.tls,
         };
         let home = home_of_user(&handoff.user, self.shards);
         self.route(home, Route::Handoff(handoff));
@@ -648,6 +730,7 @@ impl Shard {
             self.detach_from_user(old);
         }
         let mut conn = Conn::accepted(h.fd, gen, self.now);
+        conn.tls = h.tls;
         conn.encoding = h.encoding;
         conn.device = h.device.into_boxed_str();
         let fd = conn.fd;
@@ -951,6 +1034,9 @@ impl Shard {
         let max_outbound = self.cfg.max_outbound;
         let Some(conn) = self.conn_mut(id) else { return };
         conn.dirty = false;
+        if conn.tls.is_some() {
+            return self.flush_tls(id);
+        }
         if !conn.out.is_empty() && !conn.write_armed {
             match reactor::send(conn.fd, &conn.out) {
                 Ok(n) if n == conn.out.len() => {
@@ -975,6 +1061,39 @@ impl Shard {
             }
         }
         if conn.out.is_empty() && conn.close_after_flush {
+            self.close(id);
+        }
+    }
+
+    /// Encrypts what is queued and writes TLS records until the socket is full. While a
+    /// POLLOUT is armed, new output waits in `out` (plaintext) so the slow-reader bound
+    /// applies as for plain connections.
+    fn flush_tls(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        let fd = conn.fd;
+        let Some(tls) = conn.tls.as_mut() else { return };
+        if !conn.write_armed {
+            if !conn.out.is_empty() {
+                let out = std::mem::take(&mut conn.out);
+                conn.out_partial = 0;
+                if std::io::Write::write_all(&mut tls.writer(), &out).is_err() {
+                    return self.close(id);
+                }
+            }
+            while tls.wants_write() {
+                match tls.write_tls(&mut crate::tls::FdWriter(fd)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        conn.write_armed = true;
+                        self.ring.poll(fd, libc::POLLOUT as u32, false, token(Op::Write, id));
+                        return;
+                    }
+                    Err(_) => return self.close(id),
+                }
+            }
+        }
+        let done = !conn.write_armed && conn.out.is_empty() && !tls.wants_write();
+        if done && conn.close_after_flush {
             self.close(id);
         }
     }

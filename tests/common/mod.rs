@@ -85,7 +85,10 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("switchboard listening on ws://") {
+                    let rest = line
+                        .strip_prefix("switchboard listening on ws://")
+                        .or_else(|| line.strip_prefix("switchboard listening on wss://"));
+                    if let Some(rest) = rest {
                         server.addr = rest.split_whitespace().next().unwrap().parse().unwrap();
                         let admin = rest.split("admin http://").nth(1).expect("admin address in the listening line");
                         server.admin = admin.trim_end_matches(')').parse().unwrap();
@@ -118,6 +121,12 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends a signal (by name, e.g. "HUP") to the server.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
     }
 
     pub fn pid(&self) -> u32 {

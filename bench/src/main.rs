@@ -39,6 +39,9 @@ enum Cmd {
         /// Seconds to hold the connections after the measurement.
         #[arg(long, default_value_t = 0)]
         hold: u64,
+        /// Connect with WSS, trusting this CA / self-signed certificate (PEM).
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
     },
 }
 
@@ -63,11 +66,40 @@ fn token(secret: &str, user: &str) -> anyhow::Result<String> {
     )?)
 }
 
+/// A plain or TLS client stream.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+fn tls_config(ca: &std::path::Path) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &std::fs::read(ca)?[..]) {
+        roots.add(c?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(cfg))
+}
+
 /// Upgrades one connection and reads its `ready` frame.
-fn open(addr: SocketAddr, token: &str) -> anyhow::Result<TcpStream> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_nodelay(true)?;
+fn open(
+    addr: SocketAddr,
+    token: &str,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Box<dyn Stream>> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.set_nodelay(true)?;
+    let mut s: Box<dyn Stream> = match tls {
+        None => Box::new(tcp),
+        Some(cfg) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+            Box::new(rustls::StreamOwned::new(rustls::ClientConnection::new(cfg.clone(), name)?, tcp))
+        }
+    };
     write!(
         s,
         "GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -98,15 +130,24 @@ fn open(addr: SocketAddr, token: &str) -> anyhow::Result<TcpStream> {
     }
 }
 
-fn idle(addr: SocketAddr, secret: &str, n: usize, pid: u32, hold: u64) -> anyhow::Result<()> {
+fn idle(
+    addr: SocketAddr,
+    secret: &str,
+    n: usize,
+    pid: u32,
+    hold: u64,
+    tls_ca: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
         bail!("switchboard-bench targets loopback addresses only");
     }
+    let tls = tls_ca.map(tls_config).transpose()?;
     let before = rss(pid)?;
     let started = Instant::now();
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
-        conns.push(open(addr, &token(secret, &format!("idle-{i}"))?).with_context(|| format!("connection {i}"))?);
+        let token = token(secret, &format!("idle-{i}"))?;
+        conns.push(open(addr, &token, tls.as_ref()).with_context(|| format!("connection {i}"))?);
         if (i + 1) % 1000 == 0 {
             eprint!("\r{} connections, {:.0}/s", i + 1, (i + 1) as f64 / started.elapsed().as_secs_f64());
         }
@@ -118,8 +159,9 @@ fn idle(addr: SocketAddr, secret: &str, n: usize, pid: u32, hold: u64) -> anyhow
     eprintln!();
     let per = (after.saturating_sub(before)) as f64 / n as f64;
     println!(
-        "{{\"scenario\":\"idle\",\"connections\":{n},\"rss_before\":{before},\"rss_after\":{after},\
+        "{{\"scenario\":\"idle\",\"tls\":{},\"connections\":{n},\"rss_before\":{before},\"rss_after\":{after},\
          \"bytes_per_conn\":{per:.0},\"connect_secs\":{:.3}}}",
+        tls.is_some(),
         elapsed.as_secs_f64()
     );
     std::thread::sleep(Duration::from_secs(hold));
@@ -129,6 +171,8 @@ fn idle(addr: SocketAddr, secret: &str, n: usize, pid: u32, hold: u64) -> anyhow
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Idle { addr, secret, connections, server_pid, hold } => idle(addr, &secret, connections, server_pid, hold),
+        Cmd::Idle { addr, secret, connections, server_pid, hold, tls_ca } => {
+            idle(addr, &secret, connections, server_pid, hold, tls_ca.as_deref())
+        }
     }
 }

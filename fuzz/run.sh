@@ -11,7 +11,7 @@ cargo fuzz build -O
 run() {
   mkdir -p "corpus/$1"
   local log="corpus/$1.log"
-  cargo fuzz run -O "$1" "corpus/$1" "seeds/$1" -- -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 \
+  cargo fuzz run -O "$1" "corpus/$1" "seeds/$1" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     >"$log" 2>&1 || echo "$1: fuzzer exited with an error (see fuzz/$log)"
   grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY)' "$log" | sed "s/^/$1: /" || true
 }

@@ -112,9 +112,14 @@ pub fn partial_after(out: &[u8], partial: usize, sent: usize) -> usize {
     }
     let mut pos = partial;
     while pos < sent {
-        let mut cur = Cursor::new(&out[pos..]);
+        let Some(rest) = out.get(pos..) else { return 0 };
+        let mut cur = Cursor::new(rest);
         let Ok(Some((_, len))) = FrameHeader::parse(&mut cur) else { return 0 };
-        let end = pos + cur.position() as usize + len as usize;
+        // `out` holds our own frames, but never trust a length: a wrapped sum would
+        // walk backwards forever (found by the ws_frames fuzz target).
+        let Some(end) = usize::try_from(len).ok().and_then(|l| (pos + cur.position() as usize).checked_add(l)) else {
+            return 0;
+        };
         if end > sent {
             return end - sent;
         }
@@ -184,6 +189,11 @@ mod tests {
         assert_eq!(partial_after(&out, 0, 216), 0);
         assert_eq!(partial_after(&out[5..], 7, 3), 4);
         assert_eq!(partial_after(&out[5..], 7, 10), 201);
+        // A hostile length (2^64 - 1) must not loop or panic.
+        let mut evil = vec![0x82, 0x7f];
+        evil.extend_from_slice(&u64::MAX.to_be_bytes());
+        evil.extend_from_slice(&[0; 16]);
+        assert_eq!(partial_after(&evil, 0, 20), 0);
     }
 
     #[test]

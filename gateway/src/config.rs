@@ -120,7 +120,7 @@ impl Default for Config {
             max_body: 48 * 1024,
             max_handshake: 8 * 1024,
             max_url: 2048,
-            max_frames_per_sec: 200,
+            max_frames_per_sec: 1000,
             max_fragments: 64,
             max_sync_convs: 1000,
             history_max: 100,

@@ -53,6 +53,10 @@ impl Server {
         if !toml.contains("send_rate") {
             defaults.push_str("send_rate = 0\n");
         }
+        // Tests burst hundreds of frames on purpose; the limits tests set their own.
+        if !toml.contains("max_frames_per_sec") {
+            defaults.push_str("max_frames_per_sec = 100000\n");
+        }
         std::fs::write(&cfg, format!("{defaults}{toml}\n")).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", &shards.to_string(), "--data-dir"])

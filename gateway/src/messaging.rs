@@ -133,16 +133,20 @@ impl Shard {
             Some(Slot::Loading(queue)) => queue.push(req),
             None => {
                 let conv = req.conv;
-                self.convs.slots.insert(conv, Slot::Loading(vec![req]));
-                let (store, window) = (self.store.clone(), self.cfg.dedupe_window);
-                self.blocking(
-                    move || -> Result<_, StoreError> {
-                        Ok((store.conv_meta(conv)?, store.newest(conv, 0, u64::MAX, window)?))
-                    },
-                    move |s, r| s.on_conv_loaded(conv, r),
-                );
+                self.load_conv(conv, vec![req]);
             }
         }
+    }
+
+    /// Reads a conversation's state from storage (off the reactor); `waiting` sends are
+    /// handled, in order, once it is in memory.
+    fn load_conv(&mut self, conv: ConvId, waiting: Vec<SendReq>) {
+        self.convs.slots.insert(conv, Slot::Loading(waiting));
+        let (store, window) = (self.store.clone(), self.cfg.dedupe_window);
+        self.blocking(
+            move || -> Result<_, StoreError> { Ok((store.conv_meta(conv)?, store.newest(conv, 0, u64::MAX, window)?)) },
+            move |s, r| s.on_conv_loaded(conv, r),
+        );
     }
 
     fn on_conv_loaded(&mut self, conv: ConvId, r: Result<(Option<ConvMeta>, Slice), StoreError>) {
@@ -387,14 +391,7 @@ impl Shard {
             None => {
                 // Load the conversation (for its members) and drop this event: typing is
                 // refreshed by clients every few seconds, so the next one is relayed.
-                self.convs.slots.insert(conv, Slot::Loading(Vec::new()));
-                let (store, window) = (self.store.clone(), self.cfg.dedupe_window);
-                self.blocking(
-                    move || -> Result<_, StoreError> {
-                        Ok((store.conv_meta(conv)?, store.newest(conv, 0, u64::MAX, window)?))
-                    },
-                    move |s, r| s.on_conv_loaded(conv, r),
-                );
+                self.load_conv(conv, Vec::new());
                 return;
             }
         };

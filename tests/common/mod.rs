@@ -297,14 +297,9 @@ pub fn raw_upgrade_small_rcvbuf(addr: SocketAddr, token: &str) -> TcpStream {
 }
 
 fn raw_upgrade_with(mut s: TcpStream, token: &str) -> TcpStream {
-    use std::io::{Read, Write};
+    use std::io::Read;
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        s,
-        "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .unwrap();
+    write_upgrade_request(&mut s, token);
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -313,6 +308,17 @@ fn raw_upgrade_with(mut s: TcpStream, token: &str) -> TcpStream {
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     s
+}
+
+/// Writes a WebSocket upgrade request with a bearer token.
+fn write_upgrade_request(s: &mut TcpStream, token: &str) {
+    use std::io::Write;
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
 }
 
 /// Reads and discards until the server closes the TCP connection (EOF or reset);
@@ -334,15 +340,10 @@ pub fn wait_for_eof(s: &mut TcpStream) {
 
 /// The raw HTTP response to an upgrade attempt (status line, headers, body).
 pub fn upgrade_response(addr: SocketAddr, token: &str) -> String {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        s,
-        "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .unwrap();
+    write_upgrade_request(&mut s, token);
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

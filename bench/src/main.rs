@@ -6,6 +6,8 @@
 //! is tracked separately; see docs/BENCHMARKS.md.
 #![forbid(unsafe_code)]
 
+mod chat;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -43,6 +45,88 @@ enum Cmd {
         #[arg(long)]
         tls_ca: Option<std::path::PathBuf>,
     },
+    /// DM traffic at a target rate: latency (send->ack, send->deliver), throughput,
+    /// loss, duplicates, order; server CPU per message with --server-pid.
+    Chat {
+        /// Gateway address (must be loopback).
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        addr: SocketAddr,
+        /// HS256 secret the gateway verifies tokens with.
+        #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Sender/receiver pairs (two connections each).
+        #[arg(long, default_value_t = 1000)]
+        pairs: usize,
+        /// Messages per second, all pairs together (open loop).
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Body bytes (at least 16: send time and sequence number).
+        #[arg(long, default_value_t = 64)]
+        body: usize,
+        /// Client executors.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// The gateway's pid: report its CPU time per message.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// User id prefix (use a new one per run against the same data).
+        #[arg(long, default_value = "chat")]
+        tag: String,
+    },
+}
+
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    Ok(fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0))
+}
+
+fn pct(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "p50_us": h.value_at_quantile(0.5), "p90_us": h.value_at_quantile(0.9),
+        "p99_us": h.value_at_quantile(0.99), "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
+        "count": h.len(),
+    })
+}
+
+fn chat(args: chat::ChatArgs, server_pid: Option<u32>) -> anyhow::Result<()> {
+    let cpu0 = server_pid.map(cpu_ticks).transpose()?;
+    let (s, wall) = chat::run(&args)?;
+    let cpu1 = server_pid.map(cpu_ticks).transpose()?;
+    let server_cpu_us = cpu0.zip(cpu1).map(|(a, b)| (b - a) * 10_000);
+    let per_msg = server_cpu_us.map(|us| us as f64 / s.delivered.max(1) as f64);
+    let lost = s.sent.saturating_sub(s.delivered);
+    let report = serde_json::json!({
+        "scenario": "chat", "pairs": args.pairs, "target_rate": args.rate, "secs": args.secs, "body": args.body,
+        "threads": args.threads, "sent": s.sent, "acked": s.acked, "delivered": s.delivered, "lost": lost,
+        "duplicates": s.duplicates, "out_of_order": s.out_of_order,
+        "achieved_rate": s.delivered as f64 / args.secs as f64, "wall_secs": wall.as_secs_f64(),
+        "ack_latency": pct(&s.ack), "deliver_latency": pct(&s.deliver),
+        "server_cpu_us": server_cpu_us, "server_cpu_us_per_msg": per_msg,
+    });
+    eprintln!(
+        "chat: {} pairs, {} msg/s target, {} s: sent {}, acked {}, delivered {}, lost {}, dup {}, reordered {}",
+        args.pairs, args.rate, args.secs, s.sent, s.acked, s.delivered, lost, s.duplicates, s.out_of_order
+    );
+    eprintln!(
+        "  send->deliver p50 {} us  p99 {} us  p99.9 {} us  max {} us;  send->ack p50 {} us  p99 {} us",
+        s.deliver.value_at_quantile(0.5),
+        s.deliver.value_at_quantile(0.99),
+        s.deliver.value_at_quantile(0.999),
+        s.deliver.max(),
+        s.ack.value_at_quantile(0.5),
+        s.ack.value_at_quantile(0.99)
+    );
+    if let Some(p) = per_msg {
+        eprintln!("  server CPU {p:.1} us per delivered message");
+    }
+    println!("{report}");
+    Ok(())
 }
 
 fn rss(pid: u32) -> anyhow::Result<u64> {
@@ -173,6 +257,9 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Idle { addr, secret, connections, server_pid, hold, tls_ca } => {
             idle(addr, &secret, connections, server_pid, hold, tls_ca.as_deref())
+        }
+        Cmd::Chat { addr, secret, pairs, rate, secs, body, threads, server_pid, tag } => {
+            chat(chat::ChatArgs { addr, secret, pairs, rate, secs, body, threads, tag }, server_pid)
         }
     }
 }

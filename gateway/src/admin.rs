@@ -28,8 +28,8 @@ pub struct RevokeDesk {
     pub data_dir: std::path::PathBuf,
     /// The current list.
     pub list: Revocations,
-    /// One sender per shard.
-    pub shards: Vec<crossbeam_channel::Sender<Revoke>>,
+    /// One sender per shard; each shard answers on the enclosed channel once applied.
+    pub shards: Vec<crossbeam_channel::Sender<(Revoke, crossbeam_channel::Sender<()>)>>,
 }
 
 /// One shard's published figures. Invariant: only shard k writes `stats[k]`.
@@ -119,10 +119,17 @@ fn revoke(s: TcpStream, path: &str, desk: &mut RevokeDesk) {
     if let Err(e) = revocation::save(&desk.data_dir, &desk.list) {
         return respond(s, "500 Internal Server Error", &format!("could not persist the revocation: {e}\n"), text);
     }
+    // Answer only once every shard enforces it (each applies it on its next beat).
+    let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
     for tx in &desk.shards {
-        let _ = tx.send(r.clone());
+        let _ = tx.send((r.clone(), ack_tx.clone()));
     }
-    tracing::info!(user = %r.user, device = %r.device, "device revoked");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let applied = (0..desk.shards.len()).take_while(|_| ack_rx.recv_deadline(deadline).is_ok()).count();
+    tracing::info!(user = %r.user, device = %r.device, applied, "device revoked");
+    if applied < desk.shards.len() {
+        return respond(s, "202 Accepted", "persisted; not yet applied by every shard\n", text);
+    }
     respond(s, "200 OK", &format!("{{\"revoked_at\":{revoked_at}}}\n"), "application/json");
 }
 

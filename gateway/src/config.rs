@@ -60,6 +60,10 @@ pub struct Config {
     pub sync_per_conv: u32,
     /// Recent `(sender, client_msg_id)` pairs remembered per conversation for dedupe.
     pub dedupe_window: usize,
+    /// Shortest time between the starts of two group commits on a shard, in µs (0: commit
+    /// as soon as the previous one finished). An idle shard commits at once; under load
+    /// this caps fdatasyncs per second and lets batches grow.
+    pub commit_window_us: u64,
     /// This host's id (0..32), part of every message id.
     pub host_id: u8,
     /// Memory glommio locks per shard for io_uring buffers, in bytes.
@@ -127,6 +131,7 @@ impl Default for Config {
             history_default: 50,
             sync_per_conv: 50,
             dedupe_window: 1024,
+            commit_window_us: 0,
             host_id: 0,
             io_memory: 1 << 20,
             ring_entries: 4096,

@@ -3,10 +3,10 @@
 //! working, across restarts.
 //!
 //! The admin thread owns the list and persists it (`data_dir/revoked.json`, written to
-//! a temporary file, fsync'd, renamed) before answering; it then sends the entry to every
-//! shard over a crossbeam channel. Each shard keeps its own copy and drains the channel
-//! on its beat (non-blocking `try_recv`), so enforcement starts within one beat (250 ms)
-//! and nothing on a shard ever waits on a lock.
+//! a temporary file, fsync'd, renamed); it then sends the entry to every shard over a
+//! crossbeam channel and answers once each shard confirmed. Each shard keeps its own
+//! copy and drains the channel on its beat (non-blocking `try_recv`), so nothing on a
+//! shard ever waits on a lock.
 
 use std::collections::HashMap;
 use std::io::Write as _;

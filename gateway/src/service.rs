@@ -59,8 +59,8 @@ pub struct ShardSetup {
     pub stats: Arc<Vec<ShardStats>>,
     /// Revoked devices at start.
     pub revoked: Revocations,
-    /// New revocations from the admin thread.
-    pub revoke_rx: crossbeam_channel::Receiver<Revoke>,
+    /// New revocations from the admin thread (acknowledged once applied).
+    pub revoke_rx: crossbeam_channel::Receiver<(Revoke, crossbeam_channel::Sender<()>)>,
     /// TLS configuration (`None`: plain WS).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Reloaded TLS configurations (SIGHUP).
@@ -132,7 +132,7 @@ pub struct Shard {
     /// Revoked devices (this shard's copy).
     revoked: Revocations,
     /// New revocations, drained on the beat with `try_recv` (never blocks).
-    revoke_rx: crossbeam_channel::Receiver<Revoke>,
+    revoke_rx: crossbeam_channel::Receiver<(Revoke, crossbeam_channel::Sender<()>)>,
     /// TLS configuration for new connections (`None`: plain WS).
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Reloaded TLS configurations, drained on the beat.
@@ -282,8 +282,9 @@ impl Shard {
                 reactor::release_freed_memory();
             }
         }
-        while let Ok(r) = self.revoke_rx.try_recv() {
+        while let Ok((r, applied)) = self.revoke_rx.try_recv() {
             self.apply_revocation(r);
+            let _ = applied.send(());
         }
         while let Ok(cfg) = self.tls_rx.try_recv() {
             tracing::info!(shard = self.me.0, "TLS certificate reloaded");
@@ -407,6 +408,9 @@ impl Shard {
     ) {
         let this = self.this.clone();
         glommio::spawn_local(async move {
+            // glommio polls a new task inline, inside our caller's borrow of the shard:
+            // yield first so the borrow below can never overlap it.
+            futures_lite::future::yield_now().await;
             let r = glommio::executor().spawn_blocking(job).await;
             if let Some(s) = this.upgrade() {
                 let mut s = s.borrow_mut();
@@ -502,6 +506,7 @@ impl Shard {
         }
         let this = self.this.clone();
         glommio::spawn_local(async move {
+            futures_lite::future::yield_now().await; // see `blocking`
             glommio::timer::sleep(ACCEPT_BACKOFF).await;
             if let Some(s) = this.upgrade() {
                 let mut s = s.borrow_mut();

@@ -31,26 +31,28 @@ pub struct Revoke {
 /// The revoked devices.
 #[derive(Debug, Clone, Default)]
 pub struct Revocations {
-    /// `(user, device)` → revoked_at.
-    map: HashMap<(String, String), u64>,
+    /// user → device → revoked_at (nested so lookups borrow `&str`: no allocation per upgrade).
+    map: HashMap<String, HashMap<String, u64>>,
 }
 
 impl Revocations {
     /// Records a revocation (a later one for the same device wins).
     pub fn insert(&mut self, r: &Revoke) {
-        let at = self.map.entry((r.user.clone(), r.device.clone())).or_insert(0);
+        let at = self.map.entry(r.user.clone()).or_default().entry(r.device.clone()).or_insert(0);
         *at = (*at).max(r.revoked_at);
     }
 
     /// Is a token for `(user, device)` issued at `iat` revoked? (No `iat`: 0, revoked.)
     pub fn is_revoked(&self, user: &str, device: &str, iat: u64) -> bool {
-        // Tuple-of-String keys need owned lookups; revocation checks run once per upgrade.
-        self.map.get(&(user.to_owned(), device.to_owned())).is_some_and(|at| iat <= *at)
+        self.map.get(user).and_then(|d| d.get(device)).is_some_and(|at| iat <= *at)
     }
 
     /// Every entry.
     pub fn entries(&self) -> Vec<Revoke> {
-        self.map.iter().map(|((u, d), at)| Revoke { user: u.clone(), device: d.clone(), revoked_at: *at }).collect()
+        self.map
+            .iter()
+            .flat_map(|(u, ds)| ds.iter().map(|(d, at)| Revoke { user: u.clone(), device: d.clone(), revoked_at: *at }))
+            .collect()
     }
 }
 

@@ -15,6 +15,17 @@ pub struct Accepted {
     pub ts: u64,
 }
 
+/// One remembered message for dedupe.
+#[derive(Debug)]
+struct Seen {
+    /// Sender's user id.
+    sender: Box<str>,
+    /// The sender's idempotency key.
+    client_msg_id: Box<str>,
+    /// What its ack said.
+    accepted: Accepted,
+}
+
 /// Home-shard state of one conversation.
 #[derive(Debug)]
 pub struct ConvState {
@@ -22,12 +33,23 @@ pub struct ConvState {
     pub members: Vec<Box<str>>,
     /// Highest seq assigned (stored or in flight). Invariant: dense, starts at 0.
     last_seq: u64,
-    /// `(sender, client_msg_id)` of recent messages, newest last; bounded by `window`.
-    recent: VecDeque<(Box<str>, Box<str>)>,
-    /// Lookup for `recent`.
-    seen: HashMap<(Box<str>, Box<str>), Accepted>,
+    /// Keys of recent messages, oldest first; bounded by `window`.
+    recent: VecDeque<u64>,
+    /// Recent messages by key (a hash of sender and client_msg_id; the strings are
+    /// compared, so a hash collision never merges two messages). Lookups borrow the
+    /// strings: no allocation per send.
+    seen: HashMap<u64, Vec<Seen>>,
     /// How many recent messages are remembered for dedupe.
     window: usize,
+}
+
+/// The dedupe key of `(sender, client_msg_id)` (user ids never contain NUL).
+fn key(sender: &str, client_msg_id: &str) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(sender.as_bytes());
+    h.update(&[0]);
+    h.update(client_msg_id.as_bytes());
+    h.digest()
 }
 
 impl ConvState {
@@ -48,8 +70,11 @@ impl ConvState {
 
     /// The original acceptance if `(sender, client_msg_id)` is in the window.
     pub fn duplicate(&self, sender: &str, client_msg_id: &str) -> Option<Accepted> {
-        // The key type is owned; build it only for the lookup. (Cheap: two short strings.)
-        self.seen.get(&(Box::from(sender), Box::from(client_msg_id))).copied()
+        self.seen
+            .get(&key(sender, client_msg_id))?
+            .iter()
+            .find(|s| &*s.sender == sender && &*s.client_msg_id == client_msg_id)
+            .map(|s| s.accepted)
     }
 
     /// Assigns the next seq to a new message and remembers it for dedupe.
@@ -62,27 +87,32 @@ impl ConvState {
 
     /// Records an already stored message (when loading the window from storage).
     pub fn remember(&mut self, sender: &str, client_msg_id: &str, a: Accepted) {
-        let key: (Box<str>, Box<str>) = (sender.into(), client_msg_id.into());
-        if self.seen.insert(key.clone(), a).is_none() {
-            self.recent.push_back(key);
+        if self.duplicate(sender, client_msg_id).is_some() {
+            return;
         }
+        let k = key(sender, client_msg_id);
+        self.seen.entry(k).or_default().push(Seen {
+            sender: sender.into(),
+            client_msg_id: client_msg_id.into(),
+            accepted: a,
+        });
+        self.recent.push_back(k);
         while self.recent.len() > self.window {
             if let Some(old) = self.recent.pop_front() {
-                self.seen.remove(&old);
+                self.forget_oldest(old);
             }
         }
     }
 
-    /// Forgets a message whose durable write failed, so a retry can take its place.
-    /// Only valid for the newest seq (the write failed before anything later was stored).
-    pub fn rollback(&mut self, sender: &str, client_msg_id: &str, seq: u64) {
-        let key: (Box<str>, Box<str>) = (sender.into(), client_msg_id.into());
-        if self.seen.get(&key).map(|a| a.seq) == Some(seq) {
-            self.seen.remove(&key);
-            self.recent.retain(|k| *k != key);
-        }
-        if seq == self.last_seq {
-            self.last_seq -= 1;
+    /// Drops the oldest entry under key `k` (entries under one key are in arrival order).
+    fn forget_oldest(&mut self, k: u64) {
+        if let Some(list) = self.seen.get_mut(&k) {
+            if !list.is_empty() {
+                list.remove(0);
+            }
+            if list.is_empty() {
+                self.seen.remove(&k);
+            }
         }
     }
 }

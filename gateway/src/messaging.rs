@@ -262,20 +262,10 @@ impl Shard {
         let wait = self.convs.last_commit.map_or(std::time::Duration::ZERO, |t| window.saturating_sub(t.elapsed()));
         if !wait.is_zero() && self.convs.queued.len() < COMMIT_BATCH_MAX {
             self.convs.commit_timer = true;
-            let this = self.this.clone();
-            glommio::spawn_local(async move {
-                // glommio polls a new task inline, inside our caller's borrow of the
-                // shard: yield first so the borrow below never overlaps it.
-                futures_lite::future::yield_now().await;
-                glommio::timer::sleep(wait).await;
-                if let Some(s) = this.upgrade() {
-                    let mut s = s.borrow_mut();
-                    s.convs.commit_timer = false;
-                    s.kick_commit();
-                    s.finish_turn();
-                }
-            })
-            .detach();
+            self.after(glommio::timer::sleep(wait), |s, ()| {
+                s.convs.commit_timer = false;
+                s.kick_commit();
+            });
             return;
         }
         self.convs.last_commit = Some(std::time::Instant::now());

@@ -400,18 +400,19 @@ impl Shard {
         self.mesh.flush();
     }
 
-    /// Runs `job` on the executor's blocking pool, then `done` on this shard.
-    pub(crate) fn blocking<R: std::marker::Send + 'static>(
+    /// Awaits `fut` in a task of its own, then runs `done` on this shard and ends the
+    /// turn. The one way a shard continues after an await: glommio polls a new task
+    /// inline, inside our caller's borrow of the shard, so the task yields first and the
+    /// borrow below can never overlap it.
+    pub(crate) fn after<R: 'static>(
         &self,
-        job: impl FnOnce() -> R + std::marker::Send + 'static,
+        fut: impl std::future::Future<Output = R> + 'static,
         done: impl FnOnce(&mut Shard, R) + 'static,
     ) {
         let this = self.this.clone();
         glommio::spawn_local(async move {
-            // glommio polls a new task inline, inside our caller's borrow of the shard:
-            // yield first so the borrow below can never overlap it.
             futures_lite::future::yield_now().await;
-            let r = glommio::executor().spawn_blocking(job).await;
+            let r = fut.await;
             if let Some(s) = this.upgrade() {
                 let mut s = s.borrow_mut();
                 done(&mut s, r);
@@ -419,6 +420,15 @@ impl Shard {
             }
         })
         .detach();
+    }
+
+    /// Runs `job` on the executor's blocking pool, then `done` on this shard.
+    pub(crate) fn blocking<R: std::marker::Send + 'static>(
+        &self,
+        job: impl FnOnce() -> R + std::marker::Send + 'static,
+        done: impl FnOnce(&mut Shard, R) + 'static,
+    ) {
+        self.after(async move { glommio::executor().spawn_blocking(job).await }, done);
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
@@ -504,20 +514,12 @@ impl Shard {
             let listener = self.listener;
             return self.ring.accept(listener, t);
         }
-        let this = self.this.clone();
-        glommio::spawn_local(async move {
-            futures_lite::future::yield_now().await; // see `blocking`
-            glommio::timer::sleep(ACCEPT_BACKOFF).await;
-            if let Some(s) = this.upgrade() {
-                let mut s = s.borrow_mut();
-                if s.draining.is_none() {
-                    let listener = s.listener;
-                    s.ring.accept(listener, t);
-                    s.finish_turn();
-                }
+        self.after(glommio::timer::sleep(ACCEPT_BACKOFF), move |s, ()| {
+            if s.draining.is_none() {
+                let listener = s.listener;
+                s.ring.accept(listener, t);
             }
-        })
-        .detach();
+        });
     }
 
     fn on_accept(&mut self, fd: RawFd) {

@@ -10,8 +10,8 @@ use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
 
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{
-    check, Ack, ClientFrame, ConvId, ErrorFrame, History, Message, MsgKind, Page, PresenceState, PresenceUpdate,
-    ServerFrame, SyncPoint, Target,
+    check, Ack, ClientFrame, ConvId, ErrorFrame, GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, Page,
+    PresenceState, PresenceUpdate, ServerFrame, SyncPoint, Target,
 };
 use crate::generated::switchboard::v_1 as g;
 
@@ -39,6 +39,7 @@ fn kind(k: g::MsgKind) -> Result<MsgKind, DecodeError> {
     match k {
         g::MsgKind::Text => Ok(MsgKind::Text),
         g::MsgKind::Data => Ok(MsgKind::Data),
+        g::MsgKind::System => Ok(MsgKind::System),
         _ => Err(DecodeError::BadValue { field: "kind", reason: "unknown kind" }),
     }
 }
@@ -47,7 +48,23 @@ fn g_kind(k: MsgKind) -> g::MsgKind {
     match k {
         MsgKind::Text => g::MsgKind::Text,
         MsgKind::Data => g::MsgKind::Data,
+        MsgKind::System => g::MsgKind::System,
     }
+}
+
+fn group_action(a: g::GroupAction) -> Result<GroupAction, DecodeError> {
+    GroupAction::ALL
+        .get(a.0 as usize)
+        .copied()
+        .ok_or(DecodeError::BadValue { field: "action", reason: "unknown group action" })
+}
+
+fn g_group_action(a: GroupAction) -> g::GroupAction {
+    g::GroupAction(GroupAction::ALL.iter().position(|x| *x == a).unwrap_or(0) as u8)
+}
+
+fn strings(v: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&str>>>) -> Vec<String> {
+    v.iter().flatten().map(str::to_owned).collect()
 }
 
 fn presence_state(p: g::PresenceState) -> Result<PresenceState, DecodeError> {
@@ -133,6 +150,16 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
                 conv: conv_id(t.conv().ok_or(DecodeError::MissingField("conv"))?),
                 typing: t.typing(),
             }
+        }
+        g::Frame::GroupOp => {
+            let o = env.frame_as_group_op().ok_or(DecodeError::MissingField("frame"))?;
+            ClientFrame::Group(check::group(GroupOp {
+                req_id: o.req_id().map(str::to_owned),
+                action: group_action(o.action())?,
+                conv: o.conv().map(conv_id),
+                name: o.name().map(str::to_owned),
+                members: strings(o.members()),
+            })?)
         }
         g::Frame::NONE => return Err(DecodeError::MissingField("frame")),
         other => return Err(DecodeError::UnknownOp(frame_name(other))),
@@ -281,6 +308,25 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                     g::Typing::create(&mut b, &g::TypingArgs { conv: Some(&conv), from: Some(from), typing: *typing });
                 (g::Frame::Typing, o.as_union_value())
             }
+            ServerFrame::GroupInfo(i) => {
+                let req_id = i.req_id.as_deref().map(|r| b.create_string(r));
+                let name = b.create_string(&i.name);
+                let members = g_users(&mut b, &i.members);
+                let admins = g_users(&mut b, &i.admins);
+                let conv = g_conv(i.conv);
+                let o = g::GroupInfo::create(
+                    &mut b,
+                    &g::GroupInfoArgs {
+                        req_id,
+                        conv: Some(&conv),
+                        name: Some(name),
+                        members: Some(members),
+                        admins: Some(admins),
+                        seq: i.seq,
+                    },
+                );
+                (g::Frame::GroupInfo, o.as_union_value())
+            }
         };
         let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
         b.finish(env, None);
@@ -354,6 +400,23 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                 &g::HistoryArgs { req_id, conv: Some(&conv), before_seq: h.before_seq, limit: h.limit },
             );
             (g::Frame::History, o.as_union_value())
+        }
+        ClientFrame::Group(op) => {
+            let req_id = op.req_id.as_deref().map(|r| b.create_string(r));
+            let name = op.name.as_deref().map(|n| b.create_string(n));
+            let members = g_users(&mut b, &op.members);
+            let conv = op.conv.map(g_conv);
+            let o = g::GroupOp::create(
+                &mut b,
+                &g::GroupOpArgs {
+                    req_id,
+                    action: g_group_action(op.action),
+                    conv: conv.as_ref(),
+                    name,
+                    members: Some(members),
+                },
+            );
+            (g::Frame::GroupOp, o.as_union_value())
         }
     };
     let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
@@ -454,6 +517,17 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
                 from: t.from().unwrap_or_default().to_owned(),
                 typing: t.typing(),
             }
+        }
+        g::Frame::GroupInfo => {
+            let i = env.frame_as_group_info().ok_or(missing)?;
+            ServerFrame::GroupInfo(GroupInfo {
+                req_id: i.req_id().map(str::to_owned),
+                conv: conv_id(i.conv().ok_or(DecodeError::MissingField("conv"))?),
+                name: i.name().unwrap_or_default().to_owned(),
+                members: strings(i.members()),
+                admins: strings(i.admins()),
+                seq: i.seq(),
+            })
         }
         other => return Err(DecodeError::UnknownOp(frame_name(other))),
     })

@@ -41,6 +41,10 @@ pub enum MsgKind {
     Text,
     /// Opaque bytes: attachments' references, client-side ciphertext. JSON carries it base64.
     Data,
+    /// Written by the server only: a group event (created, members added or removed,
+    /// renamed, admins changed), stored in the conversation's order like any message.
+    /// The body is a UTF-8 JSON object (docs/PROTOCOL.md, "Group events").
+    System,
 }
 
 impl MsgKind {
@@ -49,6 +53,7 @@ impl MsgKind {
         match self {
             MsgKind::Text => 0,
             MsgKind::Data => 1,
+            MsgKind::System => 2,
         }
     }
 
@@ -57,6 +62,7 @@ impl MsgKind {
         match tag {
             0 => Some(MsgKind::Text),
             1 => Some(MsgKind::Data),
+            2 => Some(MsgKind::System),
             _ => None,
         }
     }
@@ -105,6 +111,92 @@ pub struct History {
     pub before_seq: Option<u64>,
     /// How many at most (capped by the server).
     pub limit: Option<u32>,
+}
+
+/// What a `group` request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupAction {
+    /// Create a group with the sender as its first admin and `members` (needs `conv` absent).
+    Create,
+    /// Add `members` (admins only).
+    Add,
+    /// Remove `members` (admins only).
+    Remove,
+    /// The sender leaves.
+    Leave,
+    /// Set the group's `name` (admins only).
+    Rename,
+    /// Make `members` admins (admins only).
+    Promote,
+    /// Make `members` plain members (admins only; a group keeps at least one admin).
+    Demote,
+    /// Reply with the group's current state (members only); changes nothing.
+    Info,
+}
+
+impl GroupAction {
+    /// Every action, in wire-tag order.
+    pub const ALL: [GroupAction; 8] = [
+        GroupAction::Create,
+        GroupAction::Add,
+        GroupAction::Remove,
+        GroupAction::Leave,
+        GroupAction::Rename,
+        GroupAction::Promote,
+        GroupAction::Demote,
+        GroupAction::Info,
+    ];
+
+    /// The JSON name (also the `event` of the group event it stores).
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupAction::Create => "create",
+            GroupAction::Add => "add",
+            GroupAction::Remove => "remove",
+            GroupAction::Leave => "leave",
+            GroupAction::Rename => "rename",
+            GroupAction::Promote => "promote",
+            GroupAction::Demote => "demote",
+            GroupAction::Info => "info",
+        }
+    }
+
+    /// Inverse of [`GroupAction::name`].
+    pub fn from_name(s: &str) -> Option<GroupAction> {
+        GroupAction::ALL.into_iter().find(|a| a.name() == s)
+    }
+}
+
+/// `group`: create a group or change one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOp {
+    /// Echoed in the `group_info` reply (and in errors).
+    pub req_id: Option<String>,
+    /// What to do.
+    pub action: GroupAction,
+    /// The group (every action but `create`).
+    pub conv: Option<ConvId>,
+    /// The name (`create`, `rename`).
+    pub name: Option<String>,
+    /// The users acted on (`create`, `add`, `remove`, `promote`, `demote`).
+    pub members: Vec<String>,
+}
+
+/// `group_info`: a group's state after a `group` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The request's id.
+    pub req_id: Option<String>,
+    /// The group.
+    pub conv: ConvId,
+    /// Its name.
+    pub name: String,
+    /// Members, sorted.
+    pub members: Vec<String>,
+    /// Admins (a subset of members), sorted.
+    pub admins: Vec<String>,
+    /// The seq of the group event this request stored (0 for `info`).
+    pub seq: u64,
 }
 
 /// A user's presence.
@@ -188,6 +280,8 @@ pub enum ClientFrame {
         /// True: typing; false: stopped.
         typing: bool,
     },
+    /// Create or change a group.
+    Group(GroupOp),
 }
 
 /// A stored message as clients see it.
@@ -301,6 +395,8 @@ pub enum ServerFrame {
         /// True: typing; false: stopped (also sent when the typing expires).
         typing: bool,
     },
+    /// Reply to `group`: the group's state once the change is durable.
+    GroupInfo(GroupInfo),
 }
 
 /// Field rules both codecs apply after decoding, so the encodings agree on what is valid.
@@ -335,6 +431,9 @@ pub mod check {
             (None, Some(conv)) => Target::Conv(conv),
         };
         let body = body.ok_or(DecodeError::MissingField("body"))?;
+        if kind == MsgKind::System {
+            return Err(DecodeError::BadValue { field: "kind", reason: "only the server writes system messages" });
+        }
         if kind == MsgKind::Text && std::str::from_utf8(&body).is_err() {
             return Err(DecodeError::BadValue { field: "body", reason: "a text body must be UTF-8" });
         }
@@ -368,6 +467,50 @@ pub mod check {
             }
             s => Ok(s),
         }
+    }
+
+    /// Longest group name, in bytes.
+    pub const MAX_GROUP_NAME: usize = 256;
+
+    /// Validates a `group` request's shape (permissions are checked by the server).
+    pub fn group(op: GroupOp) -> Result<GroupOp, DecodeError> {
+        if let Some(r) = &op.req_id {
+            client_id("req_id", r)?;
+        }
+        let needs_members =
+            matches!(op.action, GroupAction::Add | GroupAction::Remove | GroupAction::Promote | GroupAction::Demote);
+        match (op.action, op.conv) {
+            (GroupAction::Create, Some(_)) => {
+                return Err(DecodeError::BadValue { field: "conv", reason: "the server chooses a new group's id" })
+            }
+            (GroupAction::Create, None) => {}
+            (_, None) => return Err(DecodeError::MissingField("conv")),
+            (_, Some(_)) => {}
+        }
+        if needs_members && op.members.is_empty() {
+            return Err(DecodeError::MissingField("members"));
+        }
+        if !matches!(op.action, GroupAction::Create) && !needs_members && !op.members.is_empty() {
+            return Err(DecodeError::BadValue { field: "members", reason: "this action takes no members" });
+        }
+        users(&op.members).map_err(|_| DecodeError::BadValue {
+            field: "members",
+            reason: "at most 256 user ids of 1 to 128 bytes without control characters",
+        })?;
+        match (&op.name, op.action) {
+            (None, GroupAction::Rename) => return Err(DecodeError::MissingField("name")),
+            (Some(n), GroupAction::Create | GroupAction::Rename) => {
+                if n.len() > MAX_GROUP_NAME || n.chars().any(char::is_control) {
+                    return Err(DecodeError::BadValue {
+                        field: "name",
+                        reason: "a group name is at most 256 bytes without control characters",
+                    });
+                }
+            }
+            (Some(_), _) => return Err(DecodeError::BadValue { field: "name", reason: "this action takes no name" }),
+            (None, _) => {}
+        }
+        Ok(op)
     }
 
     /// Checks a user id.

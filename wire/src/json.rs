@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DecodeError;
 use crate::frame::{
-    check, ClientFrame, ConvId, History, Message, MsgKind, Page, PresenceState, PresenceUpdate, ServerFrame, SyncPoint,
+    check, ClientFrame, ConvId, GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, Page, PresenceState,
+    PresenceUpdate, ServerFrame, SyncPoint,
 };
 
 #[derive(Deserialize)]
@@ -46,6 +47,14 @@ enum JsonClient {
         conv: Option<String>,
         typing: Option<bool>,
     },
+    Group {
+        req_id: Option<String>,
+        action: Option<String>,
+        conv: Option<String>,
+        name: Option<String>,
+        #[serde(default)]
+        members: Vec<String>,
+    },
 }
 
 fn presence_state(s: &str) -> Result<PresenceState, DecodeError> {
@@ -67,6 +76,7 @@ fn kind(s: Option<&str>) -> Result<MsgKind, DecodeError> {
     match s {
         None | Some("text") => Ok(MsgKind::Text),
         Some("data") => Ok(MsgKind::Data),
+        Some("system") => Ok(MsgKind::System),
         Some(_) => Err(DecodeError::BadValue { field: "kind", reason: "kind is \"text\" or \"data\"" }),
     }
 }
@@ -103,7 +113,7 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             let c = c.map(|c| conv("conv", &c)).transpose()?;
             let body = match (body, kind) {
                 (None, _) => None,
-                (Some(text), MsgKind::Text) => Some(text.into_bytes()),
+                (Some(text), MsgKind::Text | MsgKind::System) => Some(text.into_bytes()),
                 (Some(b64), MsgKind::Data) => {
                     Some(base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()).map_err(|_| {
                         DecodeError::BadValue { field: "body", reason: "a data body is standard base64" }
@@ -136,6 +146,15 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
         JsonClient::Typing { conv: c, typing } => {
             let c = c.ok_or(DecodeError::MissingField("conv"))?;
             ClientFrame::Typing { conv: conv("conv", &c)?, typing: typing.unwrap_or(true) }
+        }
+        JsonClient::Group { req_id, action, conv: c, name, members } => {
+            let action = action.ok_or(DecodeError::MissingField("action"))?;
+            let action = GroupAction::from_name(&action).ok_or(DecodeError::BadValue {
+                field: "action",
+                reason: "action is create, add, remove, leave, rename, promote, demote or info",
+            })?;
+            let conv = c.map(|c| conv("conv", &c)).transpose()?;
+            ClientFrame::Group(check::group(GroupOp { req_id, action, conv, name, members })?)
         }
     })
 }
@@ -182,6 +201,15 @@ enum JsonServer<'a> {
         from: &'a str,
         typing: bool,
     },
+    GroupInfo {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a str>,
+        conv: String,
+        name: &'a str,
+        members: &'a [String],
+        admins: &'a [String],
+        seq: u64,
+    },
 }
 
 #[derive(Serialize)]
@@ -222,12 +250,13 @@ struct JsonPage<'a> {
 }
 
 fn message(m: &Message) -> JsonMessage<'_> {
+    let name = kind_name(m.kind);
     let (kind, body) = match (m.kind, std::str::from_utf8(&m.body)) {
-        (MsgKind::Text, Ok(text)) => ("text", JsonBody::Text(text)),
-        // A stored text body is always UTF-8 (checked on send); base64 keeps the codec total.
-        (MsgKind::Text, Err(_)) | (MsgKind::Data, _) => {
-            let kind = if m.kind == MsgKind::Text { "text" } else { "data" };
-            (kind, JsonBody::Base64(base64::engine::general_purpose::STANDARD.encode(&m.body)))
+        (MsgKind::Text | MsgKind::System, Ok(text)) => (name, JsonBody::Text(text)),
+        // Stored text and system bodies are always UTF-8 (checked on send, written by the
+        // server); base64 keeps the codec total.
+        (MsgKind::Text | MsgKind::System, Err(_)) | (MsgKind::Data, _) => {
+            (name, JsonBody::Base64(base64::engine::general_purpose::STANDARD.encode(&m.body)))
         }
     };
     JsonMessage {
@@ -240,6 +269,14 @@ fn message(m: &Message) -> JsonMessage<'_> {
         kind,
         body,
         client_msg_id: &m.client_msg_id,
+    }
+}
+
+fn kind_name(k: MsgKind) -> &'static str {
+    match k {
+        MsgKind::Text => "text",
+        MsgKind::Data => "data",
+        MsgKind::System => "system",
     }
 }
 
@@ -285,6 +322,14 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
         ServerFrame::Typing { conv, from, typing } => {
             JsonServer::Typing { conv: conv.to_string(), from, typing: *typing }
         }
+        ServerFrame::GroupInfo(i) => JsonServer::GroupInfo {
+            req_id: i.req_id.as_deref(),
+            conv: i.conv.to_string(),
+            name: &i.name,
+            members: &i.members,
+            admins: &i.admins,
+            seq: i.seq,
+        },
     };
     // Serializing plain structs of strings and integers into a Vec cannot fail.
     serde_json::to_writer(out, &j).expect("JSON encoding of a server frame is infallible");
@@ -301,9 +346,9 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             let mut v = serde_json::json!({
                 "op": "send",
                 "client_msg_id": s.client_msg_id,
-                "kind": if s.kind == MsgKind::Text { "text" } else { "data" },
+                "kind": kind_name(s.kind),
                 "body": match s.kind {
-                    MsgKind::Text => String::from_utf8_lossy(&s.body).into_owned(),
+                    MsgKind::Text | MsgKind::System => String::from_utf8_lossy(&s.body).into_owned(),
                     MsgKind::Data => base64::engine::general_purpose::STANDARD.encode(&s.body),
                 },
             });
@@ -338,6 +383,22 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             }
             v
         }
+        ClientFrame::Group(op) => {
+            let mut v = serde_json::json!({"op": "group", "action": op.action.name()});
+            if let Some(r) = &op.req_id {
+                v["req_id"] = r.as_str().into();
+            }
+            if let Some(c) = op.conv {
+                v["conv"] = c.to_string().into();
+            }
+            if let Some(n) = &op.name {
+                v["name"] = n.as_str().into();
+            }
+            if !op.members.is_empty() {
+                v["members"] = op.members.clone().into();
+            }
+            v
+        }
     };
     serde_json::to_vec(&v).expect("JSON encoding of a client frame is infallible")
 }
@@ -354,7 +415,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         let u = |k: &'static str| v.get(k).and_then(|x| x.as_u64()).ok_or(DecodeError::MissingField(k));
         let kind = kind(Some(s("kind")?))?;
         let body = match kind {
-            MsgKind::Text => s("body")?.as_bytes().to_vec(),
+            MsgKind::Text | MsgKind::System => s("body")?.as_bytes().to_vec(),
             MsgKind::Data => base64::engine::general_purpose::STANDARD
                 .decode(s("body")?)
                 .map_err(|_| DecodeError::BadValue { field: "body", reason: "base64" })?,
@@ -438,6 +499,24 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         },
         "typing" => {
             ServerFrame::Typing { conv: conv("conv", s("conv")?)?, from: s("from")?.to_owned(), typing: b("typing")? }
+        }
+        "group_info" => {
+            let list = |k: &'static str| -> Result<Vec<String>, DecodeError> {
+                v.get(k)
+                    .and_then(|x| x.as_array())
+                    .ok_or(DecodeError::MissingField(k))?
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_owned).ok_or(DecodeError::BadValue { field: k, reason: "strings" }))
+                    .collect()
+            };
+            ServerFrame::GroupInfo(GroupInfo {
+                req_id: v.get("req_id").and_then(|r| r.as_str()).map(str::to_owned),
+                conv: conv("conv", s("conv")?)?,
+                name: s("name")?.to_owned(),
+                members: list("members")?,
+                admins: list("admins")?,
+                seq: u("seq")?,
+            })
         }
         other => return Err(DecodeError::UnknownOp(other.to_owned())),
     })

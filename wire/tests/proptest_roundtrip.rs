@@ -23,12 +23,50 @@ fn kind_body() -> impl Strategy<Value = (MsgKind, Vec<u8>)> {
     ]
 }
 
+/// Kinds and bodies the server may send (client sends never carry `System`).
+fn stored_kind_body() -> impl Strategy<Value = (MsgKind, Vec<u8>)> {
+    prop_oneof![kind_body(), ".{0,200}".prop_map(|t: String| (MsgKind::System, t.into_bytes()))]
+}
+
+/// A valid `group` request: the fields each action takes, and only those.
+fn group_op() -> impl Strategy<Value = GroupOp> {
+    (
+        0..GroupAction::ALL.len(),
+        proptest::option::of(id()),
+        conv(),
+        proptest::option::of("[^\\p{Cc}]{0,40}"),
+        vec(id(), 1..6),
+    )
+        .prop_map(|(i, req_id, conv, name, members)| {
+            let action = GroupAction::ALL[i];
+            let takes_members = matches!(
+                action,
+                GroupAction::Create
+                    | GroupAction::Add
+                    | GroupAction::Remove
+                    | GroupAction::Promote
+                    | GroupAction::Demote
+            );
+            GroupOp {
+                req_id,
+                action,
+                conv: (action != GroupAction::Create).then_some(conv),
+                name: match action {
+                    GroupAction::Create => name,
+                    GroupAction::Rename => Some(name.unwrap_or_default()),
+                    _ => None,
+                },
+                members: if takes_members { members } else { Vec::new() },
+            }
+        })
+}
+
 fn presence_state() -> impl Strategy<Value = PresenceState> {
     prop_oneof![Just(PresenceState::Offline), Just(PresenceState::Online), Just(PresenceState::Away)]
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    (conv(), any::<u64>(), any::<u64>(), id(), id(), any::<u64>(), kind_body(), id()).prop_map(
+    (conv(), any::<u64>(), any::<u64>(), id(), id(), any::<u64>(), stored_kind_body(), id()).prop_map(
         |(conv, seq, message_id, from, from_device, ts, (kind, body), client_msg_id)| Message {
             conv,
             seq,
@@ -74,6 +112,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (prop_oneof![Just(PresenceState::Online), Just(PresenceState::Away)], proptest::option::of(any::<bool>()))
             .prop_map(|(state, hide_last_seen)| ClientFrame::PresenceSet { state, hide_last_seen }),
         (conv(), any::<bool>()).prop_map(|(conv, typing)| ClientFrame::Typing { conv, typing }),
+        group_op().prop_map(ClientFrame::Group),
     ]
 }
 
@@ -100,6 +139,11 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             updates: v.into_iter().map(|(user, state, last_seen)| PresenceUpdate { user, state, last_seen }).collect()
         }),
         (conv(), id(), any::<bool>()).prop_map(|(conv, from, typing)| ServerFrame::Typing { conv, from, typing }),
+        (proptest::option::of(id()), conv(), ".{0,40}", vec(id(), 0..6), vec(id(), 0..3), any::<u64>()).prop_map(
+            |(req_id, conv, name, members, admins, seq)| {
+                ServerFrame::GroupInfo(GroupInfo { req_id, conv, name, members, admins, seq })
+            }
+        ),
     ]
 }
 

@@ -8,6 +8,8 @@ pub mod switchboard {
     pub use self::msg_kind_generated::*;
     mod presence_state_generated;
     pub use self::presence_state_generated::*;
+    mod group_action_generated;
+    pub use self::group_action_generated::*;
     mod frame_generated;
     pub use self::frame_generated::*;
     mod conv_id_generated;
@@ -46,6 +48,10 @@ pub mod switchboard {
     pub use self::presence_generated::*;
     mod typing_generated;
     pub use self::typing_generated::*;
+    mod group_op_generated;
+    pub use self::group_op_generated::*;
+    mod group_info_generated;
+    pub use self::group_info_generated::*;
     mod envelope_generated;
     pub use self::envelope_generated::*;
   } // v_1

@@ -276,6 +276,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_group_op(&self) -> Option<GroupOp<'a>> {
+    if self.frame_type() == Frame::GroupOp {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupOp::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_group_info(&self) -> Option<GroupInfo<'a>> {
+    if self.frame_type() == Frame::GroupInfo {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupInfo::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -301,6 +331,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Frame::PresenceSet => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceSet>>("Frame::PresenceSet", pos),
           Frame::Presence => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Presence>>("Frame::Presence", pos),
           Frame::Typing => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Typing>>("Frame::Typing", pos),
+          Frame::GroupOp => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupOp>>("Frame::GroupOp", pos),
+          Frame::GroupInfo => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupInfo>>("Frame::GroupInfo", pos),
           _ => Ok(()),
         }
      })?
@@ -455,6 +487,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Frame::Typing => {
           if let Some(x) = self.frame_as_typing() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::GroupOp => {
+          if let Some(x) = self.frame_as_group_op() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::GroupInfo => {
+          if let Some(x) = self.frame_as_group_info() {
             ds.field("frame", &x)
           } else {
             ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")

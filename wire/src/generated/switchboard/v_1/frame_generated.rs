@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_FRAME: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_FRAME: u8 = 15;
+pub const ENUM_MAX_FRAME: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_FRAME: [Frame; 16] = [
+pub const ENUM_VALUES_FRAME: [Frame; 18] = [
   Frame::NONE,
   Frame::Hello,
   Frame::Send,
@@ -25,6 +25,8 @@ pub const ENUM_VALUES_FRAME: [Frame; 16] = [
   Frame::PresenceSet,
   Frame::Presence,
   Frame::Typing,
+  Frame::GroupOp,
+  Frame::GroupInfo,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -48,9 +50,11 @@ impl Frame {
   pub const PresenceSet: Self = Self(13);
   pub const Presence: Self = Self(14);
   pub const Typing: Self = Self(15);
+  pub const GroupOp: Self = Self(16);
+  pub const GroupInfo: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 15;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -68,6 +72,8 @@ impl Frame {
     Self::PresenceSet,
     Self::Presence,
     Self::Typing,
+    Self::GroupOp,
+    Self::GroupInfo,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -88,6 +94,8 @@ impl Frame {
       Self::PresenceSet => Some("PresenceSet"),
       Self::Presence => Some("Presence"),
       Self::Typing => Some("Typing"),
+      Self::GroupOp => Some("GroupOp"),
+      Self::GroupInfo => Some("GroupInfo"),
       _ => None,
     }
   }

@@ -5,16 +5,18 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_MSG_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_MSG_KIND: u8 = 1;
+pub const ENUM_MAX_MSG_KIND: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_MSG_KIND: [MsgKind; 2] = [
+pub const ENUM_VALUES_MSG_KIND: [MsgKind; 3] = [
   MsgKind::Text,
   MsgKind::Data,
+  MsgKind::System,
 ];
 
 /// How a message body is to be read. The server checks `Text` bodies are UTF-8 and
 /// treats everything else as opaque bytes.
+/// `System`: a group event written by the server (a UTF-8 JSON body; clients never send it).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
 pub struct MsgKind(pub u8);
@@ -22,18 +24,21 @@ pub struct MsgKind(pub u8);
 impl MsgKind {
   pub const Text: Self = Self(0);
   pub const Data: Self = Self(1);
+  pub const System: Self = Self(2);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 1;
+  pub const ENUM_MAX: u8 = 2;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Text,
     Self::Data,
+    Self::System,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
     match self {
       Self::Text => Some("Text"),
       Self::Data => Some("Data"),
+      Self::System => Some("System"),
       _ => None,
     }
   }

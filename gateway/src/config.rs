@@ -58,6 +58,8 @@ pub struct Config {
     pub history_default: u32,
     /// Newest messages replayed per conversation on `hello` before `has_more`.
     pub sync_per_conv: u32,
+    /// Most members a group may have (`group` add/create beyond it: `limit_exceeded`).
+    pub max_group_members: usize,
     /// Recent `(sender, client_msg_id)` pairs remembered per conversation for dedupe.
     pub dedupe_window: usize,
     /// Shortest time between the starts of two group commits on a shard, in µs (0: commit
@@ -130,6 +132,7 @@ impl Default for Config {
             history_max: 100,
             history_default: 50,
             sync_per_conv: 50,
+            max_group_members: 10_000,
             dedupe_window: 1024,
             commit_window_us: 0,
             host_id: 0,
@@ -177,6 +180,7 @@ impl Config {
             "history_default must be between 1 and history_max"
         );
         anyhow::ensure!(self.sync_per_conv >= 1, "sync_per_conv must be at least 1");
+        anyhow::ensure!(self.max_group_members >= 2, "max_group_members must be at least 2");
         anyhow::ensure!(self.dedupe_window >= 1, "dedupe_window must be at least 1");
         anyhow::ensure!(self.ring_entries.is_power_of_two(), "ring_entries must be a power of two");
         anyhow::ensure!(self.ping_interval_secs >= 1, "ping_interval_secs must be at least 1");

@@ -14,6 +14,7 @@
 //! - [`service`]: a shard's event loop, connections, upgrade and WebSocket handling.
 //! - [`messaging`]: the message path: conversations, group commit, fan-out, history,
 //!   sync, typing.
+//! - [`groups`]: group creation and membership changes, at the group's home shard.
 //! - [`presence`]: presence, owned by each user's home shard.
 //! - [`limits`]: token buckets.
 //! - [`revocation`]: revoked devices, persisted and broadcast to the shards.
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod fuzzing;
+pub mod groups;
 pub mod limits;
 pub mod messaging;
 pub mod presence;

@@ -14,17 +14,18 @@
 //!    gets a retryable `internal` error, including those queued behind it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use shard::conv::{Accepted, ConvState};
 use shard::ids::{home_of_user, now_ms, ConnId, ConnRef, ShardId};
-use storage::model::{ConvKind, ConvMeta, StoredMessage, Write};
+use storage::model::{ConvKind, ConvMeta, GroupMeta, StoredMessage, Write};
 use storage::{Slice, StoreError};
 use wire::error::ErrorCode;
-use wire::frame::{Ack, ConvId, History, Message, MsgKind, Page, ServerFrame, SyncPoint};
+use wire::frame::{Ack, ConvId, GroupInfo, History, Message, MsgKind, Page, ServerFrame, SyncPoint};
 use wire::Encoding;
 
 use crate::conn::Phase;
-use crate::route::{Route, SendReq};
+use crate::route::{GroupReq, Route, SendReq};
 use crate::service::{data_opcode, error_frame, Shard};
 use crate::ws;
 
@@ -35,9 +36,9 @@ const COMMIT_BATCH_MAX: usize = 1024;
 #[derive(Default)]
 pub struct Conversations {
     /// Loaded (or loading) conversations.
-    slots: HashMap<ConvId, Slot>,
+    pub(crate) slots: HashMap<ConvId, Slot>,
     /// Accepted messages waiting for the next commit, in acceptance order.
-    queued: Vec<Pending>,
+    pub(crate) queued: Vec<Pending>,
     /// A commit is running (at most one at a time, so commits finish in order).
     in_flight: bool,
     /// Duplicate acks waiting for their original to become durable.
@@ -57,30 +58,68 @@ impl Conversations {
     }
 }
 
-enum Slot {
-    /// Reading state from storage; sends wait here in arrival order.
-    Loading(Vec<SendReq>),
+pub(crate) enum Slot {
+    /// Reading state from storage; requests wait here in arrival order.
+    Loading(Vec<Waiting>),
     /// In memory.
     Ready(Box<Conv>),
 }
 
-struct Conv {
-    /// Seq, members and dedupe window.
-    state: ConvState,
-    /// Highest seq known durable. Invariant: `durable_seq <= state.last_seq()`.
-    durable_seq: u64,
-    /// False until the conversation exists (stored, or created by a queued write).
-    exists: bool,
-    /// Members typing now: `(user, last relayed ms, expires ms)`. Never stored.
-    typists: Vec<(Box<str>, u64, u64)>,
+/// A request waiting for its conversation to load.
+pub(crate) enum Waiting {
+    /// A message.
+    Send(SendReq),
+    /// A group request.
+    Group(GroupReq),
 }
 
-/// An accepted message on its way to storage.
-struct Pending {
-    from: ConnRef,
-    msg: Message,
-    /// Metadata to write first when this message creates the conversation.
-    create: Option<ConvMeta>,
+pub(crate) struct Conv {
+    /// Seq, members and dedupe window.
+    pub(crate) state: ConvState,
+    /// Highest seq known durable. Invariant: `durable_seq <= state.last_seq()`.
+    pub(crate) durable_seq: u64,
+    /// False until the conversation exists (stored, or created by a queued write).
+    pub(crate) exists: bool,
+    /// A group's name and admins (`None` for a DM).
+    pub(crate) group: Option<GroupMeta>,
+    /// Creation time (ms since the epoch), kept in the metadata.
+    pub(crate) created: u64,
+    /// Members typing now: `(user, last relayed ms, expires ms)`. Never stored.
+    typists: Vec<(Box<str>, u64, u64)>,
+    /// Members grouped by home shard, shared by every `Deliver` until membership
+    /// changes (empty: rebuild on next use).
+    fanout: Vec<Arc<[Box<str>]>>,
+}
+
+impl Conv {
+    /// Membership changed: rebuild the fan-out lists on next use.
+    pub(crate) fn members_changed(&mut self) {
+        self.fanout.clear();
+    }
+
+    fn fanout(&mut self, shards: usize) -> &[Arc<[Box<str>]>] {
+        if self.fanout.is_empty() {
+            let mut by_shard: Vec<Vec<Box<str>>> = vec![Vec::new(); shards];
+            for user in &self.state.members {
+                by_shard[home_of_user(user, shards).index()].push(user.clone());
+            }
+            self.fanout = by_shard.into_iter().map(Arc::from).collect();
+        }
+        &self.fanout
+    }
+}
+
+/// An accepted message (or group event) on its way to storage.
+pub(crate) struct Pending {
+    pub(crate) from: ConnRef,
+    pub(crate) msg: Message,
+    /// Metadata to write first (a DM's first message, a group event).
+    pub(crate) meta: Option<ConvMeta>,
+    /// Former members to drop from the user index, and who get this event although no
+    /// longer members.
+    pub(crate) removed: Vec<String>,
+    /// For a group event: the `group_info` the requester gets instead of an ack.
+    pub(crate) info: Option<GroupInfo>,
 }
 
 fn stored(m: &Message) -> StoredMessage {
@@ -124,30 +163,39 @@ fn internal(e: &StoreError) -> (ErrorCode, String) {
 }
 
 impl Shard {
-    fn reply(&mut self, to: ConnRef, frame: ServerFrame) {
+    pub(crate) fn reply(&mut self, to: ConnRef, frame: ServerFrame) {
         self.route(to.shard, Route::ToConn { to, frame });
     }
 
-    fn reply_error(&mut self, to: ConnRef, code: ErrorCode, message: String, ref_id: Option<String>) {
+    pub(crate) fn reply_error(&mut self, to: ConnRef, code: ErrorCode, message: String, ref_id: Option<String>) {
         self.reply(to, error_frame(code, message, ref_id));
     }
 
     // ---- on the conversation's home shard ----
 
     pub(crate) fn on_send(&mut self, req: SendReq) {
-        match self.convs.slots.get_mut(&req.conv) {
-            Some(Slot::Ready(_)) => self.accept_send(req),
-            Some(Slot::Loading(queue)) => queue.push(req),
-            None => {
-                let conv = req.conv;
-                self.load_conv(conv, vec![req]);
-            }
+        self.when_loaded(req.conv, Waiting::Send(req));
+    }
+
+    /// Handles `w` once its conversation is in memory (loading it first if needed).
+    pub(crate) fn when_loaded(&mut self, conv: ConvId, w: Waiting) {
+        match self.convs.slots.get_mut(&conv) {
+            Some(Slot::Ready(_)) => self.handle_waiting(w),
+            Some(Slot::Loading(queue)) => queue.push(w),
+            None => self.load_conv(conv, vec![w]),
         }
     }
 
-    /// Reads a conversation's state from storage (off the reactor); `waiting` sends are
-    /// handled, in order, once it is in memory.
-    fn load_conv(&mut self, conv: ConvId, waiting: Vec<SendReq>) {
+    fn handle_waiting(&mut self, w: Waiting) {
+        match w {
+            Waiting::Send(req) => self.accept_send(req),
+            Waiting::Group(req) => self.accept_group(req),
+        }
+    }
+
+    /// Reads a conversation's state from storage (off the reactor); `waiting` requests
+    /// are handled, in order, once it is in memory.
+    fn load_conv(&mut self, conv: ConvId, waiting: Vec<Waiting>) {
         self.convs.slots.insert(conv, Slot::Loading(waiting));
         let (store, window) = (self.store.clone(), self.cfg.dedupe_window);
         self.blocking(
@@ -161,26 +209,47 @@ impl Shard {
         match r {
             Err(e) => {
                 let (code, msg) = internal(&e);
-                for req in queue {
-                    self.reply_error(req.from, code, msg.clone(), Some(req.send.client_msg_id));
+                for w in queue {
+                    let (to, ref_id) = match w {
+                        Waiting::Send(req) => (req.from, Some(req.send.client_msg_id)),
+                        Waiting::Group(req) => (req.from, req.op.req_id),
+                    };
+                    self.reply_error(to, code, msg.clone(), ref_id);
                 }
             }
             Ok((meta, tail)) => {
                 let last_seq = tail.messages.last().map_or(0, |m| m.0);
                 let exists = meta.is_some();
-                let members = meta.map(|m| m.members.into_iter().map(Box::from).collect()).unwrap_or_default();
+                let (members, group, created) = match meta {
+                    None => (Vec::new(), None, 0),
+                    Some(m) => {
+                        let group = match m.kind {
+                            ConvKind::Direct => None,
+                            ConvKind::Group(g) => Some(g),
+                        };
+                        (m.members.into_iter().map(Box::from).collect(), group, m.created)
+                    }
+                };
                 let mut state = ConvState::new(members, last_seq, self.cfg.dedupe_window);
-                for (seq, m) in &tail.messages {
+                for (seq, m) in tail.messages.iter().filter(|m| m.1.kind != MsgKind::System.tag()) {
                     state.remember(
                         &m.from,
                         &m.client_msg_id,
                         Accepted { seq: *seq, message_id: m.message_id, ts: m.ts },
                     );
                 }
-                let c = Conv { state, durable_seq: last_seq, exists, typists: Vec::new() };
+                let c = Conv {
+                    state,
+                    durable_seq: last_seq,
+                    exists,
+                    group,
+                    created,
+                    typists: Vec::new(),
+                    fanout: Vec::new(),
+                };
                 self.convs.slots.insert(conv, Slot::Ready(Box::new(c)));
-                for req in queue {
-                    self.accept_send(req);
+                for w in queue {
+                    self.handle_waiting(w);
                 }
             }
         }
@@ -197,8 +266,10 @@ impl Shard {
                 members.sort();
                 members.dedup();
                 c.state.members = members.iter().map(|m| Box::from(m.as_str())).collect();
+                c.members_changed();
                 c.exists = true;
-                create = Some(ConvMeta { kind: ConvKind::Direct, members, created: now_ms() });
+                c.created = now_ms();
+                create = Some(ConvMeta { kind: ConvKind::Direct, members, created: c.created });
             }
         }
         if !c.exists || !c.state.is_member(&req.user) {
@@ -247,7 +318,7 @@ impl Shard {
         if was_typing.is_some() {
             self.relay_typing(msg.conv, &msg.from, false);
         }
-        self.convs.queued.push(Pending { from: req.from, msg, create });
+        self.convs.queued.push(Pending { from: req.from, msg, meta: create, removed: Vec::new(), info: None });
     }
 
     /// Starts a group commit of everything queued, unless one is running or the commit
@@ -273,8 +344,11 @@ impl Shard {
         let batch = std::mem::take(&mut self.convs.queued);
         let mut writes = Vec::with_capacity(batch.len() + 1);
         for p in &batch {
-            if let Some(meta) = &p.create {
+            if let Some(meta) = &p.meta {
                 writes.push(Write::Conv { conv: p.msg.conv, meta: meta.clone() });
+            }
+            for user in &p.removed {
+                writes.push(Write::Unindex { conv: p.msg.conv, user: user.clone() });
             }
             writes.push(Write::Message { conv: p.msg.conv, seq: p.msg.seq, msg: stored(&p.msg) });
         }
@@ -290,29 +364,40 @@ impl Shard {
         let stats = self.stats();
         stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stats.messages_stored.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shards];
+        let shards = self.shards;
         for p in batch {
             let Some(Slot::Ready(c)) = self.convs.slots.get_mut(&p.msg.conv) else { continue };
             c.durable_seq = c.durable_seq.max(p.msg.seq);
-            for user in &c.state.members {
-                by_shard[home_of_user(user, self.shards).index()].push(user.to_string());
-            }
-            let ack = Ack {
-                client_msg_id: p.msg.client_msg_id.clone(),
-                conv: p.msg.conv,
-                seq: p.msg.seq,
-                message_id: p.msg.message_id,
-                ts: p.msg.ts,
-                duplicate: false,
+            // A group event goes to the members when it was stored, which may differ from
+            // the current ones (later changes are already applied in memory).
+            let fanout: Vec<Arc<[Box<str>]>> = match &p.meta {
+                Some(meta) if p.info.is_some() => {
+                    let mut by_shard: Vec<Vec<Box<str>>> = vec![Vec::new(); shards];
+                    for user in meta.members.iter().chain(&p.removed) {
+                        by_shard[home_of_user(user, shards).index()].push(Box::from(user.as_str()));
+                    }
+                    by_shard.into_iter().map(Arc::from).collect()
+                }
+                _ => c.fanout(shards).to_vec(),
             };
-            self.reply(p.from, ServerFrame::Ack(ack));
-            for (k, recipients) in by_shard.iter_mut().enumerate() {
+            let reply = match p.info {
+                Some(mut info) => {
+                    info.seq = p.msg.seq;
+                    ServerFrame::GroupInfo(info)
+                }
+                None => ServerFrame::Ack(Ack {
+                    client_msg_id: p.msg.client_msg_id.clone(),
+                    conv: p.msg.conv,
+                    seq: p.msg.seq,
+                    message_id: p.msg.message_id,
+                    ts: p.msg.ts,
+                    duplicate: false,
+                }),
+            };
+            self.reply(p.from, reply);
+            for (k, recipients) in fanout.into_iter().enumerate() {
                 if !recipients.is_empty() {
-                    let r = Route::Deliver {
-                        msg: p.msg.clone(),
-                        recipients: std::mem::take(recipients),
-                        except: Some(p.from),
-                    };
+                    let r = Route::Deliver { msg: p.msg.clone(), recipients, except: Some(p.from) };
                     self.route(ShardId(k as u16), r);
                 }
             }
@@ -354,20 +439,24 @@ impl Shard {
             self.convs.slots.remove(conv);
         }
         for p in batch.into_iter().chain(behind) {
-            self.reply_error(p.from, code, msg.clone(), Some(p.msg.client_msg_id));
+            let ref_id = match p.info {
+                Some(info) => info.req_id,
+                None => Some(p.msg.client_msg_id),
+            };
+            self.reply_error(p.from, code, msg.clone(), ref_id);
         }
         self.release_deferred();
     }
 
     /// Writes a stored message to every connected device of `recipients` (homed here),
     /// encoding it at most once per encoding.
-    pub(crate) fn deliver(&mut self, msg: Message, recipients: &[String], except: Option<ConnRef>) {
+    pub(crate) fn deliver(&mut self, msg: Message, recipients: &[Box<str>], except: Option<ConnRef>) {
         let frame = ServerFrame::Msg(msg);
         let mut encoded: [Option<Vec<u8>>; 2] = [None, None];
         let mut overflowed = Vec::new();
         let mut delivered = 0u64;
         for user in recipients {
-            let Some(u) = self.users.get(user.as_str()) else { continue };
+            let Some(u) = self.users.get(&**user) else { continue };
             for &id in &u.conns {
                 if except == Some(ConnRef { shard: self.me, conn: id }) {
                     continue;

@@ -5,7 +5,7 @@ use std::os::fd::RawFd;
 
 use shard::ids::ConnRef;
 use shard::ids::{ConnId, ShardId};
-use wire::frame::{ConvId, History, Message, PresenceUpdate, Send, ServerFrame, SyncPoint};
+use wire::frame::{ConvId, GroupOp, History, Message, PresenceUpdate, Send, ServerFrame, SyncPoint};
 use wire::Encoding;
 
 /// A message between shards.
@@ -27,11 +27,14 @@ pub enum Route {
     Deliver {
         /// The message.
         msg: Message,
-        /// User ids homed on the receiving shard.
-        recipients: Vec<String>,
+        /// User ids homed on the receiving shard (shared by the conversation's
+        /// deliveries until its membership changes).
+        recipients: std::sync::Arc<[Box<str>]>,
         /// The sending connection, which gets an ack instead.
         except: Option<ConnRef>,
     },
+    /// A `group` request for the group's home shard.
+    Group(GroupReq),
     /// A history request for the conversation's home shard.
     History {
         /// The asking connection.
@@ -136,4 +139,19 @@ pub struct SendReq {
     pub dm_peer: Option<String>,
     /// The frame.
     pub send: Send,
+}
+
+/// A `group` request on its way to the group's home shard.
+#[derive(Debug)]
+pub struct GroupReq {
+    /// The asking connection.
+    pub from: ConnRef,
+    /// Its user (authenticated).
+    pub user: String,
+    /// Its device.
+    pub device: String,
+    /// The group (for `create`: the id chosen by the asking shard).
+    pub conv: ConvId,
+    /// The request.
+    pub op: GroupOp,
 }

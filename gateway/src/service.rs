@@ -25,7 +25,7 @@ use slab::Slab;
 use storage::Store;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use wire::error::{close, ErrorCode};
-use wire::frame::{ClientFrame, ErrorFrame, ServerFrame, Target};
+use wire::frame::{ClientFrame, ConvId, ErrorFrame, GroupAction, ServerFrame, Target};
 use wire::Encoding;
 
 use crate::admin::ShardStats;
@@ -37,7 +37,7 @@ use crate::messaging::Conversations;
 use crate::presence::User;
 use crate::reactor::{self, Completion, Recv, Ring};
 use crate::revocation::{Revocations, Revoke, CLOSE_REVOKED};
-use crate::route::{Handoff, Route, SendReq};
+use crate::route::{GroupReq, Handoff, Route, SendReq};
 use crate::upgrade::{self, Refusal};
 use crate::ws;
 
@@ -448,6 +448,7 @@ impl Shard {
             Route::PresenceUnsub { from, users } => self.on_presence_unsub(from, users),
             Route::PresenceDeliver { home, items } => self.on_presence_deliver(home, items),
             Route::Typing { from, user, conv, typing } => self.on_typing(from, user, conv, typing),
+            Route::Group(req) => self.when_loaded(req.conv, crate::messaging::Waiting::Group(req)),
             Route::TypingDeliver { conv, from, typing, recipients } => {
                 self.on_typing_deliver(conv, &from, typing, &recipients)
             }
@@ -909,15 +910,7 @@ impl Shard {
                 let (rate, burst) = (self.cfg.send_rate, self.cfg.send_burst);
                 let budget = self.users.get_mut(&*user).map(|u| u.bucket.take(rate, burst, now_ms()));
                 if let Some(Err(wait_ms)) = budget {
-                    ShardStats::bump(&self.stats().rate_limited);
-                    let msg = format!("more than {rate} messages per second; retry in {wait_ms} ms");
-                    let e = ErrorFrame {
-                        code: ErrorCode::RateLimited,
-                        message: msg,
-                        ref_id: Some(send.client_msg_id),
-                        retry_after_ms: Some(wait_ms),
-                    };
-                    return self.send_frame(id, &ServerFrame::Error(e));
+                    return self.send_rate_limited(id, rate, wait_ms, Some(send.client_msg_id));
                 }
                 if send.body.len() > max_body {
                     let msg = format!("body of {} bytes exceeds max_body ({max_body})", send.body.len());
@@ -947,7 +940,31 @@ impl Shard {
                 let r = Route::Typing { from, user: user.to_string(), conv, typing };
                 self.route(home_of_conv(conv, shards), r);
             }
+            ClientFrame::Group(op) => {
+                let device = conn.device.to_string();
+                if op.action != GroupAction::Info {
+                    // Group changes are stored like messages and share the send budget.
+                    let (rate, burst) = (self.cfg.send_rate, self.cfg.send_burst);
+                    let budget = self.users.get_mut(&*user).map(|u| u.bucket.take(rate, burst, now_ms()));
+                    if let Some(Err(wait_ms)) = budget {
+                        return self.send_rate_limited(id, rate, wait_ms, op.req_id);
+                    }
+                }
+                let conv = match op.conv {
+                    Some(c) => c,
+                    None => ConvId(1 << 127 | self.ids.next(now_ms()) as u128),
+                };
+                let req = GroupReq { from, user: user.to_string(), device, conv, op };
+                self.route(home_of_conv(conv, shards), Route::Group(req));
+            }
         }
+    }
+
+    fn send_rate_limited(&mut self, id: ConnId, rate: u32, wait_ms: u32, ref_id: Option<String>) {
+        ShardStats::bump(&self.stats().rate_limited);
+        let message = format!("more than {rate} messages per second; retry in {wait_ms} ms");
+        let e = ErrorFrame { code: ErrorCode::RateLimited, message, ref_id, retry_after_ms: Some(wait_ms) };
+        self.send_frame(id, &ServerFrame::Error(e));
     }
 
     fn on_sync_done(&mut self, id: ConnId, convs: u32) {

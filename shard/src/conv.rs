@@ -85,6 +85,12 @@ impl ConvState {
         a
     }
 
+    /// Assigns the next seq to a server-written event (never deduplicated).
+    pub fn accept_event(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+
     /// Records an already stored message (when loading the window from storage).
     pub fn remember(&mut self, sender: &str, client_msg_id: &str, a: Accepted) {
         if self.duplicate(sender, client_msg_id).is_some() {

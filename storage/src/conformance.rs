@@ -6,7 +6,7 @@ use std::path::Path;
 
 use wire::frame::ConvId;
 
-use crate::model::{ConvKind, ConvMeta, StoredMessage, Write};
+use crate::model::{ConvKind, ConvMeta, GroupMeta, StoredMessage, Write};
 use crate::Store;
 
 fn msg(i: u64) -> StoredMessage {
@@ -62,4 +62,22 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
     assert_eq!(s.user_convs("alice").unwrap(), vec![a]);
     assert_eq!(s.user_convs("bob").unwrap(), vec![a]);
     assert!(s.user_convs("ali").unwrap().is_empty());
+
+    // A group: metadata round-trips, and a removed member leaves the user index.
+    let g = ConvId(1 << 127 | 7);
+    let group = |members: &[&str]| ConvMeta {
+        kind: ConvKind::Group(GroupMeta { name: "team".into(), admins: vec!["alice".into()] }),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        created: 2,
+    };
+    s.commit(&[Write::Conv { conv: g, meta: group(&["alice", "bob", "carol"]) }]).unwrap();
+    assert_eq!(s.user_convs("carol").unwrap(), vec![g]);
+    s.commit(&[
+        Write::Conv { conv: g, meta: group(&["alice", "bob"]) },
+        Write::Unindex { conv: g, user: "carol".into() },
+    ])
+    .unwrap();
+    assert!(s.user_convs("carol").unwrap().is_empty());
+    assert_eq!(s.user_convs("bob").unwrap(), vec![a, g]);
+    assert_eq!(s.conv_meta(g).unwrap(), Some(group(&["alice", "bob"])));
 }

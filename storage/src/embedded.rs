@@ -73,6 +73,11 @@ impl Store for EmbeddedStore {
                         batch.insert(&self.user_convs, k, Vec::new());
                     }
                 }
+                Write::Unindex { conv, user } => {
+                    let mut k = user_prefix(user);
+                    k.extend_from_slice(&conv.to_be_bytes());
+                    batch.remove(&self.user_convs, k);
+                }
                 Write::Message { conv, seq, msg } => {
                     let v = postcard::to_allocvec(msg).map_err(corrupt)?;
                     batch.insert(&self.msgs, msg_key(*conv, *seq).to_vec(), v);

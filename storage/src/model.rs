@@ -23,10 +23,21 @@ pub struct StoredMessage {
 }
 
 /// What kind of conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConvKind {
     /// Two users (or one user's notes to self).
     Direct,
+    /// A group (its id has the top bit set; members are in [`ConvMeta::members`]).
+    Group(GroupMeta),
+}
+
+/// What a group has beyond its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMeta {
+    /// Display name (may be empty).
+    pub name: String,
+    /// Admins. Invariant: sorted, no duplicates, each a member.
+    pub admins: Vec<String>,
 }
 
 /// A conversation's metadata.
@@ -49,6 +60,14 @@ pub enum Write {
         conv: ConvId,
         /// Its metadata.
         meta: ConvMeta,
+    },
+    /// Remove a former member from the user's conversation list (after a `Conv` write
+    /// without them, in the same batch).
+    Unindex {
+        /// The conversation.
+        conv: ConvId,
+        /// The former member.
+        user: String,
     },
     /// Append a message.
     Message {

@@ -27,11 +27,15 @@ pub enum ErrorCode {
     /// Too many requests: the sender's rate limit is exhausted; retry after
     /// `retry_after_ms`. The message was not stored.
     RateLimited,
+    /// The user may not do this (a group change by a non-admin, demoting the last admin).
+    Forbidden,
+    /// The request would exceed a configured size limit (members per group).
+    LimitExceeded,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and round-trip tests.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadFrame,
         ErrorCode::UnknownOp,
         ErrorCode::MissingField,
@@ -41,6 +45,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unavailable,
         ErrorCode::RateLimited,
+        ErrorCode::Forbidden,
+        ErrorCode::LimitExceeded,
     ];
 
     /// The JSON name.
@@ -55,6 +61,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::LimitExceeded => "limit_exceeded",
         }
     }
 
@@ -70,6 +78,8 @@ impl ErrorCode {
             ErrorCode::Internal => 7,
             ErrorCode::Unavailable => 8,
             ErrorCode::RateLimited => 9,
+            ErrorCode::Forbidden => 10,
+            ErrorCode::LimitExceeded => 11,
         }
     }
 

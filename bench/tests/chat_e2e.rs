@@ -1,47 +1,175 @@
-//! The load generator against the real gateway: a short `chat` run must report every
-//! message delivered once, in order, with latencies.
+//! The load generator against the real gateway: every scenario, small and bounded,
+//! must report what it measured (and no loss where nothing may be lost); reports of two
+//! processes merge.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
-#[test]
-fn chat_scenario_reports_every_message_delivered_once() {
+use serde_json::Value;
+
+const SECRET: &str = "bench-e2e-secret-0123456789";
+
+struct Gateway {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gateway() -> Gateway {
     let bench = env!("CARGO_BIN_EXE_switchboard-bench");
     let server_bin = std::path::Path::new(bench).with_file_name("switchboard");
     assert!(server_bin.exists(), "build the workspace first (cargo test --workspace builds {server_bin:?})");
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("c.toml"), "send_rate = 0\nadmin_listen = \"127.0.0.1:0\"\n").unwrap();
-    let secret = "bench-e2e-secret-0123456789";
-    let mut server = Command::new(&server_bin)
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "send_rate = 0\nmax_frames_per_sec = 100000\nadmin_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(&server_bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--no-pin", "--config"])
-        .arg(tmp.path().join("c.toml"))
+        .arg(dir.path().join("c.toml"))
         .arg("--data-dir")
-        .arg(tmp.path().join("d"))
-        .env("SWITCHBOARD_JWT_SECRET", secret)
+        .arg(dir.path().join("d"))
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.split("ws://").nth(1).and_then(|r| r.split_whitespace().next()).expect("listening line").to_owned();
-    let out = Command::new(bench)
-        .args(["chat", "--addr", &addr, "--pairs", "10", "--rate", "500", "--secs", "2", "--server-pid"])
-        .arg(server.id().to_string())
-        .env("SWITCHBOARD_JWT_SECRET", secret)
+    Gateway { child, addr, _dir: dir }
+}
+
+fn bench(gw: &Gateway, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(args)
+        .args(["--addr", &gw.addr, "--json", "--server-pid", &gw.child.id().to_string()])
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
         .output()
         .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report on stdout");
-    assert_eq!(report["sent"], 1000);
-    assert_eq!(report["delivered"], 1000);
-    assert_eq!(report["acked"], 1000);
-    assert_eq!(
-        (report["lost"].as_u64(), report["duplicates"].as_u64(), report["out_of_order"].as_u64()),
-        (Some(0), Some(0), Some(0))
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("conns"), "a progress line was printed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON report on stdout");
+    assert_eq!(report["schema"], "switchboard-bench/1");
+    report
+}
+
+#[test]
+fn chat_with_groups_reports_every_message_delivered_once_in_order() {
+    let gw = gateway();
+    let r = bench(
+        &gw,
+        &[
+            "chat",
+            "--users",
+            "40",
+            "--rate",
+            "400",
+            "--secs",
+            "2",
+            "--groups",
+            "4",
+            "--group-size",
+            "10",
+            "--group-share",
+            "0.5",
+            "--body",
+            "24-300",
+            "--threads",
+            "2",
+            "--tag",
+            "e2e",
+        ],
     );
-    assert!(report["deliver_latency"]["p99_us"].as_u64().unwrap() > 0);
-    assert!(report["server_cpu_us_per_msg"].as_f64().is_some());
+    let m = &r["messages"];
+    assert_eq!(m["sent"], 800);
+    assert_eq!(m["acked"], 800);
+    assert!(m["group_sent"].as_u64().unwrap() > 0, "the mix sent group messages: {m}");
+    assert!(m["expected_deliveries"].as_u64().unwrap() > 800, "group messages fan out: {m}");
+    assert_eq!(m["delivered"], m["expected_deliveries"]);
+    assert_eq!((m["lost"].as_u64(), m["duplicates"].as_u64(), m["out_of_order"].as_u64()), (Some(0), Some(0), Some(0)));
+    assert!(r["latency"]["deliver"]["p99_us"].as_u64().unwrap() > 0);
+    assert!(r["server"]["cpu_us_per_msg"].as_f64().is_some());
+    assert!(!r["timeline"].as_array().unwrap().is_empty(), "a per-second timeline");
+}
+
+#[test]
+fn storm_from_several_sources_merges_across_processes() {
+    let gw = gateway();
+    let a = bench(
+        &gw,
+        &[
+            "storm",
+            "--connections",
+            "300",
+            "--rate",
+            "1000",
+            "--hold",
+            "1",
+            "--sources",
+            "127.0.0.2-127.0.0.4",
+            "--tag",
+            "a",
+        ],
+    );
+    let b = bench(&gw, &["storm", "--connections", "200", "--rate", "1000", "--hold", "1", "--tag", "b"]);
+    for (r, n) in [(&a, 300), (&b, 200)] {
+        assert_eq!(r["connections"]["opened"], n, "{r}");
+        assert_eq!(r["connections"]["failed"], 0);
+        assert_eq!(r["connections"]["closed_during_hold"], 0);
+        assert_eq!(r["latency"]["upgrade"]["count"], n);
+        assert!(r["server"]["rss_after"].as_u64().unwrap() > 0);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, fb) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    std::fs::write(&fa, a.to_string()).unwrap();
+    std::fs::write(&fb, b.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench")).arg("merge").arg(&fa).arg(&fb).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((m["processes"].as_u64(), m["connections"]["opened"].as_u64()), (Some(2), Some(500)));
+    assert_eq!(m["latency"]["upgrade"]["count"], 500, "histograms merge exactly");
+}
+
+#[test]
+fn storm_counts_refusals_by_reason() {
+    let gw = gateway();
+    // A wrong secret: every upgrade is refused with 401, and the report says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(["storm", "--connections", "20", "--rate", "1000", "--hold", "0", "--tag", "bad", "--json"])
+        .args(["--addr", &gw.addr, "--secret", "not-the-secret-0123456789"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["connections"]["opened"], 0);
+    assert_eq!(r["connections"]["failures"]["http_401"], 20, "{r}");
+}
+
+#[test]
+fn fanout_reaches_every_member_and_reconnect_resyncs_everyone() {
+    let gw = gateway();
+    let f = bench(&gw, &["fanout", "--members", "300", "--rate", "20", "--secs", "2", "--tag", "fan"]);
+    let m = &f["messages"];
+    assert_eq!(m["sent"], 40);
+    assert_eq!(m["expected_deliveries"], 40 * 299);
+    assert_eq!((m["delivered"].as_u64(), m["lost"].as_u64()), (Some(40 * 299), Some(0)));
+    assert_eq!(m["messages_reaching_every_member"], 40);
+    assert_eq!(f["latency"]["last_member"]["count"], 40);
+
+    let r =
+        bench(&gw, &["reconnect", "--users", "100", "--before", "3", "--missed", "4", "--threads", "2", "--tag", "rc"]);
+    assert_eq!(r["connections"]["resynced"], 100, "{r}");
+    let m = &r["messages"];
+    assert_eq!((m["replayed"].as_u64(), m["lost"].as_u64(), m["duplicates"].as_u64()), (Some(400), Some(0), Some(0)));
+    assert_eq!(r["latency"]["resync"]["count"], 100);
 }

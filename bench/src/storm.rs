@@ -1,0 +1,214 @@
+//! `storm`: open N authenticated connections at a target rate, spread over loopback
+//! source addresses, hold them with heartbeats, and report the achieved rate, failures
+//! by reason, upgrade latency and the server's memory per connection.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::net::{self, In, Target};
+use crate::report::{self, hist_json, Live, Progress, ServerProbe};
+
+/// What to run.
+#[derive(Clone)]
+pub struct StormArgs {
+    /// Where to connect.
+    pub target: Target,
+    /// Connections to open (this process).
+    pub connections: usize,
+    /// Connections per second (all executors together).
+    pub rate: u64,
+    /// Client executors.
+    pub threads: usize,
+    /// Seconds to hold every connection after the last one opened.
+    pub hold_secs: u64,
+    /// Client ping interval while holding.
+    pub heartbeat_secs: u64,
+    /// User id prefix.
+    pub tag: String,
+    /// Most upgrades in flight per executor.
+    pub max_inflight: usize,
+}
+
+/// One executor's results.
+struct Out {
+    opened: u64,
+    failures: BTreeMap<String, u64>,
+    upgrade: Histogram<u64>,
+    closed_early: u64,
+}
+
+/// When held connections close: ms after `epoch`, or `u64::MAX` while not yet known.
+type Release = Arc<AtomicU64>;
+
+fn release_at(epoch: Instant, r: &Release) -> Instant {
+    match r.load(Ordering::Relaxed) {
+        u64::MAX => Instant::now() + Duration::from_secs(1),
+        ms => epoch + Duration::from_millis(ms),
+    }
+}
+
+async fn exec_main(args: StormArgs, mine: Vec<usize>, live: Arc<Live>, epoch: Instant, release: Release) -> Out {
+    let out = Rc::new(RefCell::new(Out {
+        opened: 0,
+        failures: BTreeMap::new(),
+        upgrade: report::histogram(),
+        closed_early: 0,
+    }));
+    let per_exec = (args.rate as f64 / args.threads as f64).max(0.001);
+    let inflight = Rc::new(std::cell::Cell::new(0usize));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(mine.len());
+    for (k, i) in mine.into_iter().enumerate() {
+        let due = start + Duration::from_secs_f64(k as f64 / per_exec);
+        let now = Instant::now();
+        if due > now {
+            glommio::timer::sleep(due - now).await;
+        }
+        while inflight.get() >= args.max_inflight {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        inflight.set(inflight.get() + 1);
+        let (out, live, target, inflight) = (out.clone(), live.clone(), args.target.clone(), inflight.clone());
+        let release = release.clone();
+        let (tag, heartbeat) = (args.tag.clone(), Duration::from_secs(args.heartbeat_secs.max(1)));
+        tasks.push(glommio::spawn_local(async move {
+            let t0 = Instant::now();
+            let r = net::open(&target, i, &format!("{tag}-{i}")).await;
+            inflight.set(inflight.get() - 1);
+            let mut conn = match r {
+                Ok(c) => c,
+                Err(e) => {
+                    live.failed.fetch_add(1, Ordering::Relaxed);
+                    *out.borrow_mut().failures.entry(net::reason(&e)).or_default() += 1;
+                    return;
+                }
+            };
+            {
+                let mut o = out.borrow_mut();
+                o.opened += 1;
+                let _ = o.upgrade.record((t0.elapsed().as_micros() as u64).max(1));
+            }
+            live.open.fetch_add(1, Ordering::Relaxed);
+            // Hold: answer pings, ping every heartbeat, until the release time (checked
+            // at least once a second while it is not yet known).
+            let mut next_ping = Instant::now() + heartbeat;
+            let early = loop {
+                let now = Instant::now();
+                let release = release_at(epoch, &release);
+                if now >= release {
+                    break false;
+                }
+                if now >= next_ping {
+                    conn.tx.queue_control(false, b"hb");
+                    if conn.tx.flush().await.is_err() {
+                        break true;
+                    }
+                    next_ping = now + heartbeat;
+                }
+                let wake = next_ping.min(release) - now;
+                let read = async { Some(conn.rx.next().await) };
+                let timer = async {
+                    glommio::timer::sleep(wake).await;
+                    None
+                };
+                match futures_lite::future::or(read, timer).await {
+                    None => {}
+                    Some(Ok(In::Ping(p))) => {
+                        conn.tx.queue_control(true, &p);
+                        if conn.tx.flush().await.is_err() {
+                            break true;
+                        }
+                    }
+                    Some(Ok(In::Frame(_))) => {}
+                    Some(Ok(In::Close(_))) | Some(Err(_)) => break true,
+                }
+            };
+            if early {
+                out.borrow_mut().closed_early += 1;
+            } else {
+                conn.tx.close().await;
+            }
+            live.open.fetch_sub(1, Ordering::Relaxed);
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    Rc::try_unwrap(out).ok().map(RefCell::into_inner).expect("every connection task finished")
+}
+
+/// Runs the storm; returns the report.
+pub fn run(args: StormArgs, server_pid: Option<u32>) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(args.connections >= 1 && args.rate >= 1 && args.threads >= 1, "connections, rate, threads >= 1");
+    let probe = ServerProbe::start(server_pid)?;
+    let live = Arc::new(Live::default());
+    let progress = Progress::start("storm", live.clone());
+    let started = Instant::now();
+    let release: Release = Arc::new(AtomicU64::new(u64::MAX));
+    let handles = crate::spawn_executors(args.threads, "storm", |t| {
+        let mine: Vec<usize> = (0..args.connections).filter(|i| i % args.threads == t).collect();
+        let (a, l, r) = (args.clone(), live.clone(), release.clone());
+        move || exec_main(a, mine, l, started, r)
+    })?;
+    // The connect phase ends when every attempt has succeeded or failed (bounded by the
+    // schedule plus the longest an upgrade may take).
+    let schedule = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
+    let deadline = started + schedule + net::UPGRADE_TIMEOUT + Duration::from_secs(5);
+    while live.open.load(Ordering::Relaxed) + live.failed.load(Ordering::Relaxed) < args.connections as u64
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    // Let the server settle (handshake buffers returned), then read its memory; then
+    // hold, then release every connection at once.
+    std::thread::sleep(Duration::from_secs(2));
+    let open_at_peak = live.open.load(Ordering::Relaxed);
+    let server = probe.finish(open_at_peak, 0)?;
+    let hold_until = started.elapsed() + Duration::from_secs(args.hold_secs.saturating_sub(2));
+    release.store(hold_until.as_millis() as u64, Ordering::Relaxed);
+    let mut outs = Vec::new();
+    for h in handles {
+        outs.push(h.join().map_err(|e| anyhow::anyhow!("client executor failed: {e}"))?);
+    }
+    let timeline = progress.finish();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut upgrade = report::histogram();
+    let (mut opened, mut closed_early) = (0, 0);
+    for o in outs {
+        opened += o.opened;
+        closed_early += o.closed_early;
+        let _ = upgrade.add(&o.upgrade);
+        for (k, v) in o.failures {
+            *failures.entry(k).or_default() += v;
+        }
+    }
+    let mut r = json!({
+        "schema": report::SCHEMA, "scenario": "storm", "processes": 1,
+        "args": {
+            "connections": args.connections, "rate": args.rate, "threads": args.threads, "hold_secs": args.hold_secs,
+            "sources": args.target.sources.len(), "tls": args.target.tls.is_some(),
+            "encoding": args.target.encoding.subprotocol(), "tag": args.tag,
+        },
+        "started_unix_ms": shard::ids::now_ms() - started.elapsed().as_millis() as u64,
+        "wall_secs": started.elapsed().as_secs_f64(),
+        "active_secs": connect_secs,
+        "connections": {
+            "target": args.connections, "opened": opened, "failed": failures.values().sum::<u64>(),
+            "failures": failures, "connect_secs": connect_secs, "closed_during_hold": closed_early,
+        },
+        "messages": {},
+        "latency": { "upgrade": hist_json(&upgrade) },
+        "server": server,
+        "timeline": timeline,
+    });
+    report::rates(&mut r);
+    Ok(r)
+}

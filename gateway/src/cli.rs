@@ -20,6 +20,8 @@ enum Cmd {
     Serve(ServeArgs),
     /// Mint a development token signed with the configured secret.
     Token(TokenArgs),
+    /// Size a fleet from load-generator reports and a target (docs/CAPACITY.md).
+    Plan(crate::plan::PlanArgs),
 }
 
 /// Settings shared by every subcommand (flags override env, env overrides the file).
@@ -146,6 +148,7 @@ pub fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Token(a) => token(a),
+        Cmd::Plan(a) => crate::plan::plan(&a).map(|text| print!("{text}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

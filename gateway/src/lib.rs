@@ -15,6 +15,7 @@
 //! - [`messaging`]: the message path: conversations, group commit, fan-out, history,
 //!   sync, typing.
 //! - [`groups`]: group creation and membership changes, at the group's home shard.
+//! - [`plan`]: the capacity planner (`switchboard plan`).
 //! - [`presence`]: presence, owned by each user's home shard.
 //! - [`limits`]: token buckets.
 //! - [`revocation`]: revoked devices, persisted and broadcast to the shards.
@@ -37,6 +38,7 @@ pub mod fuzzing;
 pub mod groups;
 pub mod limits;
 pub mod messaging;
+pub mod plan;
 pub mod presence;
 #[allow(unsafe_code)]
 pub mod reactor;

@@ -36,16 +36,18 @@ for n in 1000 5000 10000; do
 done
 start ""
 "$bench" storm --addr "$addr" --server-pid "$pid" --json --connections 9500 --rate 5000 --hold 6 --sources 127.0.0.2-127.0.0.20 --tag j1 > "$out/storm-idle-19000-a.json" 2>> "$out/log" &
+bg=$!
 "$bench" storm --addr "$addr" --server-pid "$pid" --json --connections 9500 --rate 5000 --hold 6 --sources 127.0.0.21-127.0.0.40 --tag j2 > "$out/storm-idle-19000-b.json" 2>> "$out/log"
-wait
+wait $bg
 "$bench" merge "$out/storm-idle-19000-a.json" "$out/storm-idle-19000-b.json" > "$out/storm-idle-19000.json" 2>> "$out/log"
 stop
 
 # Connection storm rate: plain (two client processes, 2 threads each), TLS full and resumed.
 start ""
 "$bench" storm --addr "$addr" --server-pid "$pid" --json --connections 9000 --rate 40000 --hold 1 --threads 1 --sources 127.0.0.2-127.0.0.20 --tag p1 > "$out/storm-rate-a.json" 2>> "$out/log" &
+bg=$!
 "$bench" storm --addr "$addr" --server-pid "$pid" --json --connections 9000 --rate 40000 --hold 1 --threads 1 --sources 127.0.0.21-127.0.0.40 --tag p2 > "$out/storm-rate-b.json" 2>> "$out/log"
-wait
+wait $bg
 "$bench" merge "$out/storm-rate-a.json" "$out/storm-rate-b.json" > "$out/storm-rate.json" 2>> "$out/log"
 stop
 start "" --tls-dev

@@ -13,7 +13,11 @@ fn plan(args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -21,8 +25,22 @@ fn the_plan_shows_each_step_from_the_measured_figures() {
     // 86,400 msg/day = 1 msg/s average; x2 peak = 2 msg/s; 1,000,000 connections at
     // 1,000 B + 3,096 B kernel = 4,096 B each = 3.81 GiB; hosts of 4 GiB at 100%.
     let (ok, text, err) = plan(&[
-        "--connections", "1000000", "--messages-per-day", "86400", "--peak-factor", "2", "--fanout", "1",
-        "--kernel-per-socket", "3096", "--host-ram-gib", "4", "--host-cores", "8", "--utilisation", "1",
+        "--connections",
+        "1000000",
+        "--messages-per-day",
+        "86400",
+        "--peak-factor",
+        "2",
+        "--fanout",
+        "1",
+        "--kernel-per-socket",
+        "3096",
+        "--host-ram-gib",
+        "4",
+        "--host-cores",
+        "8",
+        "--utilisation",
+        "1",
     ]);
     assert!(ok, "{err}");
     assert!(text.contains("storm.json (storm: server.bytes_per_conn)"), "M1 names its source:\n{text}");
@@ -34,8 +52,16 @@ fn the_plan_shows_each_step_from_the_measured_figures() {
     assert!(text.contains("gateway hosts = max(step 5, step 8)            = 1"), "{text}");
     // Twice the connections need two hosts of 4 GiB.
     let (_, text, _) = plan(&[
-        "--connections", "2000000", "--messages-per-day", "86400", "--kernel-per-socket", "3096", "--host-ram-gib", "4",
-        "--utilisation", "1",
+        "--connections",
+        "2000000",
+        "--messages-per-day",
+        "86400",
+        "--kernel-per-socket",
+        "3096",
+        "--host-ram-gib",
+        "4",
+        "--utilisation",
+        "1",
     ]);
     assert!(text.contains("hosts for RAM = 7.63 GiB / (4 GiB x 1)             = 2"), "{text}");
 }

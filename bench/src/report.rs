@@ -175,6 +175,10 @@ pub fn merge(reports: &[Value]) -> anyhow::Result<Value> {
                         *f.entry(reason.clone()).or_default() += n.as_u64().unwrap_or(0);
                     }
                     merged.insert(k.clone(), json!(f));
+                } else if k.ends_with("_secs") {
+                    // Processes run together: the phase lasts as long as the longest.
+                    let prev = merged.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+                    merged.insert(k.clone(), json!(prev.max(v.as_f64().unwrap_or(0.0))));
                 } else if v.is_number() && !k.ends_with("_per_sec") {
                     let prev = merged.get(k).cloned().unwrap_or(json!(0));
                     merged.insert(k.clone(), add(&prev, v));

@@ -87,7 +87,8 @@ fn pick(reports: &[(PathBuf, Value)], scenarios: &[&str], path: &[&str], what: &
         if let Some(x) = v.as_f64().filter(|x| x.is_finite() && *x > 0.0) {
             // The most conservative (largest) figure among the reports wins.
             if found.as_ref().is_none_or(|f| x > f.value) {
-                found = Some(Measured { value: x, source: format!("{} ({scenario}: {})", file.display(), path.join(".")) });
+                found =
+                    Some(Measured { value: x, source: format!("{} ({scenario}: {})", file.display(), path.join(".")) });
             }
         }
     }
@@ -136,7 +137,13 @@ pub fn plan(a: &PlanArgs) -> anyhow::Result<String> {
     let w = &mut o;
     writeln!(w, "Target: {} concurrent connections, {} messages/day, peak x{}, {} deliveries per message, {} B bodies, {} days retention, RF {}",
         human(a.connections), human(a.messages_per_day), a.peak_factor, a.fanout, a.message_bytes, a.retention_days, a.replication)?;
-    writeln!(w, "Gateway host: {} cores, {} GiB RAM, planned at {:.0}% utilisation", a.host_cores, a.host_ram_gib, a.utilisation * 100.0)?;
+    writeln!(
+        w,
+        "Gateway host: {} cores, {} GiB RAM, planned at {:.0}% utilisation",
+        a.host_cores,
+        a.host_ram_gib,
+        a.utilisation * 100.0
+    )?;
     writeln!(w, "\nMeasured:")?;
     writeln!(w, "  M1 server memory per connection   {:>12.0} B      {}", mem.value, mem.source)?;
     writeln!(w, "  M2 server CPU per message         {:>12.1} us     {}", cpu_msg.value, cpu_msg.source)?;
@@ -148,51 +155,137 @@ pub fn plan(a: &PlanArgs) -> anyhow::Result<String> {
     let avg = a.messages_per_day / 86_400.0;
     let peak = avg * a.peak_factor;
     let deliveries = peak * a.fanout;
-    writeln!(w, "  1. average rate  = {} / 86,400 s                  = {} msg/s", human(a.messages_per_day), human(avg))?;
-    writeln!(w, "  2. peak rate     = {} x {}                        = {} msg/s", human(avg), a.peak_factor, human(peak))?;
-    writeln!(w, "  3. deliveries    = {} x {}                        = {} deliveries/s", human(peak), a.fanout, human(deliveries))?;
+    writeln!(
+        w,
+        "  1. average rate  = {} / 86,400 s                  = {} msg/s",
+        human(a.messages_per_day),
+        human(avg)
+    )?;
+    writeln!(
+        w,
+        "  2. peak rate     = {} x {}                        = {} msg/s",
+        human(avg),
+        a.peak_factor,
+        human(peak)
+    )?;
+    writeln!(
+        w,
+        "  3. deliveries    = {} x {}                        = {} deliveries/s",
+        human(peak),
+        a.fanout,
+        human(deliveries)
+    )?;
     // CPU: a message's cost (M2 covers one DM delivery); extra deliveries at M3 (or M2).
     let extra_delivery_us = cpu_delivery.as_ref().map_or(cpu_msg.value, |d| d.value);
     let cpu_us = peak * cpu_msg.value + (deliveries - peak).max(0.0) * extra_delivery_us;
     let cores = cpu_us / 1e6;
-    writeln!(w, "  4. CPU           = {} x M2 + {} extra deliveries x {:.1} us = {:.1} cores busy at peak",
-        human(peak), human((deliveries - peak).max(0.0)), extra_delivery_us, cores)?;
+    writeln!(
+        w,
+        "  4. CPU           = {} x M2 + {} extra deliveries x {:.1} us = {:.1} cores busy at peak",
+        human(peak),
+        human((deliveries - peak).max(0.0)),
+        extra_delivery_us,
+        cores
+    )?;
     let hosts_cpu = (cores / (a.host_cores * a.utilisation)).ceil();
-    writeln!(w, "  5. hosts for CPU = {:.1} / ({} x {})              = {hosts_cpu}", cores, a.host_cores, a.utilisation)?;
+    writeln!(
+        w,
+        "  5. hosts for CPU = {:.1} / ({} x {})              = {hosts_cpu}",
+        cores, a.host_cores, a.utilisation
+    )?;
     // Memory.
     let per_conn = mem.value + a.kernel_per_socket;
     let ram = a.connections * per_conn;
-    writeln!(w, "  6. RAM per conn  = M1 {:.0} B + kernel {:.0} B     = {:.0} B", mem.value, a.kernel_per_socket, per_conn)?;
-    writeln!(w, "  7. RAM           = {} x {:.0} B                   = {}", human(a.connections), per_conn, bytes(ram))?;
+    writeln!(
+        w,
+        "  6. RAM per conn  = M1 {:.0} B + kernel {:.0} B     = {:.0} B",
+        mem.value, a.kernel_per_socket, per_conn
+    )?;
+    writeln!(
+        w,
+        "  7. RAM           = {} x {:.0} B                   = {}",
+        human(a.connections),
+        per_conn,
+        bytes(ram)
+    )?;
     let host_ram = a.host_ram_gib * 1024.0 * 1024.0 * 1024.0 * a.utilisation;
     let hosts_ram = (ram / host_ram).ceil();
-    writeln!(w, "  8. hosts for RAM = {} / ({} GiB x {})             = {hosts_ram}", bytes(ram), a.host_ram_gib, a.utilisation)?;
+    writeln!(
+        w,
+        "  8. hosts for RAM = {} / ({} GiB x {})             = {hosts_ram}",
+        bytes(ram),
+        a.host_ram_gib,
+        a.utilisation
+    )?;
     let hosts = hosts_cpu.max(hosts_ram).max(1.0);
-    writeln!(w, "  9. gateway hosts = max(step 5, step 8)            = {hosts}  ({} cores, {} RAM in total)",
-        hosts * a.host_cores, bytes(hosts * a.host_ram_gib * 1024.0 * 1024.0 * 1024.0))?;
+    writeln!(
+        w,
+        "  9. gateway hosts = max(step 5, step 8)            = {hosts}  ({} cores, {} RAM in total)",
+        hosts * a.host_cores,
+        bytes(hosts * a.host_ram_gib * 1024.0 * 1024.0 * 1024.0)
+    )?;
     writeln!(w, "     per host: {} connections, {} msg/s at peak", human(a.connections / hosts), human(peak / hosts))?;
     // Bandwidth.
     let wire = a.message_bytes + a.wire_overhead;
     let bw = (peak + deliveries) * wire * 8.0;
-    writeln!(w, " 10. bandwidth     = ({} in + {} out) x ({} + {}) B x 8 = {}bit/s at peak ({}bit/s per host)",
-        human(peak), human(deliveries), a.message_bytes, a.wire_overhead, human(bw), human(bw / hosts))?;
+    writeln!(
+        w,
+        " 10. bandwidth     = ({} in + {} out) x ({} + {}) B x 8 = {}bit/s at peak ({}bit/s per host)",
+        human(peak),
+        human(deliveries),
+        a.message_bytes,
+        a.wire_overhead,
+        human(bw),
+        human(bw / hosts)
+    )?;
     // Storage.
     let stored = a.message_bytes + a.storage_overhead;
     let per_day = a.messages_per_day * stored * a.replication;
-    writeln!(w, " 11. storage/day   = {} x ({} + {}) B x RF {}  = {}", human(a.messages_per_day), a.message_bytes, a.storage_overhead, a.replication, bytes(per_day))?;
+    writeln!(
+        w,
+        " 11. storage/day   = {} x ({} + {}) B x RF {}  = {}",
+        human(a.messages_per_day),
+        a.message_bytes,
+        a.storage_overhead,
+        a.replication,
+        bytes(per_day)
+    )?;
     let per_year = per_day * 365.0;
     let retained = per_day * a.retention_days;
-    writeln!(w, " 12. storage/year  = step 11 x 365                  = {}; retained ({} days) = {}", bytes(per_year), a.retention_days, bytes(retained))?;
+    writeln!(
+        w,
+        " 12. storage/year  = step 11 x 365                  = {}; retained ({} days) = {}",
+        bytes(per_year),
+        a.retention_days,
+        bytes(retained)
+    )?;
     // ScyllaDB.
     let nodes_disk = (retained / (a.scylla_disk_tb * 1e12)).ceil();
     let writes = peak * a.replication;
     let nodes_writes = (writes / a.scylla_writes_per_node).ceil();
     let nodes = nodes_disk.max(nodes_writes).max(a.replication);
-    writeln!(w, " 13. Scylla (disk) = {} / {} TB per node            = {nodes_disk}", bytes(retained), a.scylla_disk_tb)?;
-    writeln!(w, " 14. Scylla (writes)= {} msg/s x RF {} / {} per node = {nodes_writes}", human(peak), a.replication, human(a.scylla_writes_per_node))?;
+    writeln!(
+        w,
+        " 13. Scylla (disk) = {} / {} TB per node            = {nodes_disk}",
+        bytes(retained),
+        a.scylla_disk_tb
+    )?;
+    writeln!(
+        w,
+        " 14. Scylla (writes)= {} msg/s x RF {} / {} per node = {nodes_writes}",
+        human(peak),
+        a.replication,
+        human(a.scylla_writes_per_node)
+    )?;
     writeln!(w, " 15. Scylla nodes  = max(13, 14, RF)                = {nodes}")?;
-    writeln!(w, "\nPlan: {hosts} gateway hosts ({} cores, {} RAM), {}bit/s, {} stored per day, {nodes} ScyllaDB nodes.",
-        hosts * a.host_cores, bytes(hosts * a.host_ram_gib * 1024.0 * 1024.0 * 1024.0), human(bw), bytes(per_day))?;
+    writeln!(
+        w,
+        "\nPlan: {hosts} gateway hosts ({} cores, {} RAM), {}bit/s, {} stored per day, {nodes} ScyllaDB nodes.",
+        hosts * a.host_cores,
+        bytes(hosts * a.host_ram_gib * 1024.0 * 1024.0 * 1024.0),
+        human(bw),
+        bytes(per_day)
+    )?;
     writeln!(w, "Assumptions (flags): kernel memory per socket, wire and storage overheads, Scylla disk and writes per node, utilisation.")?;
     Ok(o)
 }

@@ -285,8 +285,7 @@ async fn exec_main(args: ChatArgs, t: usize, setup: Arc<Setup>, live: Arc<Live>,
     .await;
     drop(readers);
     drop(txs);
-    let o = std::mem::take(&mut *out.borrow_mut());
-    o
+    out.take()
 }
 
 /// Creates a group from a second device of `creator` and returns its id: created with

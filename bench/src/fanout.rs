@@ -151,7 +151,7 @@ async fn exec_main(args: FanoutArgs, t: usize, sh: Arc<Shared>, live: Arc<Live>,
     )
     .await;
     drop(readers);
-    let o = std::mem::take(&mut *out.borrow_mut());
+    let o = out.take();
     let mut all = sh.arrivals.lock().expect("lock");
     for (seq, (n, last)) in &o.arrivals {
         let a = all.entry(*seq).or_insert((0, 0));

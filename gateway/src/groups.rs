@@ -14,9 +14,9 @@ use serde::Serialize;
 use shard::ids::now_ms;
 use storage::model::{ConvKind, ConvMeta, GroupMeta};
 use wire::error::ErrorCode;
-use wire::frame::{GroupAction, GroupInfo, Message, MsgKind, ServerFrame};
+use wire::frame::{GroupAction, GroupInfo, GroupOp, Message, MsgKind, ServerFrame};
 
-use crate::messaging::{Pending, Slot};
+use crate::messaging::{Conv, Pending, Slot};
 use crate::route::GroupReq;
 use crate::service::Shard;
 
@@ -72,128 +72,115 @@ struct Change {
     removed: Vec<String>,
 }
 
+fn too_many(max: usize) -> Refusal {
+    (ErrorCode::LimitExceeded, format!("a group has at most {max} members"))
+}
+
+/// Checks `op` by `user` against the group's state and applies it in memory. `Ok(None)`:
+/// nothing to store (`info`, or a change that changes nothing).
+fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Option<Change>, Refusal> {
+    let Conv { state, group, exists, .. } = c;
+    if op.action == GroupAction::Create {
+        if *exists {
+            return Err((ErrorCode::BadValue, "this group already exists".into()));
+        }
+        let mut members: Vec<Box<str>> = vec![Box::from(user)];
+        for m in &op.members {
+            sorted_insert(&mut members, m);
+        }
+        if members.len() > max {
+            return Err(too_many(max));
+        }
+        let all = members.iter().map(|m| m.to_string()).collect();
+        state.members = members;
+        *group = Some(GroupMeta { name: op.name.clone().unwrap_or_default(), admins: vec![user.into()] });
+        *exists = true;
+        return Ok(Some(Change { members: all, removed: Vec::new() }));
+    }
+    let Some(g) = group.as_mut().filter(|_| *exists && state.is_member(user)) else { return Err(not_member()) };
+    let is_admin = g.admins.binary_search_by(|a| a.as_str().cmp(user)).is_ok();
+    let change =
+        |members: Vec<String>, removed: Vec<String>| (!members.is_empty()).then_some(Change { members, removed });
+    match op.action {
+        GroupAction::Info => Ok(None),
+        GroupAction::Leave => {
+            sorted_remove(&mut state.members, user);
+            Ok(change(vec![user.into()], vec![user.into()]))
+        }
+        action if !is_admin => Err(admins_only(action)),
+        GroupAction::Add => {
+            let mut new: Vec<String> = op.members.iter().filter(|m| !state.is_member(m)).cloned().collect();
+            new.sort();
+            new.dedup();
+            if state.members.len() + new.len() > max {
+                return Err(too_many(max));
+            }
+            for m in &new {
+                sorted_insert(&mut state.members, m);
+            }
+            Ok(change(new, Vec::new()))
+        }
+        GroupAction::Remove => {
+            let gone: Vec<String> =
+                op.members.iter().filter(|m| sorted_remove(&mut state.members, m)).cloned().collect();
+            Ok(change(gone.clone(), gone))
+        }
+        GroupAction::Rename => {
+            g.name = op.name.clone().unwrap_or_default();
+            Ok(Some(Change { members: Vec::new(), removed: Vec::new() }))
+        }
+        GroupAction::Promote => {
+            if let Some(m) = op.members.iter().find(|m| !state.is_member(m)) {
+                return Err((ErrorCode::BadValue, format!("{m} is not a member of this group")));
+            }
+            let mut new = Vec::new();
+            for m in &op.members {
+                if let Err(i) = g.admins.binary_search(m) {
+                    g.admins.insert(i, m.clone());
+                    new.push(m.clone());
+                }
+            }
+            Ok(change(new, Vec::new()))
+        }
+        GroupAction::Demote => {
+            if g.admins.iter().all(|a| op.members.contains(a)) {
+                return Err((ErrorCode::Forbidden, "a group keeps at least one admin".into()));
+            }
+            let gone: Vec<String> = op.members.iter().filter(|m| sorted_remove(&mut g.admins, m)).cloned().collect();
+            Ok(change(gone, Vec::new()))
+        }
+        // Handled above; an existing group cannot be created again.
+        GroupAction::Create => Err((ErrorCode::BadValue, "this group already exists".into())),
+    }
+}
+
 impl Shard {
-    /// Checks and applies a group request at the group's home (its state is loaded).
+    /// Checks and applies a group request at the group's home (its state is loaded),
+    /// then queues its event and metadata for the next group commit.
     pub(crate) fn accept_group(&mut self, req: GroupReq) {
         let max_members = self.cfg.max_group_members;
         let Some(Slot::Ready(c)) = self.convs.slots.get_mut(&req.conv) else { return };
-        let action = req.op.action;
-        let user = req.user.as_str();
-        let is_group = c.exists && c.group.is_some();
-        let change: Result<Option<Change>, Refusal> = match action {
-            GroupAction::Create if c.exists => Err((ErrorCode::BadValue, "this group already exists".into())),
-            GroupAction::Create => {
-                let mut members: Vec<Box<str>> = vec![Box::from(user)];
-                for m in &req.op.members {
-                    sorted_insert(&mut members, m);
-                }
-                if members.len() > max_members {
-                    Err((ErrorCode::LimitExceeded, format!("a group has at most {max_members} members")))
-                } else {
-                    let all = members.iter().map(|m| m.to_string()).collect();
-                    c.state.members = members;
-                    c.group =
-                        Some(GroupMeta { name: req.op.name.clone().unwrap_or_default(), admins: vec![user.into()] });
-                    c.exists = true;
-                    Ok(Some(Change { members: all, removed: Vec::new() }))
-                }
-            }
-            _ if !is_group || !c.state.is_member(user) => Err(not_member()),
-            GroupAction::Info => Ok(None),
-            GroupAction::Leave => {
-                sorted_remove(&mut c.state.members, user);
-                Ok(Some(Change { members: vec![user.into()], removed: vec![user.into()] }))
-            }
-            _ => {
-                let g = c.group.as_mut().expect("is_group checked above");
-                if g.admins.binary_search_by(|a| a.as_str().cmp(user)).is_err() {
-                    Err(admins_only(action))
-                } else {
-                    match action {
-                        GroupAction::Add => {
-                            let new: Vec<String> =
-                                req.op.members.iter().filter(|m| !c.state.is_member(m)).cloned().collect();
-                            let mut new_sorted = new.clone();
-                            new_sorted.sort();
-                            new_sorted.dedup();
-                            if c.state.members.len() + new_sorted.len() > max_members {
-                                Err((ErrorCode::LimitExceeded, format!("a group has at most {max_members} members")))
-                            } else {
-                                for m in &new_sorted {
-                                    sorted_insert(&mut c.state.members, m);
-                                }
-                                Ok((!new_sorted.is_empty())
-                                    .then_some(Change { members: new_sorted, removed: Vec::new() }))
-                            }
-                        }
-                        GroupAction::Remove => {
-                            let mut gone = Vec::new();
-                            for m in &req.op.members {
-                                if sorted_remove(&mut c.state.members, m) {
-                                    gone.push(m.clone());
-                                }
-                            }
-                            Ok((!gone.is_empty()).then(|| Change { members: gone.clone(), removed: gone }))
-                        }
-                        GroupAction::Rename => {
-                            g.name = req.op.name.clone().unwrap_or_default();
-                            Ok(Some(Change { members: Vec::new(), removed: Vec::new() }))
-                        }
-                        GroupAction::Promote => {
-                            if let Some(m) = req.op.members.iter().find(|m| !c.state.is_member(m)) {
-                                Err((ErrorCode::BadValue, format!("{m} is not a member of this group")))
-                            } else {
-                                let mut new = Vec::new();
-                                for m in &req.op.members {
-                                    if let Err(i) = g.admins.binary_search(m) {
-                                        g.admins.insert(i, m.clone());
-                                        new.push(m.clone());
-                                    }
-                                }
-                                Ok((!new.is_empty()).then_some(Change { members: new, removed: Vec::new() }))
-                            }
-                        }
-                        GroupAction::Demote => {
-                            let left = g.admins.iter().filter(|a| !req.op.members.contains(a)).count();
-                            if left == 0 {
-                                Err((ErrorCode::Forbidden, "a group keeps at least one admin".into()))
-                            } else {
-                                let mut gone = Vec::new();
-                                for m in &req.op.members {
-                                    if sorted_remove(&mut g.admins, m) {
-                                        gone.push(m.clone());
-                                    }
-                                }
-                                Ok((!gone.is_empty()).then_some(Change { members: gone, removed: Vec::new() }))
-                            }
-                        }
-                        GroupAction::Create | GroupAction::Info | GroupAction::Leave => {
-                            unreachable!("handled above")
-                        }
-                    }
-                }
-            }
-        };
-        let change = match change {
+        let change = match apply(c, &req.user, &req.op, max_members) {
             Err((code, msg)) => return self.reply_error(req.from, code, msg, req.op.req_id),
             Ok(change) => change,
+        };
+        let Conv { state, group: Some(g), created, .. } = &mut **c else {
+            let (code, msg) = not_member();
+            return self.reply_error(req.from, code, msg, req.op.req_id);
         };
         // Removed members are no longer admins; a group with members keeps an admin
         // (the first member by id when the last admin left or was removed).
         if let Some(ch) = &change {
-            let g = c.group.as_mut().expect("a group");
             for r in &ch.removed {
                 sorted_remove(&mut g.admins, r);
             }
             if g.admins.is_empty() {
-                if let Some(first) = c.state.members.first() {
+                if let Some(first) = state.members.first() {
                     g.admins.push(first.to_string());
                 }
             }
-            c.members_changed();
         }
-        let g = c.group.clone().expect("a group");
-        let members: Vec<String> = c.state.members.iter().map(|m| m.to_string()).collect();
+        let members: Vec<String> = state.members.iter().map(|m| m.to_string()).collect();
         let info = GroupInfo {
             req_id: req.op.req_id.clone(),
             conv: req.conv,
@@ -203,31 +190,30 @@ impl Shard {
             seq: 0,
         };
         let Some(ch) = change else {
-            // Nothing to store (`info`, or a change that changes nothing).
             return self.reply(req.from, ServerFrame::GroupInfo(info));
         };
-        let seq = c.state.accept_event();
-        let message_id = self.ids.next(now_ms());
+        let action = req.op.action;
         let name = matches!(action, GroupAction::Create | GroupAction::Rename).then_some(g.name.as_str());
-        let body = serde_json::to_vec(&Event { event: action.name(), by: user, members: &ch.members, name })
+        let body = serde_json::to_vec(&Event { event: action.name(), by: &req.user, members: &ch.members, name })
             .expect("JSON encoding of a group event is infallible");
         let ts = now_ms();
-        let Some(Slot::Ready(c)) = self.convs.slots.get_mut(&req.conv) else { return };
+        if action == GroupAction::Create {
+            *created = ts;
+        }
+        let meta = ConvMeta { kind: ConvKind::Group(g.clone()), members, created: *created };
+        let seq = state.accept_event();
+        c.members_changed();
         let msg = Message {
             conv: req.conv,
             seq,
-            message_id,
-            from: req.user.clone(),
+            message_id: self.ids.next(ts),
+            from: req.user,
             from_device: req.device,
             ts,
             kind: MsgKind::System,
             body,
             client_msg_id: String::new(),
         };
-        if action == GroupAction::Create {
-            c.created = ts;
-        }
-        let meta = ConvMeta { kind: ConvKind::Group(g), members, created: c.created };
         self.convs.queued.push(Pending {
             from: req.from,
             msg,

@@ -907,10 +907,8 @@ impl Shard {
             }
             ClientFrame::Send(send) => {
                 let device = conn.device.to_string();
-                let (rate, burst) = (self.cfg.send_rate, self.cfg.send_burst);
-                let budget = self.users.get_mut(&*user).map(|u| u.bucket.take(rate, burst, now_ms()));
-                if let Some(Err(wait_ms)) = budget {
-                    return self.send_rate_limited(id, rate, wait_ms, Some(send.client_msg_id));
+                if let Err(wait_ms) = self.take_send_budget(&user) {
+                    return self.send_rate_limited(id, wait_ms, Some(send.client_msg_id));
                 }
                 if send.body.len() > max_body {
                     let msg = format!("body of {} bytes exceeds max_body ({max_body})", send.body.len());
@@ -944,10 +942,8 @@ impl Shard {
                 let device = conn.device.to_string();
                 if op.action != GroupAction::Info {
                     // Group changes are stored like messages and share the send budget.
-                    let (rate, burst) = (self.cfg.send_rate, self.cfg.send_burst);
-                    let budget = self.users.get_mut(&*user).map(|u| u.bucket.take(rate, burst, now_ms()));
-                    if let Some(Err(wait_ms)) = budget {
-                        return self.send_rate_limited(id, rate, wait_ms, op.req_id);
+                    if let Err(wait_ms) = self.take_send_budget(&user) {
+                        return self.send_rate_limited(id, wait_ms, op.req_id);
                     }
                 }
                 let conv = match op.conv {
@@ -960,7 +956,14 @@ impl Shard {
         }
     }
 
-    fn send_rate_limited(&mut self, id: ConnId, rate: u32, wait_ms: u32, ref_id: Option<String>) {
+    /// Takes one message from the user's send budget; `Err(ms)`: wait that long.
+    fn take_send_budget(&mut self, user: &str) -> Result<(), u32> {
+        let (rate, burst) = (self.cfg.send_rate, self.cfg.send_burst);
+        self.users.get_mut(user).map_or(Ok(()), |u| u.bucket.take(rate, burst, now_ms()))
+    }
+
+    fn send_rate_limited(&mut self, id: ConnId, wait_ms: u32, ref_id: Option<String>) {
+        let rate = self.cfg.send_rate;
         ShardStats::bump(&self.stats().rate_limited);
         let message = format!("more than {rate} messages per second; retry in {wait_ms} ms");
         let e = ErrorFrame { code: ErrorCode::RateLimited, message, ref_id, retry_after_ms: Some(wait_ms) };

@@ -70,6 +70,13 @@ pub struct Config {
     pub host_id: u8,
     /// Memory glommio locks per shard for io_uring buffers, in bytes.
     pub io_memory: usize,
+    /// How long an idle shard keeps polling before it sleeps, in µs (0: sleep at once).
+    /// Spinning trades CPU for fewer sleeps and wake-ups.
+    pub spin_before_park_us: u64,
+    /// Allow transparent huge pages. Off by default: 2 MiB pages make RSS grow in
+    /// steps of megabytes, which costs more than it saves for a gateway whose memory is
+    /// many small per-connection entries.
+    pub huge_pages: bool,
     /// Submission queue entries of each shard's socket ring.
     pub ring_entries: u32,
     /// Ping a connection silent for this long, in seconds.
@@ -137,6 +144,8 @@ impl Default for Config {
             commit_window_us: 0,
             host_id: 0,
             io_memory: 1 << 20,
+            spin_before_park_us: 0,
+            huge_pages: false,
             ring_entries: 4096,
             ping_interval_secs: 30,
             idle_timeout_secs: 90,

@@ -211,6 +211,27 @@ pub fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`): later page
+/// faults map 4 KiB pages even where the allocator asked for huge ones.
+pub fn disable_huge_pages() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) takes no pointers; it sets a flag on
+    // this process's memory map.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread it starts later,
 /// so that only [`wait_for_termination`] receives them. Call before starting the shards.
 pub fn block_termination_signals() -> io::Result<()> {

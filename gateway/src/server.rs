@@ -43,6 +43,12 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     // First, before any thread exists (fjall starts its own): only the drain thread
     // may receive SIGTERM/SIGINT; every thread started later inherits the mask.
     crate::reactor::block_termination_signals()?;
+    if !cfg.huge_pages {
+        // Before the storage and shard threads allocate: with transparent huge pages the
+        // allocator's first touches fault in 2 MiB pages, a fixed ~9 MB of RSS that
+        // dwarfs a thousand idle connections (docs/BENCHMARKS.md).
+        crate::reactor::disable_huge_pages()?;
+    }
     let shards = cfg.shard_count();
     anyhow::ensure!((1..=128).contains(&shards), "shards must be 1..=128 (got {shards})");
     cfg.validate()?;
@@ -68,7 +74,13 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let cfg = Arc::new(cfg);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let rt = shard::runtime::RuntimeConfig { shards, pin: cfg.pin, io_memory: cfg.io_memory, mesh_capacity: 1024 };
+    let rt = shard::runtime::RuntimeConfig {
+        shards,
+        pin: cfg.pin,
+        io_memory: cfg.io_memory,
+        mesh_capacity: 1024,
+        spin_before_park: std::time::Duration::from_micros(cfg.spin_before_park_us),
+    };
     let data_dir = cfg.data_dir.clone();
     let setups: Vec<ShardSetup> = fds
         .into_iter()

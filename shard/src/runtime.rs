@@ -18,6 +18,8 @@ pub struct RuntimeConfig {
     pub io_memory: usize,
     /// Capacity of each mesh channel, in batches.
     pub mesh_capacity: usize,
+    /// How long an idle executor polls for work before it parks (zero: park at once).
+    pub spin_before_park: std::time::Duration,
 }
 
 /// What a shard is given when it starts.
@@ -50,6 +52,7 @@ where
         let h = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{k}"))
             .io_memory(cfg.io_memory)
+            .spin_before_park(cfg.spin_before_park)
             .spawn(move || shard_main(ctx, input))
             .map_err(|e| std::io::Error::other(format!("starting shard {k}: {e}")))?;
         handles.push(h);
@@ -71,7 +74,13 @@ mod tests {
     /// flushing in uneven batches; each receiver sees each sender's numbers in order.
     #[test]
     fn mesh_delivers_everything_in_order() {
-        let cfg = RuntimeConfig { shards: 3, pin: false, io_memory: 512 << 10, mesh_capacity: 4 };
+        let cfg = RuntimeConfig {
+            shards: 3,
+            pin: false,
+            io_memory: 512 << 10,
+            mesh_capacity: 4,
+            spin_before_park: std::time::Duration::ZERO,
+        };
         let (done_tx, done_rx) = std::sync::mpsc::channel::<(u16, bool)>();
         run::<(u16, u32), _, _, _>(&cfg, vec![(); 3], move |ctx: ShardCtx<(u16, u32)>, ()| {
             let done_tx = done_tx.clone();

@@ -22,7 +22,7 @@ fn client_config(cert_pem: &Path, version: &'static rustls::SupportedProtocolVer
     for c in rustls_pemfile::certs(&mut &std::fs::read(cert_pem).unwrap()[..]) {
         roots.add(c.unwrap()).unwrap();
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[version])
         .unwrap()

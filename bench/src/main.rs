@@ -432,6 +432,7 @@ fn main() -> anyhow::Result<()> {
                 heartbeat_secs: heartbeat,
                 tag: common.tag.clone(),
                 max_inflight,
+                resume: !common.no_resume,
             };
             finish(&storm::run(args, common.server_pid)?, common.json);
             Ok(())

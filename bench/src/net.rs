@@ -79,6 +79,8 @@ pub struct Conn {
     pub rx: Rx,
     /// Outgoing frames.
     pub tx: Tx,
+    /// The TLS handshake resumed an earlier session (always false on plain WS).
+    pub resumed: bool,
 }
 
 /// The read side: decodes server frames, answering nothing by itself.
@@ -272,6 +274,7 @@ pub async fn open_device(target: &Target, n: usize, user: &str, device: &str) ->
 
 async fn open_inner(target: &Target, n: usize, user: &str, device: &str) -> anyhow::Result<Conn> {
     let s = tcp(target, n).await?;
+    let mut resumed = false;
     let mut s: Boxed = match &target.tls {
         None => Box::pin(s),
         Some(cfg) => {
@@ -280,6 +283,7 @@ async fn open_inner(target: &Target, n: usize, user: &str, device: &str) -> anyh
                 .connect(name, s)
                 .await
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+            resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             Box::pin(tls)
         }
     };
@@ -313,7 +317,7 @@ async fn open_inner(target: &Target, n: usize, user: &str, device: &str) -> anyh
     let mut rx = Rx { r, buf: buf[end..].to_vec(), encoding: target.encoding };
     let tx = Tx { w, encoding: target.encoding, out: Vec::new() };
     match rx.frame().await? {
-        ServerFrame::Ready { .. } => Ok(Conn { rx, tx }),
+        ServerFrame::Ready { .. } => Ok(Conn { rx, tx, resumed }),
         other => anyhow::bail!("expected ready, got {other:?}"),
     }
 }
@@ -325,7 +329,7 @@ pub fn tls_config(ca: &std::path::Path, resume: bool) -> anyhow::Result<Arc<rust
     for c in rustls_pemfile::certs(&mut &std::fs::read(ca)?[..]) {
         roots.add(c?)?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
@@ -335,4 +339,13 @@ pub fn tls_config(ca: &std::path::Path, resume: bool) -> anyhow::Result<Arc<rust
         cfg.resumption = rustls::client::Resumption::disabled();
     }
     Ok(Arc::new(cfg))
+}
+
+/// `cfg` with a session store of its own, as one device has: a shared store keeps only a
+/// few single-use TLS 1.3 tickets per server name, so thousands of simulated devices
+/// sharing one would almost never resume.
+pub fn own_sessions(cfg: &rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
+    let mut c = cfg.clone();
+    c.resumption = rustls::client::Resumption::store(Arc::new(rustls::client::ClientSessionMemoryCache::new(1)));
+    Arc::new(c)
 }

@@ -34,6 +34,21 @@ pub struct StormArgs {
     pub tag: String,
     /// Most upgrades in flight per executor.
     pub max_inflight: usize,
+    /// WSS with resumption: every connection is a device with its own session store, and
+    /// an unmeasured first pass (connect, then close) gives each one a ticket, so the
+    /// measured storm is devices reconnecting.
+    pub resume: bool,
+}
+
+/// Where the executors meet between the priming pass and the measured storm.
+#[derive(Default)]
+struct Gate {
+    /// Executors done priming.
+    primed: std::sync::atomic::AtomicUsize,
+    /// Set when the measured storm starts.
+    go: std::sync::atomic::AtomicBool,
+    /// Priming connections that failed.
+    prime_failed: AtomicU64,
 }
 
 /// One executor's results.
@@ -42,6 +57,7 @@ struct Out {
     failures: BTreeMap<String, u64>,
     upgrade: Histogram<u64>,
     closed_early: u64,
+    resumed: u64,
 }
 
 /// When held connections close: ms after `epoch`, or `u64::MAX` while not yet known.
@@ -54,28 +70,84 @@ fn release_at(epoch: Instant, r: &Release) -> Instant {
     }
 }
 
-async fn exec_main(args: StormArgs, mine: Vec<usize>, live: Arc<Live>, epoch: Instant, release: Release) -> Out {
+/// Waits until `inflight` is under the limit and the `k`-th start of this executor is due.
+async fn pace(start: Instant, k: usize, per_exec: f64, inflight: &std::cell::Cell<usize>, max_inflight: usize) {
+    let due = start + Duration::from_secs_f64(k as f64 / per_exec);
+    let now = Instant::now();
+    if due > now {
+        glommio::timer::sleep(due - now).await;
+    }
+    while inflight.get() >= max_inflight {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    inflight.set(inflight.get() + 1);
+}
+
+/// The priming pass: every connection once, closed at once (its ticket stays in its
+/// device's store). Returns when all are done, then waits for the gate to open.
+async fn prime(args: &StormArgs, targets: &[(usize, Target)], per_exec: f64, gate: &Gate) {
+    let inflight = Rc::new(std::cell::Cell::new(0usize));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(targets.len());
+    for (k, (i, target)) in targets.iter().enumerate() {
+        pace(start, k, per_exec, &inflight, args.max_inflight).await;
+        let (target, inflight, user, i) = (target.clone(), inflight.clone(), format!("{}-{i}", args.tag), *i);
+        tasks.push(glommio::spawn_local(async move {
+            let r = net::open(&target, i, &user).await;
+            inflight.set(inflight.get() - 1);
+            match r {
+                Ok(mut c) => c.tx.close().await,
+                Err(_) => return false,
+            }
+            true
+        }));
+    }
+    for t in tasks {
+        if !t.await {
+            gate.prime_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    gate.primed.fetch_add(1, Ordering::Relaxed);
+    while !gate.go.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn exec_main(
+    args: StormArgs,
+    mine: Vec<usize>,
+    live: Arc<Live>,
+    epoch: Instant,
+    release: Release,
+    gate: Arc<Gate>,
+) -> Out {
     let out = Rc::new(RefCell::new(Out {
         opened: 0,
         failures: BTreeMap::new(),
         upgrade: report::histogram(),
         closed_early: 0,
+        resumed: 0,
     }));
     let per_exec = (args.rate as f64 / args.threads as f64).max(0.001);
+    let targets: Vec<(usize, Target)> = mine
+        .into_iter()
+        .map(|i| {
+            let mut t = args.target.clone();
+            if args.resume {
+                t.tls = t.tls.as_deref().map(net::own_sessions);
+            }
+            (i, t)
+        })
+        .collect();
+    if args.resume {
+        prime(&args, &targets, per_exec, &gate).await;
+    }
     let inflight = Rc::new(std::cell::Cell::new(0usize));
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(mine.len());
-    for (k, i) in mine.into_iter().enumerate() {
-        let due = start + Duration::from_secs_f64(k as f64 / per_exec);
-        let now = Instant::now();
-        if due > now {
-            glommio::timer::sleep(due - now).await;
-        }
-        while inflight.get() >= args.max_inflight {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-        }
-        inflight.set(inflight.get() + 1);
-        let (out, live, target, inflight) = (out.clone(), live.clone(), args.target.clone(), inflight.clone());
+    let mut tasks = Vec::with_capacity(targets.len());
+    for (k, (i, target)) in targets.into_iter().enumerate() {
+        pace(start, k, per_exec, &inflight, args.max_inflight).await;
+        let (out, live, inflight) = (out.clone(), live.clone(), inflight.clone());
         let release = release.clone();
         let (tag, heartbeat) = (args.tag.clone(), Duration::from_secs(args.heartbeat_secs.max(1)));
         tasks.push(glommio::spawn_local(async move {
@@ -93,6 +165,7 @@ async fn exec_main(args: StormArgs, mine: Vec<usize>, live: Arc<Live>, epoch: In
             {
                 let mut o = out.borrow_mut();
                 o.opened += 1;
+                o.resumed += u64::from(conn.resumed);
                 let _ = o.upgrade.record((t0.elapsed().as_micros() as u64).max(1));
             }
             live.open.fetch_add(1, Ordering::Relaxed);
@@ -147,16 +220,33 @@ async fn exec_main(args: StormArgs, mine: Vec<usize>, live: Arc<Live>, epoch: In
 /// Runs the storm; returns the report.
 pub fn run(args: StormArgs, server_pid: Option<u32>) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.connections >= 1 && args.rate >= 1 && args.threads >= 1, "connections, rate, threads >= 1");
-    let probe = ServerProbe::start(server_pid)?;
     let live = Arc::new(Live::default());
-    let progress = Progress::start("storm", live.clone());
-    let started = Instant::now();
+    let epoch = Instant::now();
     let release: Release = Arc::new(AtomicU64::new(u64::MAX));
+    let gate = Arc::new(Gate::default());
+    let resume = args.resume && args.target.tls.is_some();
+    let args = StormArgs { resume, ..args };
     let handles = crate::spawn_executors(args.threads, "storm", |t| {
         let mine: Vec<usize> = (0..args.connections).filter(|i| i % args.threads == t).collect();
-        let (a, l, r) = (args.clone(), live.clone(), release.clone());
-        move || exec_main(a, mine, l, started, r)
+        let (a, l, r, g) = (args.clone(), live.clone(), release.clone(), gate.clone());
+        move || exec_main(a, mine, l, epoch, r, g)
     })?;
+    if resume {
+        // The priming pass is not measured; the server's memory is read after it too.
+        let deadline = epoch
+            + Duration::from_secs_f64(args.connections as f64 / args.rate as f64)
+            + net::UPGRADE_TIMEOUT
+            + Duration::from_secs(5);
+        while gate.primed.load(Ordering::Relaxed) < args.threads && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        anyhow::ensure!(gate.primed.load(Ordering::Relaxed) == args.threads, "the priming pass did not finish");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let probe = ServerProbe::start(server_pid)?;
+    let progress = Progress::start("storm", live.clone());
+    let started = Instant::now();
+    gate.go.store(true, Ordering::Relaxed);
     // The connect phase ends when every attempt has succeeded or failed (bounded by the
     // schedule plus the longest an upgrade may take).
     let schedule = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
@@ -172,7 +262,7 @@ pub fn run(args: StormArgs, server_pid: Option<u32>) -> anyhow::Result<serde_jso
     std::thread::sleep(Duration::from_secs(2));
     let open_at_peak = live.open.load(Ordering::Relaxed);
     let server = probe.finish(open_at_peak, 0)?;
-    let hold_until = started.elapsed() + Duration::from_secs(args.hold_secs.saturating_sub(2));
+    let hold_until = epoch.elapsed() + Duration::from_secs(args.hold_secs.saturating_sub(2));
     release.store(hold_until.as_millis() as u64, Ordering::Relaxed);
     let mut outs = Vec::new();
     for h in handles {
@@ -181,9 +271,10 @@ pub fn run(args: StormArgs, server_pid: Option<u32>) -> anyhow::Result<serde_jso
     let timeline = progress.finish();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     let mut upgrade = report::histogram();
-    let (mut opened, mut closed_early) = (0, 0);
+    let (mut opened, mut closed_early, mut resumed) = (0, 0, 0);
     for o in outs {
         opened += o.opened;
+        resumed += o.resumed;
         closed_early += o.closed_early;
         let _ = upgrade.add(&o.upgrade);
         for (k, v) in o.failures {
@@ -195,14 +286,15 @@ pub fn run(args: StormArgs, server_pid: Option<u32>) -> anyhow::Result<serde_jso
         "args": {
             "connections": args.connections, "rate": args.rate, "threads": args.threads, "hold_secs": args.hold_secs,
             "sources": args.target.sources.len(), "tls": args.target.tls.is_some(),
-            "encoding": args.target.encoding.subprotocol(), "tag": args.tag,
+            "encoding": args.target.encoding.subprotocol(), "tag": args.tag, "resume": resume,
         },
-        "started_unix_ms": shard::ids::now_ms() - started.elapsed().as_millis() as u64,
-        "wall_secs": started.elapsed().as_secs_f64(),
+        "started_unix_ms": shard::ids::now_ms() - epoch.elapsed().as_millis() as u64,
+        "wall_secs": epoch.elapsed().as_secs_f64(),
         "active_secs": connect_secs,
         "connections": {
             "target": args.connections, "opened": opened, "failed": failures.values().sum::<u64>(),
             "failures": failures, "connect_secs": connect_secs, "closed_during_hold": closed_early,
+            "tls_resumed": resumed, "prime_failed": gate.prime_failed.load(Ordering::Relaxed),
         },
         "messages": {},
         "latency": { "upgrade": hist_json(&upgrade) },

@@ -12,7 +12,8 @@ const SECRET: &str = "bench-e2e-secret-0123456789";
 struct Gateway {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    admin: String,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Gateway {
@@ -23,6 +24,10 @@ impl Drop for Gateway {
 }
 
 fn gateway() -> Gateway {
+    gateway_with(&[])
+}
+
+fn gateway_with(extra: &[&str]) -> Gateway {
     let bench = env!("CARGO_BIN_EXE_switchboard-bench");
     let server_bin = std::path::Path::new(bench).with_file_name("switchboard");
     assert!(server_bin.exists(), "build the workspace first (cargo test --workspace builds {server_bin:?})");
@@ -37,6 +42,7 @@ fn gateway() -> Gateway {
         .arg(dir.path().join("c.toml"))
         .arg("--data-dir")
         .arg(dir.path().join("d"))
+        .args(extra)
         .env("SWITCHBOARD_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -44,8 +50,24 @@ fn gateway() -> Gateway {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.split("ws://").nth(1).and_then(|r| r.split_whitespace().next()).expect("listening line").to_owned();
-    Gateway { child, addr, _dir: dir }
+    let after = |marker: &str| {
+        line.split(marker).nth(1).and_then(|r| r.split([' ', ')']).next()).expect("listening line").to_owned()
+    };
+    let (addr, admin) = (after("s://"), after("admin http://"));
+    Gateway { child, addr, admin, dir }
+}
+
+/// The sum over shards of one series of the gateway's Prometheus metrics.
+fn metric(gw: &Gateway, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&gw.admin).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }
 
 fn bench(gw: &Gateway, args: &[&str]) -> Value {
@@ -138,6 +160,31 @@ fn storm_from_several_sources_merges_across_processes() {
     let m: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((m["processes"].as_u64(), m["connections"]["opened"].as_u64()), (Some(2), Some(500)));
     assert_eq!(m["latency"]["upgrade"]["count"], 500, "histograms merge exactly");
+}
+
+#[test]
+fn wss_storm_resumes_every_device_after_a_priming_pass() {
+    let gw = gateway_with(&["--tls-dev"]);
+    let ca = gw.dir.path().join("d").join("dev-cert.pem");
+    let ca = ca.to_str().unwrap();
+    let full = bench(
+        &gw,
+        &["storm", "--connections", "60", "--rate", "500", "--hold", "0", "--tls-ca", ca, "--no-resume", "--tag", "f"],
+    );
+    assert_eq!(
+        (full["connections"]["opened"].as_u64(), full["connections"]["tls_resumed"].as_u64()),
+        (Some(60), Some(0))
+    );
+    assert_eq!(metric(&gw, "switchboard_tls_handshakes_total"), 60);
+    assert_eq!(metric(&gw, "switchboard_tls_resumed_total"), 0);
+    // With resumption each device first connects once (unmeasured), then reconnects.
+    let r = bench(&gw, &["storm", "--connections", "80", "--rate", "500", "--hold", "0", "--tls-ca", ca, "--tag", "r"]);
+    assert_eq!(r["args"]["resume"], true);
+    assert_eq!(r["connections"]["opened"], 80, "{r}");
+    assert_eq!(r["connections"]["prime_failed"], 0);
+    assert_eq!(r["connections"]["tls_resumed"], 80, "every measured handshake resumed: {r}");
+    assert_eq!(metric(&gw, "switchboard_tls_handshakes_total"), 60 + 160);
+    assert_eq!(metric(&gw, "switchboard_tls_resumed_total"), 80);
 }
 
 #[test]

@@ -53,6 +53,10 @@ pub struct ShardStats {
     pub slow_readers: AtomicU64,
     /// Connections closed for silence (heartbeat) or slow handshakes.
     pub timeouts: AtomicU64,
+    /// WSS connections upgraded (TLS handshake done), counted by the user's home shard.
+    pub tls_handshakes: AtomicU64,
+    /// Of those, the ones that resumed an earlier session (a ticket) instead of a full handshake.
+    pub tls_resumed: AtomicU64,
 }
 
 impl ShardStats {
@@ -67,7 +71,7 @@ type Series = (&'static str, &'static str, &'static str, fn(&ShardStats) -> &Ato
 
 fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
     let mut out = String::new();
-    let series: [Series; 9] = [
+    let series: [Series; 11] = [
         ("switchboard_connections", "gauge", "Open connections.", |s| &s.connections),
         ("switchboard_accepted_total", "counter", "Sockets accepted.", |s| &s.accepted),
         ("switchboard_upgrades_refused_total", "counter", "Upgrades refused (401, 503, ...).", |s| &s.refused),
@@ -81,6 +85,8 @@ fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
         ("switchboard_timeouts_total", "counter", "Connections closed by heartbeat or handshake timeout.", |s| {
             &s.timeouts
         }),
+        ("switchboard_tls_handshakes_total", "counter", "WSS connections upgraded.", |s| &s.tls_handshakes),
+        ("switchboard_tls_resumed_total", "counter", "WSS handshakes that resumed a session.", |s| &s.tls_resumed),
     ];
     for (name, kind, help, get) in series {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));

@@ -83,6 +83,9 @@ impl Drain {
     }
 }
 
+/// What a socket's read poll waits for: data, and the peer's shutdown (so a poll that
+/// fires with both is known to need reading to the end).
+const READ_EVENTS: u32 = (libc::POLLIN | libc::POLLRDHUP) as u32;
 /// Housekeeping period: presence windows, sweeps and drain steps run on this beat.
 const TICK: Duration = Duration::from_millis(250);
 /// Close code sent to an older connection of a device that connected again.
@@ -489,12 +492,16 @@ impl Shard {
                 if !c.more {
                     conn.read_armed = false;
                 }
-                self.on_readable(id);
+                // A poll reports the socket's state when it fired: unless the peer has
+                // shut down (or an error is pending), one short read empties it, and
+                // bytes arriving later fire the poll again.
+                let ended = c.result < 0 || c.result & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i32 != 0;
+                self.on_readable(id, ended);
                 if let Some(conn) = self.conn_mut(id) {
                     if !conn.read_armed && conn.phase != Phase::Closing {
                         conn.read_armed = true;
                         let (fd, multi) = (conn.fd, conn.phase == Phase::Open);
-                        self.ring.poll(fd, libc::POLLIN as u32, multi, token(Op::Read, id));
+                        self.ring.poll(fd, READ_EVENTS, multi, token(Op::Read, id));
                     }
                 }
             }
@@ -544,17 +551,27 @@ impl Shard {
         }
         // One-shot while handshaking: after the upgrade nothing is armed, so the socket
         // can move to another shard.
-        self.ring.poll(fd, libc::POLLIN as u32, false, token(Op::Read, id));
+        self.ring.poll(fd, READ_EVENTS, false, token(Op::Read, id));
     }
 
-    fn on_readable(&mut self, id: ConnId) {
+    /// Reads what the socket holds. `ended`: the peer may have shut down, so read until
+    /// the socket says so (a short read alone does not show the end of the stream).
+    fn on_readable(&mut self, id: ConnId, ended: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(conn) = self.conn_mut(id) {
             let fd = conn.fd;
             let tls = conn.tls.is_some();
             match reactor::recv(fd, &mut scratch) {
-                Recv::Data(n) if tls => self.on_tls_bytes(id, &scratch[..n]),
-                Recv::Data(n) => self.on_bytes(id, &mut scratch[..n]),
+                Recv::Data(n) => {
+                    if tls {
+                        self.on_tls_bytes(id, &scratch[..n]);
+                    } else {
+                        self.on_bytes(id, &mut scratch[..n]);
+                    }
+                    if n < scratch.len() && !ended {
+                        break;
+                    }
+                }
                 Recv::WouldBlock => break,
                 Recv::Closed => {
                     self.close(id);
@@ -737,6 +754,12 @@ impl Shard {
             self.fail(old, CLOSE_REPLACED, "replaced by a newer connection of this device");
             self.detach_from_user(old);
         }
+        if let Some(tls) = &h.tls {
+            ShardStats::bump(&self.stats().tls_handshakes);
+            if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                ShardStats::bump(&self.stats().tls_resumed);
+            }
+        }
         let mut conn = Conn::accepted(h.fd, gen, self.now);
         conn.tls = h.tls;
         conn.encoding = h.encoding;
@@ -749,7 +772,7 @@ impl Shard {
             let r = Refusal::busy("device_limit", format!("at most {max} devices per user"), self.cfg.retry_after_secs);
             self.conns[slot].out = Vec::new();
             self.conns[slot].read_armed = true;
-            self.ring.poll(fd, libc::POLLIN as u32, false, token(Op::Read, id));
+            self.ring.poll(fd, READ_EVENTS, false, token(Op::Read, id));
             return self.refuse(id, &r);
         }
         let c = &mut self.conns[slot];
@@ -759,7 +782,7 @@ impl Shard {
         c.read_armed = true;
         self.users.get_mut(&user).expect("user_entry created it").conns.push(id);
         self.presence_changed(&user);
-        self.ring.poll(fd, libc::POLLIN as u32, true, token(Op::Read, id));
+        self.ring.poll(fd, READ_EVENTS, true, token(Op::Read, id));
         let ready = ServerFrame::Ready {
             user: user.to_string(),
             device: self.conns[slot].device.to_string(),

@@ -317,5 +317,9 @@ mod tests {
         let c: Config = toml::from_str("max_frame = 1024\nshards = 2").unwrap();
         assert_eq!((c.max_frame, c.shards, c.history_max), (1024, 2, 100));
         assert!(toml::from_str::<Config>("max_frames = 1").is_err());
+        let d = Config::default();
+        assert_eq!((d.huge_pages, d.spin_before_park_us), (false, 0), "huge pages off, no spinning by default");
+        let c: Config = toml::from_str("huge_pages = true\nspin_before_park_us = 50").unwrap();
+        assert_eq!((c.huge_pages, c.spin_before_park_us), (true, 50));
     }
 }

@@ -95,10 +95,8 @@ async fn prime(args: &StormArgs, targets: &[(usize, Target)], per_exec: f64, gat
         tasks.push(glommio::spawn_local(async move {
             let r = net::open(&target, i, &user).await;
             inflight.set(inflight.get() - 1);
-            match r {
-                Ok(mut c) => c.tx.close().await,
-                Err(_) => return false,
-            }
+            let Ok(mut c) = r else { return false };
+            c.tx.close().await;
             true
         }));
     }
@@ -217,6 +215,17 @@ async fn exec_main(
     Rc::try_unwrap(out).ok().map(RefCell::into_inner).expect("every connection task finished")
 }
 
+/// Waits until `done()` or until a pass of connections started at `from` must be over
+/// (the schedule plus the longest an upgrade may take); returns `done()`.
+fn pass_done(from: Instant, args: &StormArgs, done: impl Fn() -> bool) -> bool {
+    let schedule = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
+    let deadline = from + schedule + net::UPGRADE_TIMEOUT + Duration::from_secs(5);
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    done()
+}
+
 /// Runs the storm; returns the report.
 pub fn run(args: StormArgs, server_pid: Option<u32>) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.connections >= 1 && args.rate >= 1 && args.threads >= 1, "connections, rate, threads >= 1");
@@ -233,29 +242,18 @@ pub fn run(args: StormArgs, server_pid: Option<u32>) -> anyhow::Result<serde_jso
     })?;
     if resume {
         // The priming pass is not measured; the server's memory is read after it too.
-        let deadline = epoch
-            + Duration::from_secs_f64(args.connections as f64 / args.rate as f64)
-            + net::UPGRADE_TIMEOUT
-            + Duration::from_secs(5);
-        while gate.primed.load(Ordering::Relaxed) < args.threads && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        anyhow::ensure!(gate.primed.load(Ordering::Relaxed) == args.threads, "the priming pass did not finish");
+        let primed = pass_done(epoch, &args, || gate.primed.load(Ordering::Relaxed) == args.threads);
+        anyhow::ensure!(primed, "the priming pass did not finish");
         std::thread::sleep(Duration::from_secs(1));
     }
     let probe = ServerProbe::start(server_pid)?;
     let progress = Progress::start("storm", live.clone());
     let started = Instant::now();
     gate.go.store(true, Ordering::Relaxed);
-    // The connect phase ends when every attempt has succeeded or failed (bounded by the
-    // schedule plus the longest an upgrade may take).
-    let schedule = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
-    let deadline = started + schedule + net::UPGRADE_TIMEOUT + Duration::from_secs(5);
-    while live.open.load(Ordering::Relaxed) + live.failed.load(Ordering::Relaxed) < args.connections as u64
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // The connect phase ends when every attempt has succeeded or failed.
+    pass_done(started, &args, || {
+        live.open.load(Ordering::Relaxed) + live.failed.load(Ordering::Relaxed) >= args.connections as u64
+    });
     let connect_secs = started.elapsed().as_secs_f64();
     // Let the server settle (handshake buffers returned), then read its memory; then
     // hold, then release every connection at once.

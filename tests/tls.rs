@@ -1,8 +1,10 @@
 //! End-to-end: WSS with rustls: both TLS versions, handoff of TLS sessions between
-//! shards, session resumption, certificate reload without restart, and hostile bytes.
+//! shards, session resumption, certificate reload without restart, records split across
+//! reads, multi-record messages, a reader the server must wait for, and hostile bytes.
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +37,17 @@ fn client_config(cert_pem: &Path, version: &'static rustls::SupportedProtocolVer
 fn connect(server: &Server, cfg: &Arc<ClientConfig>, user: &str, enc: Encoding) -> WebSocket<Tls> {
     let tcp = TcpStream::connect(server.addr).unwrap();
     tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    connect_on(tcp, server, cfg, user, enc)
+}
+
+/// A WSS client over any byte stream.
+fn connect_on<S: Read + Write>(
+    tcp: S,
+    server: &Server,
+    cfg: &Arc<ClientConfig>,
+    user: &str,
+    enc: Encoding,
+) -> WebSocket<StreamOwned<ClientConnection, S>> {
     let conn = ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
     let tls = StreamOwned::new(conn, tcp);
     let mut req = format!("wss://localhost:{}/ws", server.addr.port()).into_client_request().unwrap();
@@ -45,7 +58,7 @@ fn connect(server: &Server, cfg: &Arc<ClientConfig>, user: &str, enc: Encoding) 
     ws
 }
 
-fn recv(ws: &mut WebSocket<Tls>) -> ServerFrame {
+fn recv<S: Read + Write>(ws: &mut WebSocket<S>) -> ServerFrame {
     loop {
         match ws.read().expect("a frame") {
             WsMessage::Text(t) => return wire::json::decode_server(t.as_bytes()).unwrap(),
@@ -55,8 +68,12 @@ fn recv(ws: &mut WebSocket<Tls>) -> ServerFrame {
     }
 }
 
-fn send(ws: &mut WebSocket<Tls>, enc: Encoding, to: &str, id: &str) {
-    let f = send_to(to, id, "over tls");
+fn send<S: Read + Write>(ws: &mut WebSocket<S>, enc: Encoding, to: &str, id: &str) {
+    send_body(ws, enc, to, id, "over tls");
+}
+
+fn send_body<S: Read + Write>(ws: &mut WebSocket<S>, enc: Encoding, to: &str, id: &str, body: &str) {
+    let f = send_to(to, id, body);
     let m = match enc {
         Encoding::Json => WsMessage::text(String::from_utf8(wire::json::encode_client(&f)).unwrap()),
         Encoding::FlatBuffers => WsMessage::binary(wire::fb::encode_client(&f)),
@@ -134,6 +151,91 @@ fn certificate_reload_on_sighup_keeps_connections() {
     // The connection made before the reload still works.
     send(&mut old, Encoding::Json, "reload-b", "after-reload");
     assert!(matches!(recv(&mut old), ServerFrame::Ack(_)));
+}
+
+/// Writes at most 7 bytes per call on a `TCP_NODELAY` socket, so the server reads TLS
+/// records (and the handshake's messages) in pieces.
+struct Dribble(TcpStream);
+
+impl Read for Dribble {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Dribble {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(&buf[..buf.len().min(7)])
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A 40 KiB body (three TLS records) that differs per message.
+fn big_body(tag: &str) -> String {
+    let mut b = format!("{tag}:");
+    b.extend((0..40 * 1024).map(|i| (b'a' + ((i * 7 + tag.len()) % 26) as u8) as char));
+    b
+}
+
+#[test]
+fn wss_split_records_large_messages_and_a_reader_that_falls_behind() {
+    // The slow reader may fall behind by more than the default 1 MiB: this test wants
+    // it served, not closed.
+    let server = Server::start_with(1, "tls_dev = true\nmax_frames_per_sec = 100000\nmax_outbound = 33554432");
+    let cfg = client_config(&server.dir.join("dev-cert.pem"), &rustls::version::TLS13);
+    // The reader's receive buffer is pinned small, so the server's socket fills and
+    // ciphertext waits in the session until the reader catches up.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(8192).unwrap();
+    sock.connect(&server.addr.into()).unwrap();
+    let sock: TcpStream = sock.into();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = connect_on(sock, &server, &cfg, "tls-reader", Encoding::FlatBuffers);
+    // One sender dribbles its bytes: every record reaches the server in pieces.
+    let tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut dribbler = connect_on(Dribble(tcp), &server, &cfg, "tls-dribbler", Encoding::Json);
+    let mut bulk = connect(&server, &cfg, "tls-bulk", Encoding::FlatBuffers);
+    const DRIBBLED: usize = 3;
+    const BULK: usize = 200; // 8 MB: far past what the reader's socket holds
+    for i in 0..DRIBBLED {
+        send_body(&mut dribbler, Encoding::Json, "tls-reader", &format!("d{i}"), &big_body(&format!("d{i}")));
+        assert!(matches!(recv(&mut dribbler), ServerFrame::Ack(_)));
+    }
+    for i in 0..BULK {
+        send_body(&mut bulk, Encoding::FlatBuffers, "tls-reader", &format!("b{i}"), &big_body(&format!("b{i}")));
+        assert!(matches!(recv(&mut bulk), ServerFrame::Ack(_)));
+    }
+    // Every message arrives once, whole, in order per conversation.
+    let (mut next_d, mut next_b) = (0, 0);
+    while next_d < DRIBBLED || next_b < BULK {
+        let ServerFrame::Msg(m) = recv(&mut reader) else { continue };
+        let id = m.client_msg_id.clone();
+        let want = if m.from == "tls-dribbler" {
+            next_d += 1;
+            format!("d{}", next_d - 1)
+        } else {
+            next_b += 1;
+            format!("b{}", next_b - 1)
+        };
+        assert_eq!(id, want, "out of order from {}", m.from);
+        assert!(m.body == big_body(&id).into_bytes(), "body of {id} damaged");
+    }
+    // All three connections are still in service.
+    send(&mut reader, Encoding::FlatBuffers, "tls-dribbler", "back");
+    assert!(matches!(recv(&mut reader), ServerFrame::Ack(_)));
+    assert!(matches!(recv(&mut dribbler), ServerFrame::Msg(m) if m.client_msg_id == "back"));
+    // A TLS close_notify: the server answers with its own, then closes the socket
+    // (rustls reports an EOF without one as an error).
+    let tls = reader.get_mut();
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).expect("the server's close_notify, then EOF");
 }
 
 #[test]

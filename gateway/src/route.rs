@@ -121,7 +121,7 @@ pub struct Handoff {
     /// Bytes not yet written (the 101 response), as plaintext.
     pub pending_out: Vec<u8>,
     /// The TLS session, for WSS connections.
-    pub tls: Option<Box<rustls::ServerConnection>>,
+    pub tls: Option<Box<crate::tls::Session>>,
 }
 
 /// A `send` on its way to the conversation's home shard.

@@ -142,6 +142,8 @@ pub struct Shard {
     tls_rx: crossbeam_channel::Receiver<Arc<rustls::ServerConfig>>,
     /// Decrypted bytes of the TLS connection being read (taken out while in use).
     plain: Vec<u8>,
+    /// Ciphertext of the TLS connection being flushed (taken out while in use).
+    wire: Vec<u8>,
     /// Conversations homed here (see `messaging`).
     pub(crate) convs: Conversations,
     /// This shard's storage partition.
@@ -216,6 +218,7 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             tls: setup.tls,
             tls_rx: setup.tls_rx,
             plain: Vec::with_capacity(32 * 1024),
+            wire: Vec::with_capacity(WIRE_KEEP),
             convs: Conversations::default(),
             store: setup.store,
             ids: MessageIdGen::new(setup.cfg.host_id, me),
@@ -540,7 +543,7 @@ impl Shard {
         let id = ConnId { slot: slot as u32, gen };
         self.conns[slot].read_armed = true;
         if let Some(cfg) = &self.tls {
-            match rustls::ServerConnection::new(cfg.clone()) {
+            match crate::tls::Session::new(cfg.clone()) {
                 Ok(c) => self.conns[slot].tls = Some(Box::new(c)),
                 Err(e) => {
                     tracing::warn!("cannot start a TLS session: {e}");
@@ -564,7 +567,7 @@ impl Shard {
             match reactor::recv(fd, &mut scratch) {
                 Recv::Data(n) => {
                     if tls {
-                        self.on_tls_bytes(id, &scratch[..n]);
+                        self.on_tls_bytes(id, &mut scratch[..n]);
                     } else {
                         self.on_bytes(id, &mut scratch[..n]);
                     }
@@ -583,55 +586,44 @@ impl Shard {
     }
 
     /// Feeds TLS records to the connection's session and its plaintext to `on_bytes`.
-    fn on_tls_bytes(&mut self, id: ConnId, mut data: &[u8]) {
+    fn on_tls_bytes(&mut self, id: ConnId, data: &mut [u8]) {
         let mut plain = std::mem::take(&mut self.plain);
-        let mut failed = None;
-        loop {
-            plain.clear();
-            let Some(tls) = self.conn_mut(id).and_then(|c| c.tls.as_mut()) else { break };
-            if !data.is_empty() {
-                if let Err(e) = tls.read_tls(&mut data) {
-                    failed = Some(e.to_string());
-                    break;
+        plain.clear();
+        let Some(session) = self.conn_mut(id).and_then(|c| c.tls.as_mut()) else { return self.plain = plain };
+        let read = session.read(data, &mut plain);
+        if !session.unsent.is_empty() {
+            self.mark_dirty(id);
+        }
+        match read {
+            Ok(input) => {
+                if !plain.is_empty() {
+                    self.on_bytes(id, &mut plain);
                 }
-            }
-            match tls.process_new_packets() {
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-                Ok(state) => {
-                    if state.plaintext_bytes_to_read() > 0 {
-                        // Ends with WouldBlock once the plaintext is drained; what was
-                        // read is in `plain` either way.
-                        let _ = std::io::Read::read_to_end(&mut tls.reader(), &mut plain);
+                if input == crate::tls::Input::PeerClosed {
+                    // Nothing more will come: send what is queued (and our
+                    // close_notify), then close.
+                    if let Some(c) = self.conn_mut(id) {
+                        c.close_after_flush = true;
                     }
+                    self.mark_dirty(id);
                 }
             }
-            let wants_write = tls.wants_write();
-            if wants_write {
-                self.mark_dirty(id);
-            }
-            if !plain.is_empty() {
-                self.on_bytes(id, &mut plain);
-            }
-            if data.is_empty() {
-                break;
+            Err(e) => {
+                tracing::debug!("TLS error: {e}");
+                // Send the alert rustls queued (nothing else can be encrypted now),
+                // then close.
+                if let Some(c) = self.conn_mut(id) {
+                    c.out = Vec::new();
+                    c.close_after_flush = true;
+                    c.phase = Phase::Closing;
+                }
+                self.flush_conn(id);
+                if self.conn_mut(id).is_some_and(|c| !c.write_armed) {
+                    self.close(id);
+                }
             }
         }
         self.plain = plain;
-        if let Some(e) = failed {
-            tracing::debug!("TLS error: {e}");
-            // Send the alert rustls queued, then close.
-            if let Some(c) = self.conn_mut(id) {
-                c.close_after_flush = true;
-                c.phase = Phase::Closing;
-            }
-            self.flush_conn(id);
-            if self.conn_mut(id).is_some_and(|c| !c.write_armed) {
-                self.close(id);
-            }
-        }
     }
 
     fn on_bytes(&mut self, id: ConnId, data: &mut [u8]) {
@@ -1117,34 +1109,34 @@ impl Shard {
 
     /// Encrypts what is queued and writes TLS records until the socket is full. While a
     /// POLLOUT is armed, new output waits in `out` (plaintext) so the slow-reader bound
-    /// applies as for plain connections.
+    /// applies as for plain connections; ciphertext the socket refused waits in the
+    /// session's `unsent`, ahead of it.
     fn flush_tls(&mut self, id: ConnId) {
-        let Some(conn) = self.conn_mut(id) else { return };
-        let fd = conn.fd;
-        let Some(tls) = conn.tls.as_mut() else { return };
-        if !conn.write_armed {
-            if !conn.out.is_empty() {
-                let out = std::mem::take(&mut conn.out);
-                conn.out_partial = 0;
-                if std::io::Write::write_all(&mut tls.writer(), &out).is_err() {
-                    return self.close(id);
-                }
-            }
-            while tls.wants_write() {
-                match tls.write_tls(&mut crate::tls::FdWriter(fd)) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        conn.write_armed = true;
-                        self.ring.poll(fd, libc::POLLOUT as u32, false, token(Op::Write, id));
-                        return;
-                    }
-                    Err(_) => return self.close(id),
-                }
-            }
+        let mut wire = std::mem::take(&mut self.wire);
+        let flushed = match self.conn_mut(id) {
+            Some(conn) if !conn.write_armed => flush_session(conn, &mut wire),
+            _ => TlsFlush::Wait,
+        };
+        wire.clear();
+        if wire.capacity() > WIRE_KEEP {
+            // After a large backlog: keep the usual size, not the peak.
+            wire = Vec::with_capacity(WIRE_KEEP);
         }
-        let done = !conn.write_armed && conn.out.is_empty() && !tls.wants_write();
-        if done && conn.close_after_flush {
-            self.close(id);
+        self.wire = wire;
+        match flushed {
+            TlsFlush::Wait => {}
+            TlsFlush::Full(fd) => {
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.write_armed = true;
+                }
+                self.ring.poll(fd, libc::POLLOUT as u32, false, token(Op::Write, id));
+            }
+            TlsFlush::Done => {
+                if self.conn_mut(id).is_some_and(|c| c.close_after_flush) {
+                    self.close(id);
+                }
+            }
+            TlsFlush::Failed => self.close(id),
         }
     }
 
@@ -1190,4 +1182,51 @@ pub(crate) fn data_opcode(enc: Encoding) -> OpCode {
 /// Builds an `error` frame.
 pub(crate) fn error_frame(code: ErrorCode, message: String, ref_id: Option<String>) -> ServerFrame {
     ServerFrame::Error(ErrorFrame { code, message, ref_id, retry_after_ms: None })
+}
+
+/// Capacity of the shard's ciphertext buffer kept between flushes.
+const WIRE_KEEP: usize = 64 * 1024;
+
+/// What flushing a TLS connection came to.
+enum TlsFlush {
+    /// Nothing to do now (a POLLOUT is armed, or the connection is gone).
+    Wait,
+    /// The socket is full: arm POLLOUT on this descriptor.
+    Full(RawFd),
+    /// Everything queued was sent.
+    Done,
+    /// Encryption or the socket failed: close.
+    Failed,
+}
+
+/// Encrypts `conn.out` and sends it after any ciphertext still waiting. The ciphertext
+/// is built in the shard's `wire` buffer; only what the socket refuses stays with the
+/// connection.
+fn flush_session(conn: &mut Conn, wire: &mut Vec<u8>) -> TlsFlush {
+    let fd = conn.fd;
+    let Some(session) = conn.tls.as_mut() else { return TlsFlush::Wait };
+    wire.clear();
+    wire.append(&mut session.unsent);
+    session.unsent = Vec::new();
+    if !conn.out.is_empty() {
+        let out = std::mem::take(&mut conn.out);
+        conn.out_partial = 0;
+        if session.write(&out, wire).is_err() {
+            return TlsFlush::Failed;
+        }
+    }
+    if conn.close_after_flush {
+        session.close_notify(wire);
+    }
+    if wire.is_empty() {
+        return TlsFlush::Done;
+    }
+    match reactor::send(fd, wire) {
+        Ok(n) if n == wire.len() => TlsFlush::Done,
+        Ok(n) => {
+            session.unsent = wire[n..].to_vec();
+            TlsFlush::Full(fd)
+        }
+        Err(_) => TlsFlush::Failed,
+    }
 }

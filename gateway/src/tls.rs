@@ -1,12 +1,18 @@
-//! WSS: rustls on each shard's own sockets.
+//! WSS: rustls on each shard's own sockets, through rustls's unbuffered API.
 //!
-//! A TLS connection carries a boxed `rustls::ServerConnection` in its slab entry. Bytes
-//! read from the socket go through `read_tls`/`process_new_packets`; the plaintext is
-//! handed to the same upgrade and WebSocket code as a plain connection. Output is
-//! queued as plaintext in `Conn::out` and encrypted at flush time, so the slow-reader
-//! bound and frame boundaries work as for plain connections. The TLS handshake runs on
-//! the accepting shard's event loop like any other input (it never blocks the shard),
-//! and the session (`ServerConnection` is `Send`) moves with the socket on handoff.
+//! A TLS connection carries a boxed [`Session`] in its slab entry. The session owns no
+//! I/O buffer while the connection is idle: records are read into the shard's scratch
+//! buffer and processed there; only the tail of a record split across reads is kept
+//! (in `Session::partial`), and only ciphertext the socket would not take is kept (in
+//! `Session::unsent`). Both are empty, with no allocation, between messages. (The
+//! buffered `rustls::ServerConnection` keeps a 4 KiB receive buffer per connection for
+//! its whole life; that was half of an idle WSS connection's memory.)
+//!
+//! The plaintext is handed to the same upgrade and WebSocket code as a plain
+//! connection. Output is queued as plaintext in `Conn::out` and encrypted at flush time,
+//! so the slow-reader bound and frame boundaries work as for plain connections. The TLS
+//! handshake runs on the accepting shard's event loop like any other input (it never
+//! blocks the shard), and the session (it is `Send`) moves with the socket on handoff.
 //!
 //! The crypto provider is aws-lc-rs (rustls's default): on this host it did full
 //! handshakes ~8 % faster than ring (docs/BENCHMARKS.md).
@@ -16,12 +22,12 @@
 //! for `localhost`/`127.0.0.1` in the data directory. SIGHUP reloads the files; new
 //! connections use the new certificate, established ones keep theirs.
 
-use std::io;
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::ServerConfig;
 
 /// Where the certificate comes from.
@@ -75,18 +81,210 @@ pub fn dev_cert(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
-/// `io::Write` over a non-blocking socket: a full socket buffer is `WouldBlock`.
-pub struct FdWriter(pub RawFd);
+/// Most TLS input held for one connection while a record (or, during the handshake, a
+/// handshake message up to 64 KiB spread over records) is incomplete.
+const MAX_PARTIAL: usize = 0x1_0000 + 0x4800;
 
-impl io::Write for FdWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match crate::reactor::send(self.0, buf)? {
-            0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
-            n => Ok(n),
+/// Bytes added to each record of at most 16 KiB of application data: header (5),
+/// content type (1), AEAD tag (16).
+const RECORD_OVERHEAD: usize = 22;
+
+/// Largest plaintext in one record.
+const MAX_FRAGMENT: usize = 16 * 1024;
+
+/// One TLS session over a connection's socket.
+pub struct Session {
+    conn: UnbufferedServerConnection,
+    /// TLS input not yet processed: a record split across reads. Empty otherwise.
+    partial: Vec<u8>,
+    /// Ciphertext waiting for the socket (handshake records, alerts, or application data
+    /// the socket would not take). Empty when idle.
+    pub unsent: Vec<u8>,
+    /// A `close_notify` was queued.
+    notified: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("partial", &self.partial.len()).field("unsent", &self.unsent.len()).finish()
+    }
+}
+
+/// What reading TLS input found besides plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Nothing more; wait for more bytes.
+    More,
+    /// The peer sent `close_notify`: no more input will come.
+    PeerClosed,
+}
+
+impl Session {
+    /// A server session that will handshake with `cfg`.
+    pub fn new(cfg: Arc<ServerConfig>) -> Result<Session, rustls::Error> {
+        Ok(Session {
+            conn: UnbufferedServerConnection::new(cfg)?,
+            partial: Vec::new(),
+            unsent: Vec::new(),
+            notified: false,
+        })
+    }
+
+    /// Processes `data`, TLS bytes just read from the socket (decrypted in place, so it
+    /// is the caller's scratch). Appends the plaintext to `plain` and queues what rustls
+    /// answers (handshake flights, tickets, key updates) in `unsent`. An error leaves
+    /// the alert to send in `unsent`; the connection must then be closed.
+    pub fn read(&mut self, data: &mut [u8], plain: &mut Vec<u8>) -> Result<Input, rustls::Error> {
+        let Session { conn, partial, unsent, .. } = self;
+        let carried = !partial.is_empty();
+        let buf: &mut [u8] = if carried {
+            partial.extend_from_slice(data);
+            partial
+        } else {
+            &mut *data
+        };
+        let mut used = 0;
+        let mut input = Input::More;
+        let mut failed = None;
+        loop {
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut buf[used..]);
+            let more = match state {
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    while let Some(record) = r.next_record() {
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                plain.extend_from_slice(record.payload);
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    failed.is_none()
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    encode(&mut e, unsent);
+                    true
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    // Sent in order from `unsent` by the caller's next flush.
+                    t.done();
+                    true
+                }
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                    input = Input::PeerClosed;
+                    false
+                }
+                // BlockedHandshake, WriteTraffic: everything complete has been
+                // processed. (Early data is not enabled.)
+                Ok(_) => false,
+            };
+            used += discard;
+            if !more {
+                break;
+            }
+        }
+        let left = buf.len() - used;
+        if let Some(e) = failed {
+            self.drain_alerts();
+            return Err(e);
+        }
+        if left > MAX_PARTIAL {
+            return Err(rustls::Error::General("TLS record or handshake message too large".into()));
+        }
+        if carried {
+            self.partial.drain(..used);
+            if self.partial.is_empty() {
+                self.partial = Vec::new();
+            }
+        } else if left > 0 {
+            self.partial = data[used..].to_vec();
+        }
+        Ok(input)
+    }
+
+    /// Encrypts `plain` as application data and appends the records to `out`.
+    pub fn write(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), rustls::Error> {
+        if plain.is_empty() {
+            return Ok(());
+        }
+        loop {
+            match self.conn.process_tls_records(&mut []).state? {
+                ConnectionState::EncodeTlsData(mut e) => encode(&mut e, out),
+                ConnectionState::TransmitTlsData(t) => t.done(),
+                ConnectionState::WriteTraffic(mut w) => {
+                    let start = out.len();
+                    let mut room = plain.len() + plain.len().div_ceil(MAX_FRAGMENT) * RECORD_OVERHEAD;
+                    loop {
+                        out.resize(start + room, 0);
+                        match w.encrypt(plain, &mut out[start..]) {
+                            Ok(n) => {
+                                out.truncate(start + n);
+                                return Ok(());
+                            }
+                            Err(EncryptError::InsufficientSize(s)) if s.required_size > room => room = s.required_size,
+                            Err(e) => {
+                                out.truncate(start);
+                                return Err(rustls::Error::General(e.to_string()));
+                            }
+                        }
+                    }
+                }
+                _ => return Err(rustls::Error::HandshakeNotComplete),
+            }
         }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    /// Appends a `close_notify` alert to `out` (once, and only once the handshake is
+    /// done).
+    pub fn close_notify(&mut self, out: &mut Vec<u8>) {
+        if self.notified {
+            return;
+        }
+        if let Ok(ConnectionState::WriteTraffic(mut w)) = self.conn.process_tls_records(&mut []).state {
+            self.notified = true;
+            let start = out.len();
+            out.resize(start + 64, 0);
+            let n = w.queue_close_notify(&mut out[start..]).unwrap_or(0);
+            out.truncate(start + n);
+        }
+    }
+
+    /// Queues in `unsent` what rustls holds after an error (its alert).
+    fn drain_alerts(&mut self) {
+        let Session { conn, unsent, .. } = self;
+        // Each call hands over one queued record; a handful at most.
+        for _ in 0..8 {
+            match conn.process_tls_records(&mut []).state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, unsent),
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
+            }
+        }
+    }
+
+    /// Full or resumed, once known.
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.conn.handshake_kind()
+    }
+}
+
+/// Appends one handshake record rustls hands over to `out`.
+fn encode(e: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut room = 1024;
+    loop {
+        out.resize(start + room, 0);
+        match e.encode(&mut out[start..]) {
+            Ok(n) => return out.truncate(start + n),
+            Err(EncodeError::InsufficientSize(s)) => room = s.required_size,
+            Err(EncodeError::AlreadyEncoded) => return out.truncate(start),
+        }
     }
 }

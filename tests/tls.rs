@@ -256,3 +256,47 @@ fn garbage_on_the_tls_port_is_refused_and_others_are_served() {
     send(&mut c, Encoding::Json, "tls-ok2", "fine");
     assert!(matches!(recv(&mut c), ServerFrame::Ack(_)));
 }
+
+#[test]
+fn a_client_hello_split_across_records_then_junk_is_refused_and_others_are_served() {
+    let server = Server::start_with(1, "tls_dev = true");
+    let cfg = client_config(&server.dir.join("dev-cert.pem"), &rustls::version::TLS13);
+    // A real ClientHello, re-framed so its first record carries only part of the
+    // handshake message: the server must hold the part while it waits for the rest.
+    let mut hello = Vec::new();
+    let mut c = ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    c.write_tls(&mut hello).unwrap();
+    let body = &hello[5..];
+    assert!(hello[0] == 22 && body.len() > 100, "one handshake record");
+    let part = |b: &[u8]| [&[22, 3, 1, (b.len() >> 8) as u8, b.len() as u8][..], b].concat();
+    for junk in [
+        // then an application-data record before the handshake is done
+        vec![23, 3, 3, 0, 4, 1, 2, 3, 4],
+        // then a record of an unknown content type
+        vec![99, 3, 3, 0, 1, 0],
+        // then a close_notify alert
+        vec![21, 3, 3, 0, 2, 1, 0],
+        // then a record header announcing more than a record may hold
+        vec![22, 3, 3, 0x48, 0x01],
+    ] {
+        let started = std::time::Instant::now();
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(&part(&body[..100])).unwrap();
+        s.write_all(&junk).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf); // an alert, then EOF
+                                         // Closed at once, not by the handshake timeout (10 s).
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{junk:?} was not refused");
+    }
+    // The rest of the message in a second record completes the handshake.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(&[part(&body[..100]), part(&body[100..])].concat()).unwrap();
+    let mut reply = [0u8; 5];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[0], 22, "a ServerHello record answers the joined ClientHello");
+    let mut ok = connect(&server, &cfg, "tls-after-junk", Encoding::Json);
+    send(&mut ok, Encoding::Json, "tls-other", "fine");
+    assert!(matches!(recv(&mut ok), ServerFrame::Ack(_)));
+}

@@ -28,3 +28,115 @@ pub fn ws_frames(data: &[u8]) {
     }
     let _ = crate::ws::partial_after(data, 0, data.len() / 2);
 }
+
+/// The TLS configuration and a client configuration that trusts it (built once).
+fn tls_configs() -> &'static (std::sync::Arc<rustls::ServerConfig>, std::sync::Arc<rustls::ClientConfig>) {
+    static CFG: OnceLock<(std::sync::Arc<rustls::ServerConfig>, std::sync::Arc<rustls::ClientConfig>)> =
+        OnceLock::new();
+    CFG.get_or_init(|| {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a test certificate");
+        let server = crate::tls::config_from_pem(c.cert.pem().as_bytes(), c.key_pair.serialize_pem().as_bytes())
+            .expect("a TLS configuration");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(c.cert.der().clone()).expect("a root");
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (server, std::sync::Arc::new(client))
+    })
+}
+
+/// A TLS server session fed records. The first byte sets the read size (so records are
+/// split across reads at every offset). If its top bit is clear, the rest is hostile
+/// input, fed until the session fails. If it is set, a real client completes a
+/// handshake first, and the rest is a script of what the client does (application
+/// data, key updates, close_notify) and of what the server sends back; every byte the
+/// client sends must come out of the session intact, in order. Nothing may panic, and
+/// the input carried between reads must stay bounded.
+pub fn tls_records(data: &[u8]) {
+    let (server, client) = tls_configs();
+    let Some((&first, rest)) = data.split_first() else { return };
+    let step = usize::from(first & 0x7f).max(1);
+    let mut session = crate::tls::Session::new(server.clone()).expect("a TLS session");
+    let mut plain = Vec::new();
+    let feed = |session: &mut crate::tls::Session, bytes: &[u8], plain: &mut Vec<u8>| {
+        for chunk in bytes.chunks(step) {
+            let mut chunk = chunk.to_vec();
+            session.read(&mut chunk, plain)?;
+            assert!(session.carried() <= crate::tls::MAX_PARTIAL, "TLS input held past the bound");
+        }
+        Ok::<(), rustls::Error>(())
+    };
+    if first & 0x80 == 0 {
+        let _ = feed(&mut session, rest, &mut plain);
+        let _ = session.write(b"never sent before the handshake", &mut Vec::new());
+        return;
+    }
+    let mut c =
+        rustls::ClientConnection::new(client.clone(), "localhost".try_into().expect("a name")).expect("a client");
+    // The handshake: flights back and forth until neither side has more to say.
+    for _ in 0..8 {
+        let mut out = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut out).expect("client output");
+        }
+        feed(&mut session, &out, &mut plain).expect("the server accepts a real handshake");
+        let answer = std::mem::take(&mut session.unsent);
+        let mut a = &answer[..];
+        while !a.is_empty() {
+            c.read_tls(&mut a).expect("client input");
+            c.process_new_packets().expect("the client accepts the server's flight");
+        }
+        if out.is_empty() && answer.is_empty() {
+            break;
+        }
+    }
+    assert!(!c.is_handshaking(), "the handshake completes");
+    let (mut sent, mut closed, mut failed) = (Vec::new(), false, false);
+    let mut script = rest.iter();
+    while let Some(&op) = script.next() {
+        let len = usize::from(*script.next().unwrap_or(&0)) * 61;
+        match op % 4 {
+            0 => {
+                let bytes: Vec<u8> = (0..len).map(|i| (i as u8) ^ op).collect();
+                use std::io::Write as _;
+                c.writer().write_all(&bytes).expect("client write");
+                sent.extend_from_slice(&bytes);
+            }
+            1 => {
+                let _ = c.refresh_traffic_keys();
+            }
+            2 => {
+                c.send_close_notify();
+                closed = true;
+            }
+            _ => {
+                let mut out = std::mem::take(&mut session.unsent);
+                let bytes = vec![op; len];
+                session.write(&bytes, &mut out).expect("the server encrypts");
+                let mut a = &out[..];
+                let mut got = Vec::new();
+                while !a.is_empty() {
+                    c.read_tls(&mut a).expect("client input");
+                    c.process_new_packets().expect("the client decrypts the server's records");
+                    use std::io::Read as _;
+                    let _ = c.reader().read_to_end(&mut got);
+                }
+                assert!(got == bytes, "the client read other bytes than the server sent");
+            }
+        }
+        let mut out = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut out).expect("client output");
+        }
+        if feed(&mut session, &out, &mut plain).is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(sent.starts_with(&plain), "the server read bytes the client did not send");
+    assert!(closed || failed || plain == sent, "the server lost bytes the client sent");
+}

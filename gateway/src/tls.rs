@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic};
 use rustls::ServerConfig;
 
 /// Where the certificate comes from.
@@ -40,13 +40,16 @@ pub enum CertSource {
 /// Builds the rustls configuration from PEM files.
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &read(cert)?[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
-    anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &read(key)?[..])
-        .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?
-        .ok_or_else(|| anyhow::anyhow!("{} holds no private key", key.display()))?;
+    config_from_pem(&read(cert)?, &read(key)?)
+        .map_err(|e| anyhow::anyhow!("{} / {}: {e}", cert.display(), key.display()))
+}
+
+/// Builds the rustls configuration from a PEM certificate chain and private key.
+pub fn config_from_pem(cert: &[u8], key: &[u8]) -> anyhow::Result<Arc<ServerConfig>> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert[..]).collect::<Result<_, _>>()?;
+    anyhow::ensure!(!chain.is_empty(), "no certificate in the chain file");
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut &key[..])?.ok_or_else(|| anyhow::anyhow!("no private key in the key file"))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -83,7 +86,7 @@ pub fn dev_cert(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 
 /// Most TLS input held for one connection while a record (or, during the handshake, a
 /// handshake message up to 64 KiB spread over records) is incomplete.
-const MAX_PARTIAL: usize = 0x1_0000 + 0x4800;
+pub const MAX_PARTIAL: usize = 0x1_0000 + 0x4800;
 
 /// Bytes added to each record of at most 16 KiB of application data: header (5),
 /// content type (1), AEAD tag (16).
@@ -102,6 +105,9 @@ pub struct Session {
     pub unsent: Vec<u8>,
     /// A `close_notify` was queued.
     notified: bool,
+    /// Input failed: the session is dead and rustls must not be called again (its
+    /// state may point into input that was not kept).
+    failed: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -127,6 +133,7 @@ impl Session {
             partial: Vec::new(),
             unsent: Vec::new(),
             notified: false,
+            failed: false,
         })
     }
 
@@ -134,8 +141,15 @@ impl Session {
     /// is the caller's scratch). Appends the plaintext to `plain` and queues what rustls
     /// answers (handshake flights, tickets, key updates) in `unsent`. An error leaves
     /// the alert to send in `unsent`; the connection must then be closed.
+    ///
+    /// rustls's unbuffered API wants every call to see the input it has not discarded
+    /// yet (a handshake message being joined across records is tracked by position), so
+    /// what is left after a read is carried in `partial` and handed back first.
     pub fn read(&mut self, data: &mut [u8], plain: &mut Vec<u8>) -> Result<Input, rustls::Error> {
-        let Session { conn, partial, unsent, .. } = self;
+        if self.failed {
+            return Err(rustls::Error::General("TLS session already failed".into()));
+        }
+        let Session { conn, partial, unsent, failed: dead, .. } = self;
         let carried = !partial.is_empty();
         let buf: &mut [u8] = if carried {
             partial.extend_from_slice(data);
@@ -190,21 +204,27 @@ impl Session {
                 break;
             }
         }
-        let left = buf.len() - used;
         if let Some(e) = failed {
-            self.drain_alerts();
+            // rustls queued one fatal alert: hand it over. (One call only: a second
+            // would process the input again and fail again.)
+            if let Ok(ConnectionState::EncodeTlsData(mut e)) = conn.process_tls_records(&mut buf[used..]).state {
+                encode(&mut e, unsent);
+            }
+            *dead = true;
             return Err(e);
         }
+        let left = buf.len() - used;
         if left > MAX_PARTIAL {
+            *dead = true;
             return Err(rustls::Error::General("TLS record or handshake message too large".into()));
         }
         if carried {
-            self.partial.drain(..used);
-            if self.partial.is_empty() {
-                self.partial = Vec::new();
+            partial.drain(..used);
+            if partial.is_empty() {
+                *partial = Vec::new();
             }
         } else if left > 0 {
-            self.partial = data[used..].to_vec();
+            *partial = data[used..].to_vec();
         }
         Ok(input)
     }
@@ -214,31 +234,24 @@ impl Session {
         if plain.is_empty() {
             return Ok(());
         }
-        loop {
-            match self.conn.process_tls_records(&mut []).state? {
-                ConnectionState::EncodeTlsData(mut e) => encode(&mut e, out),
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::WriteTraffic(mut w) => {
-                    let start = out.len();
-                    let mut room = plain.len() + plain.len().div_ceil(MAX_FRAGMENT) * RECORD_OVERHEAD;
-                    loop {
-                        out.resize(start + room, 0);
-                        match w.encrypt(plain, &mut out[start..]) {
-                            Ok(n) => {
-                                out.truncate(start + n);
-                                return Ok(());
-                            }
-                            Err(EncryptError::InsufficientSize(s)) if s.required_size > room => room = s.required_size,
-                            Err(e) => {
-                                out.truncate(start);
-                                return Err(rustls::Error::General(e.to_string()));
-                            }
-                        }
+        self.writable(out, |w, out| {
+            let start = out.len();
+            let mut room = plain.len() + plain.len().div_ceil(MAX_FRAGMENT) * RECORD_OVERHEAD;
+            loop {
+                out.resize(start + room, 0);
+                match w.encrypt(plain, &mut out[start..]) {
+                    Ok(n) => {
+                        out.truncate(start + n);
+                        return Ok(());
+                    }
+                    Err(EncryptError::InsufficientSize(s)) if s.required_size > room => room = s.required_size,
+                    Err(e) => {
+                        out.truncate(start);
+                        return Err(rustls::Error::General(e.to_string()));
                     }
                 }
-                _ => return Err(rustls::Error::HandshakeNotComplete),
             }
-        }
+        })?
     }
 
     /// Appends a `close_notify` alert to `out` (once, and only once the handshake is
@@ -247,26 +260,57 @@ impl Session {
         if self.notified {
             return;
         }
-        if let Ok(ConnectionState::WriteTraffic(mut w)) = self.conn.process_tls_records(&mut []).state {
-            self.notified = true;
+        let queued = self.writable(out, |w, out| {
             let start = out.len();
             out.resize(start + 64, 0);
             let n = w.queue_close_notify(&mut out[start..]).unwrap_or(0);
             out.truncate(start + n);
-        }
+        });
+        self.notified = queued.is_ok();
     }
 
-    /// Queues in `unsent` what rustls holds after an error (its alert).
-    fn drain_alerts(&mut self) {
-        let Session { conn, unsent, .. } = self;
-        // Each call hands over one queued record; a handful at most.
-        for _ in 0..8 {
-            match conn.process_tls_records(&mut []).state {
-                Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, unsent),
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => break,
+    /// Runs `f` once the session may send application data, after appending to `out`
+    /// any record rustls has queued first (a key update answer, say).
+    fn writable<R>(
+        &mut self,
+        out: &mut Vec<u8>,
+        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> R,
+    ) -> Result<R, rustls::Error> {
+        // Before the handshake is done rustls may be joining a message in input this
+        // call would not show it; after a failure its state is not to be trusted.
+        if self.failed || self.conn.is_handshaking() {
+            return Err(rustls::Error::HandshakeNotComplete);
+        }
+        let Session { conn, partial, .. } = self;
+        let mut f = Some(f);
+        // Each turn hands over one queued record; a stuck session ends with an error.
+        for _ in 0..64 {
+            // The carried input, not an empty slice: rustls may be tracking a message
+            // being joined in it (an empty slice there makes rustls index past its end).
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(partial);
+            let done = match state? {
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode(&mut e, out);
+                    None
+                }
+                ConnectionState::TransmitTlsData(t) => {
+                    t.done();
+                    None
+                }
+                ConnectionState::WriteTraffic(mut w) => f.take().map(|f| f(&mut w, out)),
+                _ => return Err(rustls::Error::HandshakeNotComplete),
+            };
+            partial.drain(..discard);
+            if let Some(r) = done {
+                return Ok(r);
             }
         }
+        Err(rustls::Error::General("TLS session did not become writable".into()))
+    }
+
+    /// TLS input held until more arrives (bytes).
+    pub fn carried(&self) -> usize {
+        self.partial.len()
     }
 
     /// Full or resumed, once known.
@@ -276,7 +320,7 @@ impl Session {
 }
 
 /// Appends one handshake record rustls hands over to `out`.
-fn encode(e: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>, out: &mut Vec<u8>) {
+fn encode(e: &mut rustls::unbuffered::EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) {
     let start = out.len();
     let mut room = 1024;
     loop {

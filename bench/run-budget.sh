@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Measures the budget of issue 5 on this host (loopback only; every run bounded).
-# Usage: bench/run-budget.sh OUTDIR   (writes one JSON report per run, and a log)
+# Usage: bench/run-budget.sh OUTDIR [PART...]   (one JSON report per run, and a log)
+# PART: idle, storm, tls, chat, fanout, during-storm, reconnect (default: all of them).
 # Each measurement starts a fresh release gateway (2 shards, embedded storage in a
 # temporary directory) so memory figures are not polluted by earlier runs.
 set -euo pipefail
-out=${1:?usage: bench/run-budget.sh OUTDIR}
+out=${1:?usage: bench/run-budget.sh OUTDIR [PART...]}
+shift
+parts=" ${*:-idle storm tls chat fanout during-storm reconnect} "
+want() { [[ $parts == *" $1 "* ]]; }
 mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release -q -p switchboard -p switchboard-bench --manifest-path "$root/Cargo.toml"
@@ -30,6 +34,7 @@ run() { # run NAME args...   (one JSON report to $out/NAME.json)
   "$bench" "$@" --addr "$addr" --server-pid "$pid" --json > "$out/$name.json" 2>> "$out/log"
 }
 
+if want idle; then
 # Idle memory per connection, flatness from 1,000 to 19,000 (two processes above 10K).
 for n in 1000 5000 10000; do
   start ""; run "storm-idle-$n" storm --connections $n --rate 5000 --hold 2 --sources 127.0.0.2-127.0.0.20 --tag i$n; stop
@@ -42,7 +47,10 @@ wait $bg
 "$bench" merge "$out/storm-idle-19000-a.json" "$out/storm-idle-19000-b.json" > "$out/storm-idle-19000.json" 2>> "$out/log"
 stop
 
-# Connection storm rate: plain (two client processes, 2 threads each), TLS full and resumed.
+fi
+
+if want storm; then
+# Connection storm rate: plain (two client processes, one executor each).
 start ""
 "$bench" storm --addr "$addr" --server-pid "$pid" --json --connections 9000 --rate 40000 --hold 1 --threads 1 --sources 127.0.0.2-127.0.0.20 --tag p1 > "$out/storm-rate-a.json" 2>> "$out/log" &
 bg=$!
@@ -50,6 +58,9 @@ bg=$!
 wait $bg
 "$bench" merge "$out/storm-rate-a.json" "$out/storm-rate-b.json" > "$out/storm-rate.json" 2>> "$out/log"
 stop
+fi
+
+if want tls; then
 start "" --tls-dev
 # TLS handshakes cost the client more CPU than the server: two client executors.
 run storm-tls-full storm --connections 8000 --rate 10000 --hold 1 --threads 2 --tls-ca "$tmp/d/dev-cert.pem" --no-resume --sources 127.0.0.2-127.0.0.20 --tag t1
@@ -63,6 +74,9 @@ start "" --tls-dev
 run storm-tls-idle storm --connections 5000 --rate 2000 --hold 2 --tls-ca "$tmp/d/dev-cert.pem" --no-resume --sources 127.0.0.2-127.0.0.20 --tag t3
 stop
 
+fi
+
+if want chat; then
 # Durable 1:1 messaging: 1,000 pairs, 64-byte bodies, open loop.
 for rate in 20000 40000; do
   start ""; run "chat-$rate" chat --users 2000 --rate $rate --secs 10 --body 64 --tag c$rate; stop
@@ -71,9 +85,15 @@ start ""; run chat-100k chat --users 10000 --rate 100000 --secs 10 --body 64 --t
 # A mix: 20% of traffic to 50 groups of 20.
 start ""; run chat-mix chat --users 2000 --rate 10000 --secs 10 --body 32-512 --groups 50 --group-size 20 --group-share 0.2 --tag mix; stop
 
+fi
+
+if want fanout; then
 # Fan-out: one 5,000-member group, 50 msg/s = 250,000 deliveries/s asked.
 start ""; run fanout-5000 fanout --members 5000 --rate 50 --secs 10 --threads 2 --tag fan; stop
 
+fi
+
+if want during-storm; then
 # Latency under a storm: chat at 5,000 msg/s for 30 s; a 10,000-connection storm from
 # second 10 (a second process). Compare the chat timeline's p99 before and during.
 start ""
@@ -84,6 +104,11 @@ sleep 12
 wait $chatpid
 stop
 
+fi
+
+if want reconnect; then
 # Mass reconnect with sync.
 start ""; run reconnect-10000 reconnect --users 10000 --before 3 --missed 5 --threads 2 --tag rc; stop
+fi
+
 echo "done: $out" | tee -a "$out/log"

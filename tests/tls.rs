@@ -239,6 +239,44 @@ fn wss_split_records_large_messages_and_a_reader_that_falls_behind() {
 }
 
 #[test]
+fn a_wss_reader_that_stops_reading_is_closed_at_max_outbound() {
+    let server = Server::start_with(1, "tls_dev = true\nmax_frames_per_sec = 100000\nmax_outbound = 65536");
+    let cfg = client_config(&server.dir.join("dev-cert.pem"), &rustls::version::TLS13);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(8192).unwrap();
+    sock.connect(&server.addr.into()).unwrap();
+    let sock: TcpStream = sock.into();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = connect_on(sock, &server, &cfg, "tls-stalled", Encoding::Json);
+    let mut bulk = connect(&server, &cfg, "tls-flood", Encoding::FlatBuffers);
+    const N: usize = 300; // 12 MB: far past the socket buffers and max_outbound
+    for i in 0..N {
+        send_body(&mut bulk, Encoding::FlatBuffers, "tls-stalled", &format!("f{i}"), &big_body(&format!("f{i}")));
+        assert!(matches!(recv(&mut bulk), ServerFrame::Ack(_)));
+    }
+    // The reader gets what was queued before the bound, in order and intact, then a
+    // 1008 close; the TLS stream itself stays valid to the end.
+    let mut got = 0;
+    let code = loop {
+        match reader.read().expect("frames, then a close") {
+            WsMessage::Text(t) => {
+                let ServerFrame::Msg(m) = wire::json::decode_server(t.as_bytes()).unwrap() else { continue };
+                assert_eq!(m.client_msg_id, format!("f{got}"));
+                assert!(m.body == big_body(&m.client_msg_id).into_bytes());
+                got += 1;
+            }
+            WsMessage::Close(c) => break c.map(|c| u16::from(c.code)),
+            _ => {}
+        }
+    };
+    assert_eq!(code, Some(1008), "closed as a slow reader after {got} messages");
+    assert!(got < N, "the server held all {N} messages for a reader that did not read");
+    // The sender is unaffected.
+    send(&mut bulk, Encoding::FlatBuffers, "tls-other", "still here");
+    assert!(matches!(recv(&mut bulk), ServerFrame::Ack(_)));
+}
+
+#[test]
 fn garbage_on_the_tls_port_is_refused_and_others_are_served() {
     use std::io::{Read, Write};
     let server = Server::start_with(1, "tls_dev = true");

@@ -76,6 +76,12 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Bytes queued for the socket: `out`, and for WSS the ciphertext the socket has
+    /// not taken yet. The slow-reader bound (`max_outbound`) applies to this.
+    pub fn backlog(&self) -> usize {
+        self.out.len() + self.tls.as_ref().map_or(0, |t| t.unsent.len())
+    }
+
     /// A freshly accepted socket.
     pub fn accepted(fd: RawFd, gen: u32, now: u32) -> Conn {
         Conn {

@@ -473,7 +473,7 @@ impl Shard {
                 });
                 conn.out.extend_from_slice(bytes);
                 delivered += 1;
-                if conn.write_armed && conn.out.len() > self.cfg.max_outbound {
+                if conn.write_armed && conn.backlog() > self.cfg.max_outbound {
                     overflowed.push(id);
                 }
                 if !conn.dirty {

@@ -1017,7 +1017,7 @@ impl Shard {
         ws::write_frame_with(&mut conn.out, data_opcode(enc), |o| enc.encode_server(frame, o));
         // While the socket is known full, the queue only grows: enforce the bound now.
         // Otherwise the flush at the end of the turn tries the socket first.
-        let over = conn.write_armed && conn.out.len() > self.cfg.max_outbound;
+        let over = conn.write_armed && conn.backlog() > self.cfg.max_outbound;
         self.mark_dirty(id);
         if over {
             self.overflow(id);

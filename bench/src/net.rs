@@ -264,7 +264,13 @@ pub async fn open(target: &Target, n: usize, user: &str) -> anyhow::Result<Conn>
 
 /// [`open`] as another device of the user (a device's new connection replaces its old one).
 pub async fn open_device(target: &Target, n: usize, user: &str, device: &str) -> anyhow::Result<Conn> {
-    let attempt = open_inner(target, n, user, device);
+    open_with_token(target, n, &token(&target.secret, user, device)).await
+}
+
+/// [`open`] with a token minted beforehand (a device holds its token before it
+/// connects; `storm` mints them outside the measured phase).
+pub async fn open_with_token(target: &Target, n: usize, token: &str) -> anyhow::Result<Conn> {
+    let attempt = open_token(target, n, token);
     let timeout = async {
         glommio::timer::sleep(UPGRADE_TIMEOUT).await;
         Err(anyhow::anyhow!("upgrade timed out"))
@@ -272,7 +278,7 @@ pub async fn open_device(target: &Target, n: usize, user: &str, device: &str) ->
     futures_lite::future::or(attempt, timeout).await
 }
 
-async fn open_inner(target: &Target, n: usize, user: &str, device: &str) -> anyhow::Result<Conn> {
+async fn open_token(target: &Target, n: usize, token: &str) -> anyhow::Result<Conn> {
     let s = tcp(target, n).await?;
     let mut resumed = false;
     let mut s: Boxed = match &target.tls {
@@ -292,7 +298,7 @@ async fn open_inner(target: &Target, n: usize, user: &str, device: &str) -> anyh
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: {}\r\n\
          Authorization: Bearer {}\r\n\r\n",
         target.encoding.subprotocol(),
-        token(&target.secret, user, device)
+        token
     );
     s.write_all(req.as_bytes()).await?;
     s.flush().await?;

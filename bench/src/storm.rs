@@ -140,17 +140,21 @@ async fn exec_main(
     if args.resume {
         prime(&args, &targets, per_exec, &gate).await;
     }
+    // Tokens are minted before the measured phase, as a device holds its token before
+    // it connects: signing them inside it measured the client's HMAC, not the server.
+    let tokens: Vec<String> =
+        targets.iter().map(|(i, t)| net::token(&t.secret, &format!("{}-{i}", args.tag), "bench")).collect();
     let inflight = Rc::new(std::cell::Cell::new(0usize));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(targets.len());
-    for (k, (i, target)) in targets.into_iter().enumerate() {
+    for (k, ((i, target), token)) in targets.into_iter().zip(tokens).enumerate() {
         pace(start, k, per_exec, &inflight, args.max_inflight).await;
         let (out, live, inflight) = (out.clone(), live.clone(), inflight.clone());
         let release = release.clone();
-        let (tag, heartbeat) = (args.tag.clone(), Duration::from_secs(args.heartbeat_secs.max(1)));
+        let heartbeat = Duration::from_secs(args.heartbeat_secs.max(1));
         tasks.push(glommio::spawn_local(async move {
             let t0 = Instant::now();
-            let r = net::open(&target, i, &format!("{tag}-{i}")).await;
+            let r = net::open_with_token(&target, i, &token).await;
             inflight.set(inflight.get() - 1);
             let mut conn = match r {
                 Ok(c) => c,

@@ -277,6 +277,24 @@ fn admin_endpoint_reports_metrics_readiness_and_drains() {
     assert_eq!(total("switchboard_messages_stored_total"), 3, "{metrics}");
     assert_eq!(total("switchboard_deliveries_total"), 3, "{metrics}");
     assert!(total("switchboard_accepted_total") >= 2, "{metrics}");
+    // Every commit is in the duration histogram; its +Inf bucket is its count.
+    let commits = total("switchboard_commits_total");
+    assert!(commits >= 1, "{metrics}");
+    let series = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(series("switchboard_commit_duration_seconds_count{") as u64, commits, "{metrics}");
+    assert_eq!(
+        series("switchboard_commit_duration_seconds_bucket{shard=\"0\",le=\"+Inf\"}")
+            + series("switchboard_commit_duration_seconds_bucket{shard=\"1\",le=\"+Inf\"}"),
+        commits as f64,
+        "{metrics}"
+    );
+    assert!(series("switchboard_commit_duration_seconds_sum{") > 0.0, "{metrics}");
     // The drain command: not ready any more, clients told 1012, exit 0.
     assert_eq!(admin_request(&server, "POST", "/drain").0, 202);
     assert_eq!(a.expect_close(), 1012);

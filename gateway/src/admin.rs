@@ -57,12 +57,29 @@ pub struct ShardStats {
     pub tls_handshakes: AtomicU64,
     /// Of those, the ones that resumed an earlier session (a ticket) instead of a full handshake.
     pub tls_resumed: AtomicU64,
+    /// Group commits by duration: `commit_le[i]` counts those that took at most
+    /// `COMMIT_BUCKETS_US[i]` and more than the bucket before; the last one, longer ones.
+    pub commit_le: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
+    /// Total duration of those commits, in microseconds.
+    pub commit_us: AtomicU64,
 }
+
+/// Upper bounds (µs) of the commit-duration histogram's buckets.
+pub const COMMIT_BUCKETS_US: [u64; 10] = [250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000];
 
 impl ShardStats {
     /// Adds one to a counter (its shard is the only writer).
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one group commit (from the start of the batch to the storage's answer,
+    /// failed ones included).
+    pub fn observe_commit(&self, took: Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        let i = COMMIT_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(COMMIT_BUCKETS_US.len());
+        Self::bump(&self.commit_le[i]);
+        self.commit_us.fetch_add(us, Ordering::Relaxed);
     }
 }
 
@@ -93,6 +110,20 @@ fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
         for (k, s) in stats.iter().enumerate() {
             out.push_str(&format!("{name}{{shard=\"{k}\"}} {}\n", get(s).load(Ordering::Relaxed)));
         }
+    }
+    let name = "switchboard_commit_duration_seconds";
+    out.push_str(&format!(
+        "# HELP {name} Group commits by duration (batch start to the storage's answer).\n# TYPE {name} histogram\n"
+    ));
+    for (k, s) in stats.iter().enumerate() {
+        let mut count = 0;
+        for (i, bucket) in s.commit_le.iter().enumerate() {
+            count += bucket.load(Ordering::Relaxed);
+            let le = COMMIT_BUCKETS_US.get(i).map_or("+Inf".to_owned(), |&us| format!("{}", us as f64 / 1e6));
+            out.push_str(&format!("{name}_bucket{{shard=\"{k}\",le=\"{le}\"}} {count}\n"));
+        }
+        let sum = s.commit_us.load(Ordering::Relaxed) as f64 / 1e6;
+        out.push_str(&format!("{name}_sum{{shard=\"{k}\"}} {sum}\n{name}_count{{shard=\"{k}\"}} {count}\n"));
     }
     let draining = u8::from(drain.requested.load(Ordering::Relaxed));
     out.push_str(&format!(

@@ -358,6 +358,9 @@ impl Shard {
 
     fn on_committed(&mut self, batch: Vec<Pending>, r: Result<(), StoreError>) {
         self.convs.in_flight = false;
+        if let Some(started) = self.convs.last_commit {
+            self.stats().observe_commit(started.elapsed());
+        }
         if let Err(e) = r {
             return self.on_commit_failed(batch, &e);
         }

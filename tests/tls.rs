@@ -173,6 +173,17 @@ impl Write for Dribble {
     }
 }
 
+/// A socket to the server whose receive buffer is pinned small (no autotuning): a
+/// reader that stops reading backs up into the server quickly.
+fn small_rcvbuf(server: &Server) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(8192).unwrap();
+    sock.connect(&server.addr.into()).unwrap();
+    let sock: TcpStream = sock.into();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    sock
+}
+
 /// A 40 KiB body (three TLS records) that differs per message.
 fn big_body(tag: &str) -> String {
     let mut b = format!("{tag}:");
@@ -188,12 +199,7 @@ fn wss_split_records_large_messages_and_a_reader_that_falls_behind() {
     let cfg = client_config(&server.dir.join("dev-cert.pem"), &rustls::version::TLS13);
     // The reader's receive buffer is pinned small, so the server's socket fills and
     // ciphertext waits in the session until the reader catches up.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(8192).unwrap();
-    sock.connect(&server.addr.into()).unwrap();
-    let sock: TcpStream = sock.into();
-    sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut reader = connect_on(sock, &server, &cfg, "tls-reader", Encoding::FlatBuffers);
+    let mut reader = connect_on(small_rcvbuf(&server), &server, &cfg, "tls-reader", Encoding::FlatBuffers);
     // One sender dribbles its bytes: every record reaches the server in pieces.
     let tcp = TcpStream::connect(server.addr).unwrap();
     tcp.set_nodelay(true).unwrap();
@@ -242,12 +248,7 @@ fn wss_split_records_large_messages_and_a_reader_that_falls_behind() {
 fn a_wss_reader_that_stops_reading_is_closed_at_max_outbound() {
     let server = Server::start_with(1, "tls_dev = true\nmax_frames_per_sec = 100000\nmax_outbound = 65536");
     let cfg = client_config(&server.dir.join("dev-cert.pem"), &rustls::version::TLS13);
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(8192).unwrap();
-    sock.connect(&server.addr.into()).unwrap();
-    let sock: TcpStream = sock.into();
-    sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut reader = connect_on(sock, &server, &cfg, "tls-stalled", Encoding::Json);
+    let mut reader = connect_on(small_rcvbuf(&server), &server, &cfg, "tls-stalled", Encoding::Json);
     let mut bulk = connect(&server, &cfg, "tls-flood", Encoding::FlatBuffers);
     const N: usize = 300; // 12 MB: far past the socket buffers and max_outbound
     for i in 0..N {

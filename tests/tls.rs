@@ -1,6 +1,7 @@
 //! End-to-end: WSS with rustls: both TLS versions, handoff of TLS sessions between
-//! shards, session resumption, certificate reload without restart, records split across
-//! reads, multi-record messages, a reader the server must wait for, and hostile bytes.
+//! shards, session resumption, key updates, certificate reload without restart, records
+//! split across reads, multi-record messages, a reader the server must wait for, and
+//! hostile bytes.
 
 mod common;
 
@@ -103,6 +104,11 @@ fn wss_both_versions_across_shards_with_resumption() {
     assert_eq!(wb.get_ref().conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
     assert_eq!(wa.get_ref().conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     for i in 0..50 {
+        if i == 25 {
+            // A TLS 1.3 key update from the client, mid-conversation: the server
+            // answers with its own and both directions go on under the new keys.
+            wa.get_mut().conn.refresh_traffic_keys().unwrap();
+        }
         send(&mut wa, Encoding::FlatBuffers, &b, &format!("a{i}"));
         assert!(matches!(recv(&mut wa), ServerFrame::Ack(x) if x.seq == 2 * i + 1));
         assert!(matches!(recv(&mut wb), ServerFrame::Msg(m) if m.client_msg_id == format!("a{i}")));

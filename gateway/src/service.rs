@@ -1211,7 +1211,8 @@ fn flush_session(conn: &mut Conn, wire: &mut Vec<u8>) -> TlsFlush {
     if !conn.out.is_empty() {
         let out = std::mem::take(&mut conn.out);
         conn.out_partial = 0;
-        if session.write(&out, wire).is_err() {
+        if let Err(e) = session.write(&out, wire) {
+            tracing::debug!("TLS error while encrypting: {e}");
             return TlsFlush::Failed;
         }
     }

@@ -2,9 +2,10 @@
 //! --example tls_memory -- [SESSIONS] [--buffered]`.
 //!
 //! Runs SESSIONS real TLS 1.3 handshakes in memory (a rustls client against the
-//! gateway's `tls::Session`, or with `--buffered` against rustls's buffered
-//! `ServerConnection`, as before 2026-11-23), exchanges one request and response on
-//! each, drops the clients and keeps the server sessions. Prints per session: Rust heap
+//! gateway's `tls::Session`, which leaves rustls's connection after the handshake, or
+//! with `--buffered` against rustls's buffered `ServerConnection`, as before
+//! 2026-11-23), exchanges one request and response on each, drops the clients and keeps
+//! the server sessions. Prints per session: Rust heap
 //! bytes still allocated (a counting wrapper around mimalloc), C heap bytes (glibc's
 //! `mallinfo2`: aws-lc allocates its AEAD contexts with `malloc`), and RSS growth.
 //! No sockets: the gateway's own per-connection memory is measured by
@@ -177,7 +178,7 @@ fn main() {
     let per = |a: isize, b: isize| (a - b) / n as isize;
     println!(
         "{n} idle {} sessions: Rust heap {} B, C heap {} B, RSS {} B per session",
-        if buffered { "buffered ServerConnection" } else { "tls::Session (unbuffered)" },
+        if buffered { "buffered ServerConnection" } else { "tls::Session" },
         per(after.0, before.0),
         per(after.1, before.1),
         per(after.2, before.2),

@@ -740,6 +740,15 @@ mod tests {
         c.writer().write_all(b"after the update").unwrap();
         assert_eq!(pump(&mut c, &mut s).0, b"after the update");
         send(&mut c, &mut s, b"server, after the update");
+        // Several requests in a row get one answer, before the server's next record (a
+        // rustls client refuses a run of key updates: TooManyKeyUpdateRequests).
+        for _ in 0..40 {
+            c.refresh_traffic_keys().unwrap();
+            pump(&mut c, &mut s);
+        }
+        send(&mut c, &mut s, b"after many updates");
+        c.writer().write_all(b"client, after many updates").unwrap();
+        assert_eq!(pump(&mut c, &mut s).0, b"client, after many updates");
         // close_notify both ways.
         c.send_close_notify();
         let mut out = Vec::new();

@@ -40,11 +40,13 @@ fn tls_configs() -> &'static (std::sync::Arc<rustls::ServerConfig>, std::sync::A
         let mut roots = rustls::RootCertStore::empty();
         roots.add(c.cert.der().clone()).expect("a root");
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client = rustls::ClientConfig::builder_with_provider(provider)
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // The forging mode takes the client's keys to seal records of its own.
+        client.enable_secret_extraction = true;
         (server, std::sync::Arc::new(client))
     })
 }
@@ -52,10 +54,13 @@ fn tls_configs() -> &'static (std::sync::Arc<rustls::ServerConfig>, std::sync::A
 /// A TLS server session fed records. The first byte sets the read size (so records are
 /// split across reads at every offset). If its top bit is clear, the rest is hostile
 /// input, fed until the session fails. If it is set, a real client completes a
-/// handshake first, and the rest is a script of what the client does (application
-/// data, key updates, close_notify) and of what the server sends back; every byte the
-/// client sends must come out of the session intact, in order. Nothing may panic, and
-/// the input carried between reads must stay bounded.
+/// handshake first. Then, with the next bit clear, the rest is a script of what the
+/// client does (application data, key updates, close_notify) and of what the server
+/// sends back; every byte the client sends must come out of the session intact, in
+/// order. With that bit set, the client's keys seal records the input makes up (any
+/// inner content type, any payload: alerts, handshake messages, empty records) and the
+/// session must hand on exactly the application data before the first it refuses.
+/// Nothing may panic, and the input carried between reads must stay bounded.
 pub fn tls_records(data: &[u8]) {
     let (server, client) = tls_configs();
     let Some((&first, rest)) = data.split_first() else { return };
@@ -75,6 +80,7 @@ pub fn tls_records(data: &[u8]) {
         let _ = session.write(b"never sent before the handshake", &mut Vec::new());
         return;
     }
+    let forging = first & 0x40 != 0;
     let mut c =
         rustls::ClientConnection::new(client.clone(), "localhost".try_into().expect("a name")).expect("a client");
     // The handshake: flights back and forth until neither side has more to say.
@@ -85,6 +91,12 @@ pub fn tls_records(data: &[u8]) {
         }
         feed(&mut session, &out, &mut plain).expect("the server accepts a real handshake");
         let answer = std::mem::take(&mut session.unsent);
+        if forging && !c.is_handshaking() && !out.is_empty() {
+            // The client's Finished is in. Its answer (tickets, and the key update the
+            // server sends as it leaves rustls, which asks the client to update too) is
+            // not delivered: the client's sending key stays the one the server expects.
+            break;
+        }
         let mut a = &answer[..];
         while !a.is_empty() {
             c.read_tls(&mut a).expect("client input");
@@ -95,6 +107,9 @@ pub fn tls_records(data: &[u8]) {
         }
     }
     assert!(!c.is_handshaking(), "the handshake completes");
+    if forging {
+        return forged_records(c, &mut session, rest, &feed);
+    }
     let (mut sent, mut closed, mut failed) = (Vec::new(), false, false);
     let mut script = rest.iter();
     while let Some(&op) = script.next() {
@@ -139,4 +154,63 @@ pub fn tls_records(data: &[u8]) {
     }
     assert!(sent.starts_with(&plain), "the server read bytes the client did not send");
     assert!(closed || failed || plain == sent, "the server lost bytes the client sent");
+}
+
+/// The forging half of [`tls_records`]: `script` is a list of `[inner type, length,
+/// payload...]` records sealed with the client's own TLS 1.3 keys.
+fn forged_records(
+    client: rustls::ClientConnection,
+    session: &mut crate::tls::Session,
+    script: &[u8],
+    feed: &dyn Fn(&mut crate::tls::Session, &[u8], &mut Vec<u8>) -> Result<(), rustls::Error>,
+) {
+    use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+    let Some(suite) = client.negotiated_cipher_suite().and_then(|s| s.tls13()) else { return };
+    let Ok(secrets) = client.dangerous_extract_secrets() else { return };
+    let (seq, keys) = secrets.tx;
+    let (key, iv) = match keys {
+        rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | rustls::ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | rustls::ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
+        _ => return,
+    };
+    // aws-lc's TLS 1.3 sealing key starts at sequence 0 (the client sent no data yet).
+    if seq != 0 {
+        return;
+    }
+    let mut enc = suite.aead_alg.encrypter(key, iv);
+    let (mut expected, mut plain, mut rest) = (Vec::new(), Vec::new(), script);
+    for seq in 0.. {
+        let [typ, len, ref tail @ ..] = *rest else { break };
+        let len = usize::from(len).min(tail.len());
+        let (payload, tail) = tail.split_at(len);
+        rest = tail;
+        let msg = OutboundPlainMessage {
+            typ: rustls::ContentType::from(typ),
+            version: rustls::ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::Single(payload),
+        };
+        let Ok(sealed) = enc.encrypt(msg, seq) else { return };
+        // What the peer sees (RFC 8446 5.4): the last non-zero byte of payload ++ type is
+        // the content type; zeros after it are padding.
+        let mut inner = payload.to_vec();
+        inner.push(typ);
+        let (typ, payload) = match inner.iter().rposition(|&b| b != 0) {
+            Some(i) => (inner[i], &inner[..i]),
+            None => (0, &[][..]),
+        };
+        let before = plain.len();
+        let fed = feed(session, &sealed.encode(), &mut plain);
+        match rustls::ContentType::from(typ) {
+            rustls::ContentType::ApplicationData if fed.is_ok() => expected.extend_from_slice(payload),
+            _ => assert_eq!(plain.len(), before, "a record of type {typ} came out as application data"),
+        }
+        // Stop when refused, after an alert (close_notify or fatal: nothing more is
+        // read), or after a handshake message (a key update changes the keys the rest
+        // would need).
+        if fed.is_err() || typ == 21 || typ == 22 {
+            break;
+        }
+    }
+    assert!(plain == expected, "the session handed on other bytes than the client's application data");
 }

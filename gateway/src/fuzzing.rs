@@ -67,16 +67,8 @@ pub fn tls_records(data: &[u8]) {
     let step = usize::from(first & 0x7f).max(1);
     let mut session = crate::tls::Session::new(server.clone()).expect("a TLS session");
     let mut plain = Vec::new();
-    let feed = |session: &mut crate::tls::Session, bytes: &[u8], plain: &mut Vec<u8>| {
-        for chunk in bytes.chunks(step) {
-            let mut chunk = chunk.to_vec();
-            session.read(&mut chunk, plain)?;
-            assert!(session.carried() <= crate::tls::MAX_PARTIAL, "TLS input held past the bound");
-        }
-        Ok::<(), rustls::Error>(())
-    };
     if first & 0x80 == 0 {
-        let _ = feed(&mut session, rest, &mut plain);
+        let _ = feed(step, &mut session, rest, &mut plain);
         let _ = session.write(b"never sent before the handshake", &mut Vec::new());
         return;
     }
@@ -89,7 +81,7 @@ pub fn tls_records(data: &[u8]) {
         while c.wants_write() {
             c.write_tls(&mut out).expect("client output");
         }
-        feed(&mut session, &out, &mut plain).expect("the server accepts a real handshake");
+        feed(step, &mut session, &out, &mut plain).expect("the server accepts a real handshake");
         let answer = std::mem::take(&mut session.unsent);
         if forging && !c.is_handshaking() && !out.is_empty() {
             // The client's Finished is in. Its answer (tickets, and the key update the
@@ -108,7 +100,7 @@ pub fn tls_records(data: &[u8]) {
     }
     assert!(!c.is_handshaking(), "the handshake completes");
     if forging {
-        return forged_records(c, &mut session, rest, &feed);
+        return forged_records(c, &mut session, rest, step);
     }
     let (mut sent, mut closed, mut failed) = (Vec::new(), false, false);
     let mut script = rest.iter();
@@ -147,7 +139,7 @@ pub fn tls_records(data: &[u8]) {
         while c.wants_write() {
             c.write_tls(&mut out).expect("client output");
         }
-        if feed(&mut session, &out, &mut plain).is_err() {
+        if feed(step, &mut session, &out, &mut plain).is_err() {
             failed = true;
             break;
         }
@@ -158,12 +150,7 @@ pub fn tls_records(data: &[u8]) {
 
 /// The forging half of [`tls_records`]: `script` is a list of `[inner type, length,
 /// payload...]` records sealed with the client's own TLS 1.3 keys.
-fn forged_records(
-    client: rustls::ClientConnection,
-    session: &mut crate::tls::Session,
-    script: &[u8],
-    feed: &dyn Fn(&mut crate::tls::Session, &[u8], &mut Vec<u8>) -> Result<(), rustls::Error>,
-) {
+fn forged_records(client: rustls::ClientConnection, session: &mut crate::tls::Session, script: &[u8], step: usize) {
     use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
     let Some(suite) = client.negotiated_cipher_suite().and_then(|s| s.tls13()) else { return };
     let Ok(secrets) = client.dangerous_extract_secrets() else { return };
@@ -200,7 +187,7 @@ fn forged_records(
             None => (0, &[][..]),
         };
         let before = plain.len();
-        let fed = feed(session, &sealed.encode(), &mut plain);
+        let fed = feed(step, session, &sealed.encode(), &mut plain);
         match rustls::ContentType::from(typ) {
             rustls::ContentType::ApplicationData if fed.is_ok() => expected.extend_from_slice(payload),
             _ => assert_eq!(plain.len(), before, "a record of type {typ} came out as application data"),
@@ -213,4 +200,20 @@ fn forged_records(
         }
     }
     assert!(plain == expected, "the session handed on other bytes than the client's application data");
+}
+
+/// Feeds `bytes` to the session in reads of `step` bytes, checking the bound on what it
+/// carries between reads.
+fn feed(
+    step: usize,
+    session: &mut crate::tls::Session,
+    bytes: &[u8],
+    plain: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    for chunk in bytes.chunks(step) {
+        let mut chunk = chunk.to_vec();
+        session.read(&mut chunk, plain)?;
+        assert!(session.carried() <= crate::tls::MAX_PARTIAL, "TLS input held past the bound");
+    }
+    Ok(())
 }

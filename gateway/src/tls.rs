@@ -117,6 +117,10 @@ const MAX_CIPHERTEXT: usize = MAX_FRAGMENT + 256;
 /// Empty application-data records accepted in a row (they cost work and carry nothing).
 const MAX_EMPTY_RECORDS: u8 = 32;
 
+/// Key updates accepted from the peer between two records of data (each costs a key
+/// derivation and a new AEAD context).
+const MAX_KEY_UPDATES: u8 = 32;
+
 /// One TLS session over a connection's socket.
 pub struct Session {
     state: State,
@@ -265,6 +269,7 @@ impl Session {
             suite,
             kernel,
             empty: 0,
+            updates: 0,
             answer_update: false,
         }));
         Ok(())
@@ -465,6 +470,8 @@ struct Records {
     rotate_at: u64,
     /// Empty application-data records in a row.
     empty: u8,
+    /// Key updates from the peer since its last record of data.
+    updates: u8,
     /// The peer asked for our key update: it goes out before our next record.
     answer_update: bool,
 }
@@ -520,6 +527,7 @@ impl Records {
                 }
                 ContentType::ApplicationData => {
                     self.empty = 0;
+                    self.updates = 0;
                     plain.extend_from_slice(msg.payload);
                 }
                 ContentType::Alert => match *msg.payload {
@@ -569,6 +577,10 @@ impl Records {
             [1] => true,
             _ => return Err((rustls::Error::General("malformed key_update".into()), AlertDescription::DecodeError)),
         };
+        self.updates += 1;
+        if self.updates > MAX_KEY_UPDATES {
+            return Err(unexpected("too many key updates without data"));
+        }
         // The peer's following records use its next secret.
         let internal = |e: rustls::Error| (e, AlertDescription::InternalError);
         let (seq, secrets) = self.kernel.update_rx_secret().map_err(internal)?;
@@ -742,7 +754,7 @@ mod tests {
         send(&mut c, &mut s, b"server, after the update");
         // Several requests in a row get one answer, before the server's next record (a
         // rustls client refuses a run of key updates: TooManyKeyUpdateRequests).
-        for _ in 0..40 {
+        for _ in 0..MAX_KEY_UPDATES / 2 {
             c.refresh_traffic_keys().unwrap();
             pump(&mut c, &mut s);
         }
@@ -773,6 +785,33 @@ mod tests {
         }
         let State::Records(r) = &s.state else { panic!("not compact") };
         assert!(r.tx_seq < 10, "the sequence restarted after a key update: {}", r.tx_seq);
+    }
+
+    #[test]
+    fn a_peer_that_only_updates_keys_is_cut_off() {
+        let (mut c, mut s) = connected(&rustls::version::TLS13);
+        let mut refused = false;
+        for _ in 0..=MAX_KEY_UPDATES {
+            c.refresh_traffic_keys().unwrap();
+            let mut out = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut out).unwrap();
+            }
+            if s.read(&mut out, &mut Vec::new()).is_err() {
+                refused = true;
+                break;
+            }
+            // The client needs the server's answer before it may ask again.
+            let mut answer = Vec::new();
+            s.write(b"x", &mut answer).unwrap();
+            let mut a = &answer[..];
+            while !a.is_empty() {
+                c.read_tls(&mut a).unwrap();
+                c.process_new_packets().unwrap();
+            }
+            let _ = c.reader().read_to_end(&mut Vec::new());
+        }
+        assert!(refused, "{} key updates without data were accepted", MAX_KEY_UPDATES + 1);
     }
 
     #[test]

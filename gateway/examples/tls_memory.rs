@@ -148,19 +148,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(5000);
     let buffered = args.iter().any(|a| a == "--buffered");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
-    let server =
-        switchboard::tls::config_from_pem(cert.cert.pem().as_bytes(), cert.key_pair.serialize_pem().as_bytes())
-            .expect("a server configuration");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).expect("a root");
-    let client = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let (server, client) = switchboard::fuzzing::tls_pair(&[&rustls::version::TLS13]);
+    let client = Arc::new(client);
     let mut kept: Vec<Box<dyn Side>> = Vec::with_capacity(n);
     let before = usage();
     for _ in 0..n {

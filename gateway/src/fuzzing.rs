@@ -29,22 +29,32 @@ pub fn ws_frames(data: &[u8]) {
     let _ = crate::ws::partial_after(data, 0, data.len() / 2);
 }
 
-/// The TLS configuration and a client configuration that trusts it (built once).
+/// A server configuration with a fresh self-signed certificate for `localhost`, and a
+/// client configuration speaking `versions` that trusts it (fuzz targets, tests and the
+/// `tls_memory` example).
+pub fn tls_pair(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (std::sync::Arc<rustls::ServerConfig>, rustls::ClientConfig) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a test certificate");
+    let server = crate::tls::config_from_pem(c.cert.pem().as_bytes(), c.key_pair.serialize_pem().as_bytes())
+        .expect("a TLS configuration");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(c.cert.der().clone()).expect("a root");
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (server, client)
+}
+
+/// The fuzz targets' TLS configurations (built once).
 fn tls_configs() -> &'static (std::sync::Arc<rustls::ServerConfig>, std::sync::Arc<rustls::ClientConfig>) {
     static CFG: OnceLock<(std::sync::Arc<rustls::ServerConfig>, std::sync::Arc<rustls::ClientConfig>)> =
         OnceLock::new();
     CFG.get_or_init(|| {
-        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a test certificate");
-        let server = crate::tls::config_from_pem(c.cert.pem().as_bytes(), c.key_pair.serialize_pem().as_bytes())
-            .expect("a TLS configuration");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(c.cert.der().clone()).expect("a root");
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let (server, mut client) = tls_pair(rustls::DEFAULT_VERSIONS);
         // The forging mode takes the client's keys to seal records of its own.
         client.enable_secret_extraction = true;
         (server, std::sync::Arc::new(client))

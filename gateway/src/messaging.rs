@@ -99,14 +99,19 @@ impl Conv {
 
     fn fanout(&mut self, shards: usize) -> &[Arc<[Box<str>]>] {
         if self.fanout.is_empty() {
-            let mut by_shard: Vec<Vec<Box<str>>> = vec![Vec::new(); shards];
-            for user in &self.state.members {
-                by_shard[home_of_user(user, shards).index()].push(user.clone());
-            }
-            self.fanout = by_shard.into_iter().map(Arc::from).collect();
+            self.fanout = by_home_shard(self.state.members.iter().map(|m| &**m), shards);
         }
         &self.fanout
     }
+}
+
+/// `users` grouped by home shard: one shared list per shard (empty where none lives).
+fn by_home_shard<'a>(users: impl Iterator<Item = &'a str>, shards: usize) -> Vec<Arc<[Box<str>]>> {
+    let mut by_shard: Vec<Vec<Box<str>>> = vec![Vec::new(); shards];
+    for user in users {
+        by_shard[home_of_user(user, shards).index()].push(Box::from(user));
+    }
+    by_shard.into_iter().map(Arc::from).collect()
 }
 
 /// An accepted message (or group event) on its way to storage.
@@ -375,11 +380,7 @@ impl Shard {
             // the current ones (later changes are already applied in memory).
             let fanout: Vec<Arc<[Box<str>]>> = match &p.meta {
                 Some(meta) if p.info.is_some() => {
-                    let mut by_shard: Vec<Vec<Box<str>>> = vec![Vec::new(); shards];
-                    for user in meta.members.iter().chain(&p.removed) {
-                        by_shard[home_of_user(user, shards).index()].push(Box::from(user.as_str()));
-                    }
-                    by_shard.into_iter().map(Arc::from).collect()
+                    by_home_shard(meta.members.iter().chain(&p.removed).map(String::as_str), shards)
                 }
                 _ => c.fanout(shards).to_vec(),
             };

@@ -611,16 +611,13 @@ impl Shard {
             Err(e) => {
                 tracing::debug!("TLS error: {e}");
                 // Send the alert rustls queued (nothing else can be encrypted now),
-                // then close.
+                // then close: the flush closes once it is out (or at once if it fails).
                 if let Some(c) = self.conn_mut(id) {
                     c.out = Vec::new();
                     c.close_after_flush = true;
                     c.phase = Phase::Closing;
                 }
                 self.flush_conn(id);
-                if self.conn_mut(id).is_some_and(|c| !c.write_armed) {
-                    self.close(id);
-                }
             }
         }
         self.plain = plain;

@@ -381,7 +381,8 @@ impl Session {
 
     /// The session has left rustls for its own record layer (TLS 1.3 after the
     /// handshake).
-    pub fn is_compact(&self) -> bool {
+    #[cfg(test)]
+    fn is_compact(&self) -> bool {
         matches!(self.state, State::Records(_))
     }
 }
@@ -679,22 +680,6 @@ mod tests {
 
     use super::*;
 
-    /// A server config with a fresh self-signed certificate, and a client trusting it
-    /// that speaks only `version`.
-    fn configs(version: &'static rustls::SupportedProtocolVersion) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
-        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let server = config_from_pem(c.cert.pem().as_bytes(), c.key_pair.serialize_pem().as_bytes()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(c.cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        (server, Arc::new(client))
-    }
-
     /// Moves the client's TLS output into the session and the session's into the
     /// client; returns the plaintext each side received.
     fn pump(c: &mut rustls::ClientConnection, s: &mut Session) -> (Vec<u8>, Vec<u8>) {
@@ -720,8 +705,8 @@ mod tests {
     }
 
     fn connected(version: &'static rustls::SupportedProtocolVersion) -> (rustls::ClientConnection, Session) {
-        let (server, client) = configs(version);
-        let mut c = rustls::ClientConnection::new(client, "localhost".try_into().unwrap()).unwrap();
+        let (server, client) = crate::fuzzing::tls_pair(&[version]);
+        let mut c = rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap()).unwrap();
         let mut s = Session::new(server).unwrap();
         c.writer().write_all(b"hello").unwrap();
         assert_eq!(pump(&mut c, &mut s).0, b"hello");

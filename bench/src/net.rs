@@ -330,13 +330,23 @@ async fn open_token(target: &Target, n: usize, token: &str) -> anyhow::Result<Co
 
 /// TLS client configuration trusting `ca` (PEM), with session resumption as rustls
 /// does by default (`resume: false` disables it, for full handshakes every time).
-pub fn tls_config(ca: &std::path::Path, resume: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+///
+/// The client offers TLS_AES_128_GCM_SHA256 first, as browsers and the TLS stacks of
+/// Android and iOS do; the gateway honours the client's order, so this is the suite a
+/// fleet of devices mostly negotiates. `rustls_order` keeps rustls's own default
+/// (TLS_AES_256_GCM_SHA384 first), whose SHA-384 key schedule costs the server ~10 %
+/// more per handshake on this host (docs/BENCHMARKS.md).
+pub fn tls_config(ca: &std::path::Path, resume: bool, rustls_order: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut &std::fs::read(ca)?[..]) {
         roots.add(c?)?;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !rustls_order {
+        // A stable sort: only TLS_AES_128_GCM_SHA256 moves, to the front.
+        provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();

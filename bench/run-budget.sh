@@ -88,8 +88,9 @@ start ""; run chat-mix chat --users 2000 --rate 10000 --secs 10 --body 32-512 --
 fi
 
 if want fanout; then
-# Fan-out: one 5,000-member group, 50 msg/s = 250,000 deliveries/s asked.
-start ""; run fanout-5000 fanout --members 5000 --rate 50 --secs 10 --threads 2 --tag fan; stop
+# Fan-out: one 5,000-member group, 100 msg/s = 499,900 deliveries/s asked (twice the
+# 250,000/s target: the scenario is open loop, so it must offer more than the target).
+start ""; run fanout-5000 fanout --members 5000 --rate 100 --secs 10 --threads 2 --tag fan; stop
 
 fi
 

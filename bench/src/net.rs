@@ -81,6 +81,8 @@ pub struct Conn {
     pub tx: Tx,
     /// The TLS handshake resumed an earlier session (always false on plain WS).
     pub resumed: bool,
+    /// The negotiated TLS cipher suite (None on plain WS).
+    pub suite: Option<rustls::CipherSuite>,
 }
 
 /// The read side: decodes server frames, answering nothing by itself.
@@ -280,7 +282,7 @@ pub async fn open_with_token(target: &Target, n: usize, token: &str) -> anyhow::
 
 async fn open_token(target: &Target, n: usize, token: &str) -> anyhow::Result<Conn> {
     let s = tcp(target, n).await?;
-    let mut resumed = false;
+    let (mut resumed, mut suite) = (false, None);
     let mut s: Boxed = match &target.tls {
         None => Box::pin(s),
         Some(cfg) => {
@@ -290,6 +292,7 @@ async fn open_token(target: &Target, n: usize, token: &str) -> anyhow::Result<Co
                 .await
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
             resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
             Box::pin(tls)
         }
     };
@@ -323,7 +326,7 @@ async fn open_token(target: &Target, n: usize, token: &str) -> anyhow::Result<Co
     let mut rx = Rx { r, buf: buf[end..].to_vec(), encoding: target.encoding };
     let tx = Tx { w, encoding: target.encoding, out: Vec::new() };
     match rx.frame().await? {
-        ServerFrame::Ready { .. } => Ok(Conn { rx, tx, resumed }),
+        ServerFrame::Ready { .. } => Ok(Conn { rx, tx, resumed, suite }),
         other => anyhow::bail!("expected ready, got {other:?}"),
     }
 }

@@ -168,7 +168,7 @@ pub fn merge(reports: &[Value]) -> anyhow::Result<Value> {
         let mut merged = serde_json::Map::new();
         for r in reports {
             for (k, v) in r[section].as_object().into_iter().flatten() {
-                if k == "failures" {
+                if k == "failures" || k == "tls_suites" {
                     let mut f: BTreeMap<String, u64> =
                         serde_json::from_value(merged.get(k).cloned().unwrap_or(json!({}))).unwrap_or_default();
                     for (reason, n) in v.as_object().into_iter().flatten() {

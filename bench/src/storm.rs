@@ -58,6 +58,8 @@ struct Out {
     upgrade: Histogram<u64>,
     closed_early: u64,
     resumed: u64,
+    /// TLS handshakes by negotiated cipher suite.
+    suites: BTreeMap<String, u64>,
 }
 
 /// When held connections close: ms after `epoch`, or `u64::MAX` while not yet known.
@@ -125,6 +127,7 @@ async fn exec_main(
         upgrade: report::histogram(),
         closed_early: 0,
         resumed: 0,
+        suites: BTreeMap::new(),
     }));
     let per_exec = (args.rate as f64 / args.threads as f64).max(0.001);
     let targets: Vec<(usize, Target)> = mine
@@ -168,6 +171,9 @@ async fn exec_main(
                 let mut o = out.borrow_mut();
                 o.opened += 1;
                 o.resumed += u64::from(conn.resumed);
+                if let Some(suite) = conn.suite {
+                    *o.suites.entry(format!("{suite:?}")).or_default() += 1;
+                }
                 let _ = o.upgrade.record((t0.elapsed().as_micros() as u64).max(1));
             }
             live.open.fetch_add(1, Ordering::Relaxed);
@@ -274,8 +280,12 @@ pub fn run(args: StormArgs, server_pid: Option<u32>) -> anyhow::Result<serde_jso
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     let mut upgrade = report::histogram();
     let (mut opened, mut closed_early, mut resumed) = (0, 0, 0);
+    let mut suites: BTreeMap<String, u64> = BTreeMap::new();
     for o in outs {
         opened += o.opened;
+        for (k, v) in o.suites {
+            *suites.entry(k).or_default() += v;
+        }
         resumed += o.resumed;
         closed_early += o.closed_early;
         let _ = upgrade.add(&o.upgrade);
@@ -296,7 +306,7 @@ pub fn run(args: StormArgs, server_pid: Option<u32>) -> anyhow::Result<serde_jso
         "connections": {
             "target": args.connections, "opened": opened, "failed": failures.values().sum::<u64>(),
             "failures": failures, "connect_secs": connect_secs, "closed_during_hold": closed_early,
-            "tls_resumed": resumed, "prime_failed": gate.prime_failed.load(Ordering::Relaxed),
+            "tls_resumed": resumed, "tls_suites": suites, "prime_failed": gate.prime_failed.load(Ordering::Relaxed),
         },
         "messages": {},
         "latency": { "upgrade": hist_json(&upgrade) },

@@ -177,13 +177,19 @@ fn wss_storm_resumes_every_device_after_a_priming_pass() {
     );
     assert_eq!(metric(&gw, "switchboard_tls_handshakes_total"), 60);
     assert_eq!(metric(&gw, "switchboard_tls_resumed_total"), 0);
+    // The client offers AES-128-GCM first, as browsers do, and the gateway follows the
+    // client's order; rustls's own order puts AES-256-GCM first.
+    assert_eq!(full["connections"]["tls_suites"], serde_json::json!({"TLS13_AES_128_GCM_SHA256": 60}), "{full}");
+    let args = ["storm", "--connections", "10", "--rate", "500", "--hold", "0", "--tls-ca", ca, "--no-resume"];
+    let rustls_order = bench(&gw, &[&args[..], &["--rustls-suite-order", "--tag", "o"]].concat());
+    assert_eq!(rustls_order["connections"]["tls_suites"], serde_json::json!({"TLS13_AES_256_GCM_SHA384": 10}));
     // With resumption each device first connects once (unmeasured), then reconnects.
     let r = bench(&gw, &["storm", "--connections", "80", "--rate", "500", "--hold", "0", "--tls-ca", ca, "--tag", "r"]);
     assert_eq!(r["args"]["resume"], true);
     assert_eq!(r["connections"]["opened"], 80, "{r}");
     assert_eq!(r["connections"]["prime_failed"], 0);
     assert_eq!(r["connections"]["tls_resumed"], 80, "every measured handshake resumed: {r}");
-    assert_eq!(metric(&gw, "switchboard_tls_handshakes_total"), 60 + 160);
+    assert_eq!(metric(&gw, "switchboard_tls_handshakes_total"), 60 + 10 + 160);
     assert_eq!(metric(&gw, "switchboard_tls_resumed_total"), 80);
 }
 

@@ -10,7 +10,7 @@
 //! message arrives once and in order.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,7 @@ struct Out {
     duplicates: u64,
     out_of_order: u64,
     group_sent: u64,
-    errors: HashMap<String, u64>,
+    errors: BTreeMap<String, u64>,
     ack: Option<Histogram<u64>>,
     deliver: Option<Histogram<u64>>,
 }
@@ -366,9 +366,7 @@ pub fn run(args: ChatArgs, server_pid: Option<u32>) -> anyhow::Result<serde_json
         o.duplicates += x.duplicates;
         o.out_of_order += x.out_of_order;
         o.group_sent += x.group_sent;
-        for (k, v) in x.errors {
-            *o.errors.entry(k).or_default() += v;
-        }
+        report::add_counts(&mut o.errors, x.errors);
         if let Some(h) = x.ack {
             let _ = ack.add(&h);
         }

@@ -246,9 +246,7 @@ pub fn run(a: ReconnectArgs, server_pid: Option<u32>) -> anyhow::Result<serde_js
         o.replayed += x.replayed;
         o.missing += x.missing;
         o.unexpected += x.unexpected;
-        for (k, v) in x.failures {
-            *o.failures.entry(k).or_default() += v;
-        }
+        report::add_counts(&mut o.failures, x.failures);
         if let Some(h) = x.resync {
             let _ = resync.add(&h);
         }

@@ -152,6 +152,13 @@ fn add(a: &Value, b: &Value) -> Value {
     }
 }
 
+/// Adds counts by name (failures by reason, errors by code...) into `into`.
+pub fn add_counts(into: &mut BTreeMap<String, u64>, from: impl IntoIterator<Item = (String, u64)>) {
+    for (name, n) in from {
+        *into.entry(name).or_default() += n;
+    }
+}
+
 /// Merges reports of one scenario run by several processes against one server:
 /// counters and failures add up, histograms merge exactly, rates are recomputed over
 /// the longest wall time, server readings take the earliest "before" and latest
@@ -168,12 +175,11 @@ pub fn merge(reports: &[Value]) -> anyhow::Result<Value> {
         let mut merged = serde_json::Map::new();
         for r in reports {
             for (k, v) in r[section].as_object().into_iter().flatten() {
-                if k == "failures" || k == "tls_suites" {
+                if let Some(tally) = v.as_object() {
+                    // Counts by name (failures, errors, TLS suites): summed per name.
                     let mut f: BTreeMap<String, u64> =
                         serde_json::from_value(merged.get(k).cloned().unwrap_or(json!({}))).unwrap_or_default();
-                    for (reason, n) in v.as_object().into_iter().flatten() {
-                        *f.entry(reason.clone()).or_default() += n.as_u64().unwrap_or(0);
-                    }
+                    add_counts(&mut f, tally.iter().map(|(name, n)| (name.clone(), n.as_u64().unwrap_or(0))));
                     merged.insert(k.clone(), json!(f));
                 } else if k.ends_with("_secs") {
                     // Processes run together: the phase lasts as long as the longest.
@@ -259,5 +265,31 @@ impl ServerProbe {
             "cpu_us": cpu,
             "cpu_us_per_msg": if messages > 0 { json!(cpu as f64 / messages as f64) } else { Value::Null },
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sums_counts_by_name_in_every_section() {
+        let part = |errors: Value, suites: Value| {
+            json!({
+                "schema": SCHEMA, "scenario": "chat", "processes": 1, "wall_secs": 1.0, "active_secs": 1.0,
+                "connections": { "opened": 2, "tls_suites": suites },
+                "messages": { "sent": 5, "errors": errors },
+                "latency": {},
+            })
+        };
+        let a = part(json!({"rate_limited": 2}), json!({"TLS13_AES_128_GCM_SHA256": 2}));
+        let b = part(json!({"rate_limited": 1, "not_member": 4}), json!({"TLS13_AES_256_GCM_SHA384": 2}));
+        let m = merge(&[a, b]).unwrap();
+        assert_eq!(m["messages"]["errors"], json!({"not_member": 4, "rate_limited": 3}));
+        assert_eq!(
+            m["connections"]["tls_suites"],
+            json!({"TLS13_AES_128_GCM_SHA256": 2, "TLS13_AES_256_GCM_SHA384": 2})
+        );
+        assert_eq!((m["messages"]["sent"].as_u64(), m["processes"].as_u64()), (Some(10), Some(2)));
     }
 }

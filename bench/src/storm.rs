@@ -283,15 +283,11 @@ pub fn run(args: StormArgs, server_pid: Option<u32>) -> anyhow::Result<serde_jso
     let mut suites: BTreeMap<String, u64> = BTreeMap::new();
     for o in outs {
         opened += o.opened;
-        for (k, v) in o.suites {
-            *suites.entry(k).or_default() += v;
-        }
+        report::add_counts(&mut suites, o.suites);
         resumed += o.resumed;
         closed_early += o.closed_early;
         let _ = upgrade.add(&o.upgrade);
-        for (k, v) in o.failures {
-            *failures.entry(k).or_default() += v;
-        }
+        report::add_counts(&mut failures, o.failures);
     }
     let mut r = json!({
         "schema": report::SCHEMA, "scenario": "storm", "processes": 1,

@@ -1,6 +1,9 @@
 //! End-to-end crash safety: clients send at full speed, the server is killed (-9) at a
 //! random moment, restarted on the same data, and clients resend what was not acked.
 //! Afterwards every acked message is stored exactly once, and so is every resent one.
+//! Run with the default commit log, with a tiny one that fills and checkpoints during
+//! the blast, and switching the log off and on between crashes (what one run logged is
+//! replayed by the next whatever its setting).
 
 mod common;
 
@@ -27,13 +30,13 @@ struct Ledger {
 
 /// Sends new messages (ids `prefix-n`) with a window in flight until the connection
 /// breaks, recording what was sent and acked.
-fn blast(mut c: Client, sender: usize, prefix: String, ledger: Arc<Mutex<Ledger>>) {
+fn blast(mut c: Client, sender: usize, prefix: String, body_len: usize, ledger: Arc<Mutex<Ledger>>) {
     let mut n = 0usize;
     let send = |c: &mut Client, n: &mut usize| -> bool {
         let id = format!("{prefix}-{n}");
         ledger.lock().unwrap().sent[sender].push(id.clone());
         *n += 1;
-        let f = wire::fb::encode_client(&send_to("crash-recv", &id, &id));
+        let f = wire::fb::encode_client(&send_to("crash-recv", &id, &format!("{id:.<body_len$}")));
         c.ws.send(tungstenite::Message::binary(f)).is_ok()
     };
     for _ in 0..WINDOW {
@@ -59,12 +62,32 @@ fn blast(mut c: Client, sender: usize, prefix: String, ledger: Arc<Mutex<Ledger>
 
 #[test]
 fn kill_9_at_random_moments_loses_nothing_acked_and_stores_resends_once() {
+    let checkpoints = crash_and_audit(&[""], 0);
+    assert_eq!(checkpoints, 0, "the default log does not fill in this test");
+}
+
+#[test]
+fn a_commit_log_that_fills_during_the_blast_loses_nothing_acked() {
+    // 1 MiB of log and 16 KiB bodies: a checkpoint every ~60 records.
+    let checkpoints = crash_and_audit(&["commit_log_mib = 1"], 16 * 1024);
+    assert!(checkpoints > 0, "the log must have filled and been checkpointed");
+}
+
+#[test]
+fn a_log_left_by_a_crash_is_replayed_whether_the_log_is_on_or_off() {
+    crash_and_audit(&["commit_log_mib = 1", "commit_log_mib = 0"], 2048);
+}
+
+/// Crashes a server [`ITERATIONS`] times in mid-blast (iteration `i` runs with config
+/// `tomls[i % len]`), then audits every conversation; returns the log checkpoints seen.
+fn crash_and_audit(tomls: &[&str], body_len: usize) -> u64 {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     let ledger = Arc::new(Mutex::new(Ledger { sent: vec![Vec::new(); SENDERS], acked: HashMap::new() }));
     let mut rng = rand::rng();
+    let mut checkpoints = 0;
     for iteration in 0..ITERATIONS {
-        let mut server = Server::start_in(&dir, 2, "");
+        let mut server = Server::start_in(&dir, 2, tomls[iteration % tomls.len()]);
         // Resend everything sent but never acked (from the previous crash) first.
         let pending: Vec<Vec<String>> = {
             let l = ledger.lock().unwrap();
@@ -87,17 +110,18 @@ fn kill_9_at_random_moments_loses_nothing_acked_and_stores_resends_once() {
             .map(|s| {
                 let c = server.connect(&format!("crash-s{s}"), "d", Encoding::FlatBuffers);
                 let ledger = ledger.clone();
-                std::thread::spawn(move || blast(c, s, format!("i{iteration}-s{s}"), ledger))
+                std::thread::spawn(move || blast(c, s, format!("i{iteration}-s{s}"), body_len, ledger))
             })
             .collect();
         std::thread::sleep(Duration::from_millis(rng.random_range(30..300)));
+        checkpoints += metric_total(&server, "switchboard_log_checkpoints_total");
         server.kill9();
         for t in threads {
             t.join().unwrap();
         }
     }
     // Final round: resend what is still unacked, then audit every conversation.
-    let server = Server::start_in(&dir, 2, "");
+    let server = Server::start_in(&dir, 2, tomls[0]);
     let l = ledger.lock().unwrap();
     let mut convs = HashSet::new();
     for (s, ids) in l.sent.iter().enumerate() {
@@ -145,4 +169,5 @@ fn kill_9_at_random_moments_loses_nothing_acked_and_stores_resends_once() {
         }
     }
     assert_eq!(stored.len(), total_sent, "nothing stored that was not sent");
+    checkpoints
 }

@@ -161,3 +161,95 @@ fn sync_is_bounded_per_conversation_and_history_pages_the_rest() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Sets or clears the immutable attribute: writes through already-open descriptors then
+/// fail with EPERM (ext4, XFS), a real disk-write failure under a running server.
+fn chattr(flag: &str, path: &std::path::Path) {
+    let out = std::process::Command::new("chattr").arg(flag).arg(path).output().expect("run chattr (e2fsprogs)");
+    assert!(out.status.success(), "chattr {flag} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_failed_commit_log_write_is_refused_retryably_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let log = dir.join("shard-0").join("commit.log");
+    let mut server = Server::start_in(&dir, 1, "");
+    let mut a = server.connect("fay", "d", Encoding::Json);
+    let mut b = server.connect("gus", "d", Encoding::Json);
+    let expect_ack = |a: &mut Client, cmid: &str, seq: u64| match a.recv() {
+        ServerFrame::Ack(ack) => {
+            assert_eq!((ack.client_msg_id.as_str(), ack.seq), (cmid, seq));
+            ack.conv
+        }
+        other => panic!("{cmid}: expected an ack, got {other:?}"),
+    };
+    a.send(&send_to("gus", "m1", "before"));
+    let conv = expect_ack(&mut a, "m1", 1);
+    chattr("+i", &log);
+    // The append fails, then (still failing) so does the checkpoint that must precede
+    // the next append: both answer `internal` for this message, nothing is acked.
+    for attempt in 0..2 {
+        a.send(&send_to("gus", "m2", "during"));
+        match a.recv() {
+            ServerFrame::Error(e) => {
+                assert_eq!(e.code, wire::error::ErrorCode::Internal, "attempt {attempt}: {e:?}");
+                assert_eq!(e.ref_id.as_deref(), Some("m2"));
+            }
+            other => panic!("attempt {attempt}: expected an internal error, got {other:?}"),
+        }
+    }
+    chattr("-i", &log);
+    a.send(&send_to("gus", "m2", "during"));
+    expect_ack(&mut a, "m2", 2);
+    a.send(&send_to("gus", "m3", "after"));
+    expect_ack(&mut a, "m3", 3);
+    assert!(metric_total(&server, "switchboard_log_checkpoints_total") >= 1, "a new generation was started");
+    // The recipient saw each message once, in order: nothing of the failed attempts.
+    for (cmid, seq) in [("m1", 1), ("m2", 2), ("m3", 3)] {
+        match b.recv() {
+            ServerFrame::Msg(m) => assert_eq!((m.client_msg_id.as_str(), m.seq), (cmid, seq)),
+            other => panic!("expected {cmid}, got {other:?}"),
+        }
+    }
+    let want: Vec<(u64, String)> = [(1, "m1"), (2, "m2"), (3, "m3")].map(|(s, c)| (s, c.to_owned())).to_vec();
+    assert_eq!(history_all(&mut b, conv), want);
+    // And after a crash, from the log of the new generation.
+    server.kill9();
+    let server = Server::start_in(&dir, 1, "");
+    let mut b = server.connect("gus", "d", Encoding::Json);
+    assert_eq!(history_all(&mut b, conv), want);
+}
+
+#[test]
+fn a_batch_larger_than_the_commit_log_is_stored_after_everything_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    // 1 MiB of log; 60 messages of 40 KB queue behind the first commit as one batch of
+    // ~2.4 MB, which no log record can hold.
+    let mut server = Server::start_in(&dir, 1, "commit_log_mib = 1");
+    let mut a = server.connect("hal", "d", Encoding::FlatBuffers);
+    let body = "x".repeat(40_000);
+    const N: usize = 60;
+    a.send_many((0..N).map(|i| send_to("ida", &format!("big{i}"), &body)));
+    let mut conv = None;
+    for i in 0..N {
+        match a.recv() {
+            ServerFrame::Ack(ack) => {
+                assert_eq!((ack.client_msg_id.clone(), ack.seq), (format!("big{i}"), i as u64 + 1));
+                conv = Some(ack.conv);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(metric_total(&server, "switchboard_log_bypasses_total") >= 1, "a batch went past the log");
+    a.send(&send_to("ida", "small", "after"));
+    assert!(matches!(a.recv(), ServerFrame::Ack(ack) if ack.seq == N as u64 + 1));
+    server.kill9();
+    let server = Server::start_in(&dir, 1, "commit_log_mib = 1");
+    let mut i = server.connect("ida", "d", Encoding::Json);
+    let hist = history_all(&mut i, conv.unwrap());
+    let want: Vec<(u64, String)> =
+        (0..N).map(|k| (k as u64 + 1, format!("big{k}"))).chain([(N as u64 + 1, "small".to_owned())]).collect();
+    assert_eq!(hist, want);
+}

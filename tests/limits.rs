@@ -267,13 +267,7 @@ fn admin_endpoint_reports_metrics_readiness_and_drains() {
     }
     let (status, metrics) = admin_request(&server, "GET", "/metrics");
     assert_eq!(status, 200);
-    let total = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum()
-    };
+    let total = |name: &str| metric_total(&server, name);
     assert_eq!(total("switchboard_messages_stored_total"), 3, "{metrics}");
     assert_eq!(total("switchboard_deliveries_total"), 3, "{metrics}");
     assert!(total("switchboard_accepted_total") >= 2, "{metrics}");

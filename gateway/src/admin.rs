@@ -62,6 +62,12 @@ pub struct ShardStats {
     pub commit_le: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
     /// Total duration of those commits, in microseconds.
     pub commit_us: AtomicU64,
+    /// Batches of logged writes applied to the store (commit log on).
+    pub store_applies: AtomicU64,
+    /// Commit log checkpoints (store flushed, log emptied).
+    pub log_checkpoints: AtomicU64,
+    /// Group commits larger than the whole commit log, written to the store directly.
+    pub log_bypasses: AtomicU64,
 }
 
 /// Upper bounds (µs) of the commit-duration histogram's buckets.
@@ -88,7 +94,7 @@ type Series = (&'static str, &'static str, &'static str, fn(&ShardStats) -> &Ato
 
 fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
     let mut out = String::new();
-    let series: [Series; 11] = [
+    let series: [Series; 14] = [
         ("switchboard_connections", "gauge", "Open connections.", |s| &s.connections),
         ("switchboard_accepted_total", "counter", "Sockets accepted.", |s| &s.accepted),
         ("switchboard_upgrades_refused_total", "counter", "Upgrades refused (401, 503, ...).", |s| &s.refused),
@@ -96,6 +102,18 @@ fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
             &s.messages_stored
         }),
         ("switchboard_commits_total", "counter", "Group commits (one durable sync each).", |s| &s.commits),
+        ("switchboard_store_applies_total", "counter", "Batches of logged writes applied to the store.", |s| {
+            &s.store_applies
+        }),
+        ("switchboard_log_checkpoints_total", "counter", "Commit log checkpoints (store flushed, log emptied).", |s| {
+            &s.log_checkpoints
+        }),
+        (
+            "switchboard_log_bypasses_total",
+            "counter",
+            "Group commits larger than the commit log, synced to the store directly.",
+            |s| &s.log_bypasses,
+        ),
         ("switchboard_deliveries_total", "counter", "msg frames written to devices.", |s| &s.deliveries),
         ("switchboard_rate_limited_total", "counter", "Sends refused with rate_limited.", |s| &s.rate_limited),
         ("switchboard_slow_reader_closes_total", "counter", "Connections closed for not reading.", |s| &s.slow_readers),

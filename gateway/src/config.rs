@@ -66,6 +66,11 @@ pub struct Config {
     /// as soon as the previous one finished). An idle shard commits at once; under load
     /// this caps fdatasyncs per second and lets batches grow.
     pub commit_window_us: u64,
+    /// Size of each shard's commit log in MiB (0: no log; each group commit is a synced
+    /// batch of the store itself). With the log, a group commit is one direct `O_DSYNC`
+    /// write on the shard's ring and the store is written unsynced off the ack path; a
+    /// full log makes the shard flush the store and start the log again.
+    pub commit_log_mib: u64,
     /// This host's id (0..32), part of every message id.
     pub host_id: u8,
     /// Memory glommio locks per shard for io_uring buffers, in bytes.
@@ -142,6 +147,7 @@ impl Default for Config {
             max_group_members: 10_000,
             dedupe_window: 1024,
             commit_window_us: 0,
+            commit_log_mib: 64,
             host_id: 0,
             io_memory: 1 << 20,
             spin_before_park_us: 0,
@@ -202,6 +208,10 @@ impl Config {
         anyhow::ensure!(self.max_outbound >= self.max_frame, "max_outbound must be at least max_frame");
         anyhow::ensure!(self.presence_window_ms >= 50, "presence_window_ms must be at least 50");
         anyhow::ensure!(self.typing_ttl_secs >= 1, "typing_ttl_secs must be at least 1");
+        anyhow::ensure!(
+            self.commit_log_mib == 0 || self.commit_log_mib.saturating_mul(1 << 20) >= 8 * self.max_frame as u64,
+            "commit_log_mib must be 0 (off) or hold 8 frames of max_frame bytes"
+        );
         Ok(())
     }
 

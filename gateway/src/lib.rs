@@ -14,6 +14,8 @@
 //! - [`service`]: a shard's event loop, connections, upgrade and WebSocket handling.
 //! - [`messaging`]: the message path: conversations, group commit, fan-out, history,
 //!   sync, typing.
+//! - [`commitlog`]: the shard's commit log (group commits written on its own ring) and
+//!   the writes on their way to the store.
 //! - [`groups`]: group creation and membership changes, at the group's home shard.
 //! - [`plan`]: the capacity planner (`switchboard plan`).
 //! - [`presence`]: presence, owned by each user's home shard.
@@ -32,6 +34,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cli;
+pub mod commitlog;
 pub mod config;
 pub mod conn;
 pub mod fuzzing;

@@ -6,9 +6,10 @@
 //! 3. A resend of a remembered `(sender, client_msg_id)` gets the original ack (only
 //!    once that original is durable); a new message gets the next dense `seq` and a
 //!    message id, and joins the shard's group-commit queue.
-//! 4. One commit at a time per shard: the queue becomes one storage batch with one
-//!    durable sync. Only after it returns: ack the sender, then one `Deliver` per
-//!    destination shard carrying the recipients homed there.
+//! 4. One commit at a time per shard: the queue becomes one record of the shard's commit
+//!    log written with one durable write (`commitlog`), or with the log off one storage
+//!    batch with one durable sync. Only after it completes: ack the sender, then one
+//!    `Deliver` per destination shard carrying the recipients homed there.
 //! 5. If the commit fails, nothing in it is acked; its conversations are dropped from
 //!    memory (reloaded from storage on next use, so seqs stay dense) and every sender
 //!    gets a retryable `internal` error, including those queued behind it.
@@ -40,7 +41,7 @@ pub struct Conversations {
     /// Accepted messages waiting for the next commit, in acceptance order.
     pub(crate) queued: Vec<Pending>,
     /// A commit is running (at most one at a time, so commits finish in order).
-    in_flight: bool,
+    pub(crate) in_flight: bool,
     /// Duplicate acks waiting for their original to become durable.
     deferred: Vec<(ConnRef, Ack)>,
     /// Conversations with someone typing (checked for expiry every second).
@@ -203,7 +204,7 @@ impl Shard {
     fn load_conv(&mut self, conv: ConvId, waiting: Vec<Waiting>) {
         self.convs.slots.insert(conv, Slot::Loading(waiting));
         let (store, window) = (self.store.clone(), self.cfg.dedupe_window);
-        self.blocking(
+        self.read_store(
             move || -> Result<_, StoreError> { Ok((store.conv_meta(conv)?, store.newest(conv, 0, u64::MAX, window)?)) },
             move |s, r| s.on_conv_loaded(conv, r),
         );
@@ -344,8 +345,10 @@ impl Shard {
             });
             return;
         }
+        if self.log_blocked() {
+            return;
+        }
         self.convs.last_commit = Some(std::time::Instant::now());
-        self.convs.in_flight = true;
         let batch = std::mem::take(&mut self.convs.queued);
         let mut writes = Vec::with_capacity(batch.len() + 1);
         for p in &batch {
@@ -357,11 +360,15 @@ impl Shard {
             }
             writes.push(Write::Message { conv: p.msg.conv, seq: p.msg.seq, msg: stored(&p.msg) });
         }
+        if self.log.is_some() {
+            return self.log_commit(batch, writes);
+        }
+        self.convs.in_flight = true;
         let store = self.store.clone();
         self.blocking(move || store.commit(&writes), move |s, r| s.on_committed(batch, r));
     }
 
-    fn on_committed(&mut self, batch: Vec<Pending>, r: Result<(), StoreError>) {
+    pub(crate) fn on_committed(&mut self, batch: Vec<Pending>, r: Result<(), StoreError>) {
         self.convs.in_flight = false;
         if let Some(started) = self.convs.last_commit {
             self.stats().observe_commit(started.elapsed());
@@ -428,7 +435,7 @@ impl Shard {
         }
     }
 
-    fn on_commit_failed(&mut self, batch: Vec<Pending>, e: &StoreError) {
+    pub(crate) fn on_commit_failed(&mut self, batch: Vec<Pending>, e: &StoreError) {
         let (code, msg) = internal(e);
         let mut failed: Vec<ConvId> = batch.iter().map(|p| p.msg.conv).collect();
         failed.sort();
@@ -601,7 +608,7 @@ impl Shard {
     pub(crate) fn on_history(&mut self, from: ConnRef, user: String, req: History) {
         let limit = req.limit.unwrap_or(self.cfg.history_default).clamp(1, self.cfg.history_max) as usize;
         let store = self.store.clone();
-        self.blocking(
+        self.read_store(
             move || -> Result<Result<Page, ()>, StoreError> {
                 let member = store.conv_meta(req.conv)?.is_some_and(|m| m.members.contains(&user));
                 if !member {
@@ -629,7 +636,7 @@ impl Shard {
     pub(crate) fn on_sync(&mut self, from: ConnRef, user: String, points: Vec<SyncPoint>) {
         let per_conv = self.cfg.sync_per_conv as usize;
         let store = self.store.clone();
-        self.blocking(
+        self.read_store(
             move || -> Result<Vec<Page>, StoreError> {
                 let mut pages = Vec::new();
                 for conv in store.user_convs(&user)? {

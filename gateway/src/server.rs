@@ -55,10 +55,28 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     storage::layout::check_shard_count(&cfg.data_dir, shards)?;
     let verifier = Arc::new(cfg.verifier()?);
     let mut stores: Vec<Arc<dyn storage::Store>> = Vec::with_capacity(shards);
+    let mut logs = Vec::with_capacity(shards);
     for k in 0..shards {
         let dir = storage::layout::partition_dir(&cfg.data_dir, k);
         let store =
             storage::embedded::EmbeddedStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        // Always replay what a previous run logged, even with the log now off.
+        let log_path = dir.join(storage::log::FILE_NAME);
+        let recovered =
+            storage::log::recover(&log_path, &store).with_context(|| format!("replaying {}", log_path.display()))?;
+        if recovered.records > 0 {
+            tracing::info!(
+                shard = k,
+                records = recovered.records,
+                writes = recovered.writes,
+                "replayed the commit log"
+            );
+        }
+        logs.push((cfg.commit_log_mib > 0).then_some(crate::service::LogSetup {
+            dir,
+            generation: recovered.generation,
+            capacity: cfg.commit_log_mib << 20,
+        }));
         stores.push(Arc::new(store));
     }
     let (bound, fds) = listeners(cfg.listen, shards)?;
@@ -85,9 +103,10 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let setups: Vec<ShardSetup> = fds
         .into_iter()
         .zip(stores)
+        .zip(logs)
         .zip(revoke_rxs)
         .zip(tls_rxs)
-        .map(|(((listener, store), revoke_rx), tls_rx)| ShardSetup {
+        .map(|((((listener, store), log), revoke_rx), tls_rx)| ShardSetup {
             tls: tls.clone(),
             tls_rx,
             revoked: revoked.clone(),
@@ -95,6 +114,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             cfg: cfg.clone(),
             listener,
             store,
+            log,
             verifier: verifier.clone(),
             ready: ready_tx.clone(),
             drain: drain.clone(),

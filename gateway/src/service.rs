@@ -49,6 +49,8 @@ pub struct ShardSetup {
     pub listener: RawFd,
     /// This shard's storage partition.
     pub store: Arc<dyn Store>,
+    /// This shard's commit log (`None`: commit to the store directly).
+    pub log: Option<LogSetup>,
     /// Token verification (shared, read-only).
     pub verifier: Arc<Verifier>,
     /// Told once the shard accepts connections.
@@ -65,6 +67,16 @@ pub struct ShardSetup {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Reloaded TLS configurations (SIGHUP).
     pub tls_rx: crossbeam_channel::Receiver<Arc<rustls::ServerConfig>>,
+}
+
+/// Where a shard's commit log is and what `storage::log::recover` left in it.
+pub struct LogSetup {
+    /// The partition directory holding `commit.log`.
+    pub dir: std::path::PathBuf,
+    /// The (empty) generation to append to.
+    pub generation: u64,
+    /// Bytes of disk the log may use.
+    pub capacity: u64,
 }
 
 /// Shared between the signal thread and the shards: read once per housekeeping tick,
@@ -148,6 +160,8 @@ pub struct Shard {
     pub(crate) convs: Conversations,
     /// This shard's storage partition.
     pub(crate) store: Arc<dyn Store>,
+    /// This shard's commit log, and the logged writes on their way to `store`.
+    pub(crate) log: Option<crate::commitlog::CommitLog>,
     /// Message ids minted here.
     pub(crate) ids: MessageIdGen,
     /// Routes to this shard itself, run before the turn ends.
@@ -182,6 +196,16 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
     };
     let waker = ring.waker();
     let me = ctx.id;
+    let log = match &setup.log {
+        None => None,
+        Some(l) => match crate::commitlog::CommitLog::open(&l.dir, l.generation, l.capacity).await {
+            Ok(log) => Some(log),
+            Err(e) => {
+                tracing::error!(shard = ctx.id.0, "cannot open the commit log in {}: {e}", l.dir.display());
+                std::process::exit(1);
+            }
+        },
+    };
     let shard = Rc::new_cyclic(|this: &Weak<RefCell<Shard>>| {
         let w = this.clone();
         let mesh = Mesh::connect(ctx.mesh, move |_from, batch| {
@@ -221,6 +245,7 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             wire: Vec::with_capacity(WIRE_KEEP),
             convs: Conversations::default(),
             store: setup.store,
+            log,
             ids: MessageIdGen::new(setup.cfg.host_id, me),
             inbox: VecDeque::new(),
             dirty: Vec::new(),
@@ -377,7 +402,10 @@ impl Shard {
                 _ => self.close(id),
             }
         }
-        let idle = self.conns.is_empty() && self.inbox.is_empty() && self.convs.is_idle();
+        let idle = self.conns.is_empty()
+            && self.inbox.is_empty()
+            && self.convs.is_idle()
+            && self.log.as_ref().is_none_or(|l| l.is_idle());
         self.drain.idle[self.me.index()].store(idle, Ordering::Relaxed);
     }
 

@@ -8,7 +8,8 @@
 //!   user's prefix never matches another user's).
 //!
 //! A commit is one fjall write batch with `PersistMode::SyncData`: one fdatasync of the
-//! journal per batch, whatever its size.
+//! journal per batch, whatever its size. With the commit log in front ([`crate::log`]),
+//! batches are applied unsynced and `flush` persists the journal before the log is reused.
 
 use std::path::Path;
 
@@ -59,9 +60,10 @@ impl EmbeddedStore {
     }
 }
 
-impl Store for EmbeddedStore {
-    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+impl EmbeddedStore {
+    /// One fjall batch of `writes`, persisted as `durability` says.
+    fn write_batch(&self, writes: &[Write], durability: Option<PersistMode>) -> Result<(), StoreError> {
+        let mut batch = self.db.batch().durability(durability);
         for w in writes {
             match w {
                 Write::Conv { conv, meta } => {
@@ -85,6 +87,20 @@ impl Store for EmbeddedStore {
             }
         }
         batch.commit().map_err(unavailable)
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        self.write_batch(writes, Some(PersistMode::SyncData))
+    }
+
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        self.write_batch(writes, None)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncAll).map_err(unavailable)
     }
 
     fn conv_meta(&self, conv: ConvId) -> Result<Option<ConvMeta>, StoreError> {

@@ -10,12 +10,14 @@
 //! - [`model`]: the records ([`model::StoredMessage`], [`model::ConvMeta`]) and writes.
 //! - [`embedded`]: the default backend, one fjall database per shard partition.
 //! - [`layout`]: the data directory: partition paths and the recorded shard count.
+//! - [`log`]: the commit log's format and its replay at start-up.
 //! - [`conformance`]: the behaviour every backend must show, run against each one.
 #![forbid(unsafe_code)]
 
 pub mod conformance;
 pub mod embedded;
 pub mod layout;
+pub mod log;
 pub mod model;
 
 use wire::frame::ConvId;
@@ -57,6 +59,18 @@ pub trait Store: Send + Sync + 'static {
     /// Applies every write atomically and durably: when this returns `Ok`, all of them
     /// survive a crash (fsync'd); on `Err`, none may be assumed stored.
     fn commit(&self, writes: &[model::Write]) -> Result<(), StoreError>;
+
+    /// Applies every write atomically without waiting for the disk: a commit log made
+    /// them durable already. Reads see them when this returns; [`Store::flush`] makes
+    /// them durable here. A backend without a cheaper path commits.
+    fn apply(&self, writes: &[model::Write]) -> Result<(), StoreError> {
+        self.commit(writes)
+    }
+
+    /// Makes everything applied so far durable (before the commit log is reused).
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The conversation's metadata, if it exists.
     fn conv_meta(&self, conv: ConvId) -> Result<Option<model::ConvMeta>, StoreError>;

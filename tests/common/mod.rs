@@ -361,6 +361,17 @@ pub fn upgrade_response(addr: SocketAddr, token: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The sum over shards of a metric from the admin endpoint's `/metrics`.
+pub fn metric_total(server: &Server, name: &str) -> u64 {
+    let (status, metrics) = admin_request(server, "GET", "/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// A plain HTTP request to the admin endpoint: (status, body).
 pub fn admin_request(server: &Server, method: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};

@@ -4,6 +4,7 @@
 # PART: idle, storm, tls, chat, fanout, during-storm, reconnect (default: all of them).
 # Each measurement starts a fresh release gateway (2 shards, embedded storage in a
 # temporary directory) so memory figures are not polluted by earlier runs.
+# EXTRA_TOML: config lines added to every gateway's (e.g. 'commit_log_mib = 0' for an A/B).
 set -euo pipefail
 out=${1:?usage: bench/run-budget.sh OUTDIR [PART...]}
 shift
@@ -17,10 +18,10 @@ bench="$root/target/release/switchboard-bench"
 export SWITCHBOARD_JWT_SECRET=budget-secret-0123456789abcdef
 port=9700
 
-start() { # start EXTRA_TOML [serve flags...]
+start() { # start TOML_LINES [serve flags...]
   local toml=$1; shift
   tmp=$(mktemp -d)
-  printf 'send_rate = 0\nmax_frames_per_sec = 1000000\nadmin_listen = "127.0.0.1:0"\nhandshake_rate = 0\n%s\n' "$toml" > "$tmp/c.toml"
+  printf 'send_rate = 0\nmax_frames_per_sec = 1000000\nadmin_listen = "127.0.0.1:0"\nhandshake_rate = 0\n%s\n%s\n' "$toml" "${EXTRA_TOML:-}" > "$tmp/c.toml"
   port=$((port + 1))
   RUST_LOG=warn "$sb" serve --listen 127.0.0.1:$port --shards 2 --config "$tmp/c.toml" --data-dir "$tmp/d" "$@" > "$tmp/log" 2>&1 &
   pid=$!

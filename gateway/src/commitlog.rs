@@ -78,6 +78,10 @@ impl CommitLog {
         // Readable too: glommio probes the device with a read when it opens the file.
         let file = OpenOptions::new().read(true).write(true).custom_flags(libc::O_DSYNC).dma_open(&path).await?;
         let align = file.alignment().max(RECORD_ALIGN);
+        if !align.is_multiple_of(RECORD_ALIGN) || align > HEADER_LEN {
+            let msg = format!("the device's direct-I/O unit ({align} bytes) is not supported for the commit log");
+            return Err(io::Error::new(io::ErrorKind::Unsupported, msg));
+        }
         zero_fill(&file, capacity).await?;
         Ok(CommitLog {
             file: Rc::new(file),
@@ -106,8 +110,7 @@ impl CommitLog {
     /// The encoded record for `writes`, padded to `align`.
     fn record(&self, writes: &[Write]) -> Result<Vec<u8>, StoreError> {
         let mut bytes = Vec::new();
-        encode_record(self.generation, self.number, writes, &mut bytes)?;
-        bytes.resize(bytes.len().next_multiple_of(self.align as usize), 0);
+        encode_record(self.generation, self.number, writes, self.align, &mut bytes)?;
         Ok(bytes)
     }
 

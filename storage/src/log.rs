@@ -41,8 +41,11 @@ use crate::{Store, StoreError};
 pub const FILE_NAME: &str = "commit.log";
 /// Bytes reserved for the header; records start here.
 pub const HEADER_LEN: u64 = 4096;
-/// Records start and end on multiples of this (a sector: direct I/O's smallest unit).
+/// Records start and end on multiples of this (a sector: direct I/O's smallest unit);
+/// a device with larger sectors pads records to its own unit, up to [`MAX_ALIGN`].
 pub const RECORD_ALIGN: u64 = 512;
+/// The largest padding unit a record may use.
+pub const MAX_ALIGN: u64 = 64 * 1024;
 /// Bytes of a record before its payload.
 pub const RECORD_HEADER_LEN: usize = 40;
 
@@ -122,15 +125,26 @@ pub fn decode_header(h: &[u8]) -> Option<u64> {
     (xxhash_rust::xxh3::xxh3_64(&h[..16]) == sum).then(|| u64::from_le_bytes(h[8..16].try_into().unwrap_or_default()))
 }
 
-/// Appends one record holding `writes` to `out`, padded to [`RECORD_ALIGN`]; returns its span.
-pub fn encode_record(generation: u64, number: u64, writes: &[Write], out: &mut Vec<u8>) -> Result<u64, StoreError> {
+/// Appends one record holding `writes` to `out`, padded to a multiple of `align` (the
+/// device's direct-I/O unit: a multiple of [`RECORD_ALIGN`], at most [`MAX_ALIGN`]);
+/// returns its span.
+pub fn encode_record(
+    generation: u64,
+    number: u64,
+    writes: &[Write],
+    align: u64,
+    out: &mut Vec<u8>,
+) -> Result<u64, StoreError> {
+    if !align.is_multiple_of(RECORD_ALIGN) || !(RECORD_ALIGN..=MAX_ALIGN).contains(&align) {
+        return Err(corrupt(format!("unsupported alignment {align}")));
+    }
     let start = out.len();
     out.resize(start + RECORD_HEADER_LEN, 0);
     let items: Vec<LogWrite<'_>> = writes.iter().map(LogWrite::from).collect();
     *out = postcard::to_extend(&items, std::mem::take(out)).map_err(corrupt)?;
     let payload_len = out.len() - start - RECORD_HEADER_LEN;
     let len = u32::try_from(payload_len).map_err(|_| corrupt("batch over 4 GiB"))?;
-    let span = align_up((RECORD_HEADER_LEN + payload_len) as u64);
+    let span = ((RECORD_HEADER_LEN + payload_len) as u64).div_ceil(align) * align;
     let h = &mut out[start..start + RECORD_HEADER_LEN];
     h[..4].copy_from_slice(RECORD_MAGIC);
     h[4..8].copy_from_slice(&len.to_le_bytes());
@@ -159,7 +173,8 @@ fn parse_record_head(h: &[u8; RECORD_HEADER_LEN], generation: u64, number: u64) 
     }
     let len = u32_at(4) as usize;
     let span = u64::from(u32_at(24));
-    (span == align_up((RECORD_HEADER_LEN + len) as u64)).then_some((len, span))
+    let min = align_up((RECORD_HEADER_LEN + len) as u64);
+    (span.is_multiple_of(RECORD_ALIGN) && (min..=min + MAX_ALIGN).contains(&span)).then_some((len, span))
 }
 
 /// What [`recover`] found and did.
@@ -281,7 +296,7 @@ mod tests {
         let mut offsets = Vec::new();
         for (i, b) in batches.iter().enumerate() {
             offsets.push(bytes.len() as u64);
-            encode_record(generation, i as u64, b, &mut bytes).unwrap();
+            encode_record(generation, i as u64, b, RECORD_ALIGN, &mut bytes).unwrap();
         }
         std::fs::write(path, bytes).unwrap();
         offsets
@@ -295,6 +310,22 @@ mod tests {
         let offsets = write_log(&path, 42, &batches);
         assert!(offsets.iter().all(|o| o % RECORD_ALIGN == 0), "{offsets:?}");
         assert_eq!(read(&path).unwrap(), batches);
+    }
+
+    #[test]
+    fn records_padded_for_4k_sectors_chain() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(FILE_NAME);
+        let batches = vec![vec![msg(7, 1, b"a")], vec![msg(7, 2, &[1; 5000])], vec![msg(7, 3, b"c")]];
+        let mut bytes = encode_header(9);
+        for (i, b) in batches.iter().enumerate() {
+            let span = encode_record(9, i as u64, b, 4096, &mut bytes).unwrap();
+            assert_eq!(span % 4096, 0);
+        }
+        assert_eq!(bytes.len() % 4096, 0);
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(read(&path).unwrap(), batches);
+        assert!(encode_record(9, 0, &batches[0], 1000, &mut Vec::new()).is_err(), "not a sector multiple");
     }
 
     #[test]
@@ -324,7 +355,7 @@ mod tests {
         // second and third records are still on disk after it.
         let mut bytes = std::fs::read(&path).unwrap();
         let mut top = encode_header(2);
-        encode_record(2, 0, &[msg(4, 1, b"new")], &mut top).unwrap();
+        encode_record(2, 0, &[msg(4, 1, b"new")], RECORD_ALIGN, &mut top).unwrap();
         bytes[..top.len()].copy_from_slice(&top);
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read(&path).unwrap(), vec![vec![msg(4, 1, b"new")]]);
@@ -339,15 +370,15 @@ mod tests {
         // the next one, of a generation the client guessed (wrongly: it is random).
         let current = 0x0BAD_6E55;
         let mut bytes = encode_header(current);
-        encode_record(current, 0, &[msg(4, 1, b"new")], &mut bytes).unwrap();
-        encode_record(current + 1, 1, &[msg(66, 1, b"forged")], &mut bytes).unwrap();
+        encode_record(current, 0, &[msg(4, 1, b"new")], RECORD_ALIGN, &mut bytes).unwrap();
+        encode_record(current + 1, 1, &[msg(66, 1, b"forged")], RECORD_ALIGN, &mut bytes).unwrap();
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read(&path).unwrap(), vec![vec![msg(4, 1, b"new")]]);
         // With the right generation the same bytes would be read: only the generation
         // kept them out.
         let mut bytes = encode_header(current);
-        encode_record(current, 0, &[msg(4, 1, b"new")], &mut bytes).unwrap();
-        encode_record(current, 1, &[msg(66, 1, b"forged")], &mut bytes).unwrap();
+        encode_record(current, 0, &[msg(4, 1, b"new")], RECORD_ALIGN, &mut bytes).unwrap();
+        encode_record(current, 1, &[msg(66, 1, b"forged")], RECORD_ALIGN, &mut bytes).unwrap();
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read(&path).unwrap().len(), 2);
     }

@@ -253,3 +253,63 @@ fn a_batch_larger_than_the_commit_log_is_stored_after_everything_before_it() {
         (0..N).map(|k| (k as u64 + 1, format!("big{k}"))).chain([(N as u64 + 1, "small".to_owned())]).collect();
     assert_eq!(hist, want);
 }
+
+#[test]
+fn a_store_failing_behind_the_commit_log_refuses_reads_and_loses_nothing_acked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let mut server = Server::start_in(&dir, 1, "commit_log_mib = 1");
+    let mut a = server.connect("kim", "d", Encoding::FlatBuffers);
+    a.send(&send_to("lou", "first", "before"));
+    let conv = match a.recv() {
+        ServerFrame::Ack(ack) => ack.conv,
+        other => panic!("{other:?}"),
+    };
+    // fjall's journal made immutable: its next write fails and fjall stops accepting
+    // writes until restarted. The commit log, in front of it, still takes commits.
+    let journals: Vec<_> = std::fs::read_dir(dir.join("shard-0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .collect();
+    assert!(!journals.is_empty(), "fjall keeps its journal in shard-0/*.jnl");
+    for j in &journals {
+        chattr("+i", j);
+    }
+    let body = "y".repeat(8 * 1024);
+    let (mut acked, mut refused) = (vec!["first".to_owned()], 0);
+    // Until the 1 MiB log is full (~120 records), sends are acked from the log; then the
+    // checkpoint needs the store, so they are refused, retryably, instead of waiting.
+    for i in 0..400 {
+        let cmid = format!("m{i}");
+        a.send(&send_to("lou", &cmid, &body));
+        match a.recv() {
+            ServerFrame::Ack(ack) => {
+                assert_eq!(ack.seq, acked.len() as u64 + 1, "dense seqs");
+                acked.push(cmid);
+            }
+            ServerFrame::Error(e) => {
+                assert_eq!(e.code, wire::error::ErrorCode::Internal, "{e:?}");
+                refused += 1;
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(acked.len() > 10 && refused == 1, "acked {} then refused", acked.len());
+    // Reads need the store: refused too, not left waiting.
+    a.send(&ClientFrame::History(History { req_id: Some("h".into()), conv, before_seq: None, limit: Some(10) }));
+    match a.recv() {
+        ServerFrame::Error(e) => assert_eq!(e.code, wire::error::ErrorCode::Internal, "{e:?}"),
+        other => panic!("history answered {other:?} while the store is failing"),
+    }
+    for j in &journals {
+        chattr("-i", j);
+    }
+    // A restart replays the log into the repaired store: every acked message is there.
+    server.kill9();
+    let server = Server::start_in(&dir, 1, "commit_log_mib = 1");
+    let mut l = server.connect("lou", "d", Encoding::Json);
+    let want: Vec<(u64, String)> = acked.iter().enumerate().map(|(k, c)| (k as u64 + 1, c.clone())).collect();
+    assert_eq!(history_all(&mut l, conv), want);
+}

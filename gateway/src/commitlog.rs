@@ -33,7 +33,8 @@ use crate::service::Shard;
 pub const APPLY_BATCH: usize = 2048;
 /// The longest a logged write waits before it is applied, when nothing reads.
 pub const APPLY_DELAY: Duration = Duration::from_millis(5);
-/// Pause before applying again after the store failed.
+/// Pause before applying again after the store failed (reads arriving meanwhile wait
+/// for the retry, they do not start one).
 const APPLY_RETRY: Duration = Duration::from_millis(100);
 
 type AfterApplied = Box<dyn FnOnce(&mut Shard, Result<(), StoreError>)>;
@@ -66,6 +67,11 @@ pub struct CommitLog {
     applying: bool,
     /// A timer will start the next apply.
     apply_timer: bool,
+    /// The store failed: no apply before the retry timer fires.
+    apply_backoff: bool,
+    /// Applies failed in a row, and when one was last logged (at most one line a second).
+    apply_failures: u64,
+    apply_failure_logged: Option<std::time::Instant>,
     /// Reads waiting for the store to apply batch `.0`.
     reads: Vec<(u64, AfterApplied)>,
 }
@@ -98,6 +104,9 @@ impl CommitLog {
             pending: Vec::new(),
             applying: false,
             apply_timer: false,
+            apply_backoff: false,
+            apply_failures: 0,
+            apply_failure_logged: None,
             reads: Vec::new(),
         })
     }
@@ -239,7 +248,7 @@ impl Shard {
     /// [`APPLY_DELAY`], or at once when `now`, a read or a checkpoint needs them.
     pub(crate) fn kick_apply(&mut self, now: bool) {
         let Some(log) = self.log.as_mut() else { return };
-        if log.applying || log.pending.is_empty() {
+        if log.applying || log.pending.is_empty() || log.apply_backoff {
             return;
         }
         let urgent = now || !log.reads.is_empty() || log.checkpointing || log.pending.len() >= APPLY_BATCH;
@@ -271,45 +280,56 @@ impl Shard {
     fn on_applied(&mut self, upto: u64, writes: Vec<Write>, r: Result<(), StoreError>) {
         let Some(log) = self.log.as_mut() else { return };
         log.applying = false;
-        let ready: Vec<AfterApplied> = match &r {
-            Ok(()) => {
-                log.applied = upto;
-                let (ready, wait) = std::mem::take(&mut log.reads).into_iter().partition(|(n, _)| *n <= upto);
-                log.reads = wait;
-                ready.into_iter().map(|(_, f)| f).collect()
-            }
-            Err(_) => {
-                // Still durable in the log: keep them first in line and try again.
-                let later = std::mem::replace(&mut log.pending, writes);
-                log.pending.extend(later);
-                std::mem::take(&mut log.reads).into_iter().map(|(_, f)| f).collect()
-            }
-        };
-        match r {
-            Ok(()) => {
-                self.stats().store_applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                for f in ready {
-                    f(self, Ok(()));
-                }
-                self.checkpoint();
-                self.kick_apply(false);
-            }
-            Err(e) => {
-                tracing::error!(shard = self.me.0, "applying logged writes to the store failed: {e}");
-                for f in ready {
-                    f(self, Err(StoreError::Unavailable(e.to_string())));
-                }
-                if let Some(log) = self.log.as_mut() {
-                    log.apply_timer = true;
-                }
-                self.after(glommio::timer::sleep(APPLY_RETRY), |s, ()| {
-                    if let Some(log) = s.log.as_mut() {
-                        log.apply_timer = false;
-                    }
-                    s.kick_apply(true);
-                });
+        if let Err(e) = r {
+            return self.on_apply_failed(writes, &e);
+        }
+        log.applied = upto;
+        log.apply_failures = 0;
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut log.reads).into_iter().partition(|(n, _)| *n <= upto);
+        log.reads = wait;
+        self.stats().store_applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (_, f) in ready {
+            f(self, Ok(()));
+        }
+        self.checkpoint();
+        self.kick_apply(false);
+    }
+
+    /// The store refused logged writes. They stay durable in the log and first in line;
+    /// what waits on them (reads, a checkpoint's queued sends) is answered `internal`
+    /// now, and the apply is tried again after [`APPLY_RETRY`]. An engine that stays
+    /// broken (fjall poisons itself after a failed journal write) gets the log replayed
+    /// into it on the next start.
+    fn on_apply_failed(&mut self, writes: Vec<Write>, e: &StoreError) {
+        let Some(log) = self.log.as_mut() else { return };
+        let later = std::mem::replace(&mut log.pending, writes);
+        log.pending.extend(later);
+        log.apply_failures += 1;
+        if log.apply_failure_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            log.apply_failure_logged = Some(std::time::Instant::now());
+            let n = log.apply_failures;
+            tracing::error!(shard = self.me.0, failures = n, "applying logged writes to the store failed: {e}");
+        }
+        let reads = std::mem::take(&mut log.reads);
+        // A checkpoint cannot finish without the store: refuse what waits for it
+        // rather than keep the senders waiting (the next send tries again).
+        let stuck = std::mem::replace(&mut log.checkpointing, false);
+        log.apply_backoff = true;
+        for (_, f) in reads {
+            f(self, Err(StoreError::Unavailable(e.to_string())));
+        }
+        if stuck {
+            let queued = std::mem::take(&mut self.convs.queued);
+            if !queued.is_empty() {
+                self.on_commit_failed(queued, e);
             }
         }
+        self.after(glommio::timer::sleep(APPLY_RETRY), |s, ()| {
+            if let Some(log) = s.log.as_mut() {
+                log.apply_backoff = false;
+            }
+            s.kick_apply(true);
+        });
     }
 
     /// Runs the store read `job` on the blocking pool once the store holds every write

@@ -62,25 +62,26 @@ fn blast(mut c: Client, sender: usize, prefix: String, body_len: usize, ledger: 
 
 #[test]
 fn kill_9_at_random_moments_loses_nothing_acked_and_stores_resends_once() {
-    let checkpoints = crash_and_audit(&[""], 0);
+    let checkpoints = crash_and_audit(&[""], 0, false);
     assert_eq!(checkpoints, 0, "the default log does not fill in this test");
 }
 
 #[test]
 fn a_commit_log_that_fills_during_the_blast_loses_nothing_acked() {
-    // 1 MiB of log and 16 KiB bodies: a checkpoint every ~60 records.
-    let checkpoints = crash_and_audit(&["commit_log_mib = 1"], 16 * 1024);
-    assert!(checkpoints > 0, "the log must have filled and been checkpointed");
+    // 1 MiB of log and 16 KiB bodies: a checkpoint every ~60 messages. Each crash comes
+    // after the log has wrapped at least once in that run.
+    crash_and_audit(&["commit_log_mib = 1"], 16 * 1024, true);
 }
 
 #[test]
 fn a_log_left_by_a_crash_is_replayed_whether_the_log_is_on_or_off() {
-    crash_and_audit(&["commit_log_mib = 1", "commit_log_mib = 0"], 2048);
+    crash_and_audit(&["commit_log_mib = 1", "commit_log_mib = 0"], 2048, false);
 }
 
 /// Crashes a server [`ITERATIONS`] times in mid-blast (iteration `i` runs with config
-/// `tomls[i % len]`), then audits every conversation; returns the log checkpoints seen.
-fn crash_and_audit(tomls: &[&str], body_len: usize) -> u64 {
+/// `tomls[i % len]`; with `after_checkpoint`, only once its commit log has been
+/// checkpointed), then audits every conversation; returns the log checkpoints seen.
+fn crash_and_audit(tomls: &[&str], body_len: usize, after_checkpoint: bool) -> u64 {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     let ledger = Arc::new(Mutex::new(Ledger { sent: vec![Vec::new(); SENDERS], acked: HashMap::new() }));
@@ -113,6 +114,13 @@ fn crash_and_audit(tomls: &[&str], body_len: usize) -> u64 {
                 std::thread::spawn(move || blast(c, s, format!("i{iteration}-s{s}"), body_len, ledger))
             })
             .collect();
+        if after_checkpoint {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while metric_total(&server, "switchboard_log_checkpoints_total") == 0 {
+                assert!(std::time::Instant::now() < deadline, "no checkpoint within 20 s of traffic");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         std::thread::sleep(Duration::from_millis(rng.random_range(30..300)));
         checkpoints += metric_total(&server, "switchboard_log_checkpoints_total");
         server.kill9();

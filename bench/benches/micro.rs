@@ -128,37 +128,112 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-fn store(c: &mut Criterion) {
+/// `n` new 64-byte messages of one conversation, numbered on from `seq`.
+fn writes(n: usize, seq: &mut u64) -> Vec<storage::model::Write> {
     use storage::model::{StoredMessage, Write};
+    (0..n)
+        .map(|_| {
+            *seq += 1;
+            Write::Message {
+                conv: ConvId(1),
+                seq: *seq,
+                msg: StoredMessage {
+                    message_id: *seq,
+                    from: "alice".into(),
+                    from_device: "d".into(),
+                    client_msg_id: format!("c{seq}"),
+                    ts: *seq,
+                    kind: 0,
+                    body: vec![b'x'; 64],
+                },
+            }
+        })
+        .collect()
+}
+
+/// The group commit's storage costs: fjall with fdatasync (the path with the commit log
+/// off), and with the log: encoding a record, its O_DSYNC direct write, and fjall's
+/// unsynced apply behind it.
+fn store(c: &mut Criterion) {
     use storage::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let s = storage::embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap();
+    let mut seq = 0u64;
     let mut g = c.benchmark_group("storage_commit_fsync");
     g.sample_size(20);
-    let dir = tempfile::tempdir().unwrap();
-    let s = storage::embedded::EmbeddedStore::open(dir.path()).unwrap();
-    let mut seq = 0u64;
     for n in [1usize, 16, 128] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("messages", n), |b| b.iter(|| s.commit(&writes(n, &mut seq)).unwrap()));
+    }
+    g.finish();
+    let mut g = c.benchmark_group("storage_apply_unsynced");
+    for n in [16usize, 128, 2048] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("messages", n), |b| b.iter(|| s.apply(&writes(n, &mut seq)).unwrap()));
+    }
+    g.finish();
+    let mut g = c.benchmark_group("commit_log_encode");
+    for n in [1usize, 16, 128] {
+        let batch = writes(n, &mut seq);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("messages", n), |b| {
             b.iter(|| {
-                let writes: Vec<Write> = (0..n)
-                    .map(|_| {
-                        seq += 1;
-                        Write::Message {
-                            conv: ConvId(1),
-                            seq,
-                            msg: StoredMessage {
-                                message_id: seq,
-                                from: "alice".into(),
-                                from_device: "d".into(),
-                                client_msg_id: format!("c{seq}"),
-                                ts: seq,
-                                kind: 0,
-                                body: vec![b'x'; 64],
-                            },
-                        }
-                    })
-                    .collect();
-                s.commit(&writes).unwrap()
+                let mut out = Vec::new();
+                storage::log::encode_record(7, 0, &batch, storage::log::RECORD_ALIGN, &mut out).unwrap();
+                out
+            })
+        });
+    }
+    g.finish();
+    commit_log_write(c, &dir.path().join("log"));
+}
+
+/// One record appended to a zero-filled log file with one direct O_DSYNC write, as a
+/// shard does (through glommio's `DmaFile`), 1 / 16 / 128 messages per record.
+fn commit_log_write(c: &mut Criterion, path: &std::path::Path) {
+    use glommio::io::{DmaFile, OpenOptions};
+    const SIZE: u64 = 64 << 20;
+    let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
+    let file: std::rc::Rc<DmaFile> = ex.run(async {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_DSYNC)
+            .dma_open(path)
+            .await
+            .unwrap();
+        let mut zeros = f.alloc_dma_buffer(1 << 20);
+        zeros.as_bytes_mut().fill(0);
+        let zeros = std::rc::Rc::new(zeros);
+        for k in 0..SIZE >> 20 {
+            f.write_rc_at(zeros.clone(), k << 20).await.unwrap();
+        }
+        f.fdatasync().await.unwrap();
+        std::rc::Rc::new(f)
+    });
+    let mut g = c.benchmark_group("commit_log_append_odsync");
+    g.sample_size(20);
+    let mut seq = 0u64;
+    let mut pos = 0u64;
+    for n in [1usize, 16, 128] {
+        let mut record = Vec::new();
+        storage::log::encode_record(7, 0, &writes(n, &mut seq), storage::log::RECORD_ALIGN, &mut record).unwrap();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("messages", n), |b| {
+            b.iter(|| {
+                let len = record.len() as u64;
+                if pos + len > SIZE {
+                    pos = 0;
+                }
+                let at = pos;
+                pos += len;
+                let (file, bytes) = (file.clone(), &record);
+                ex.run(async move {
+                    let mut buf = file.alloc_dma_buffer(bytes.len());
+                    buf.as_bytes_mut().copy_from_slice(bytes);
+                    file.write_at(buf, at).await.unwrap()
+                })
             })
         });
     }

@@ -36,13 +36,9 @@ fn acked_messages_survive_kill_9() {
     a.send_many((0..N).map(|i| send_to("jack", &format!("k{i}"), "durable?")));
     let mut conv = None;
     for i in 0..N {
-        match a.recv() {
-            ServerFrame::Ack(ack) => {
-                assert_eq!(ack.client_msg_id, format!("k{i}"));
-                conv = Some(ack.conv);
-            }
-            other => panic!("{other:?}"),
-        }
+        let ack = a.ack();
+        assert_eq!(ack.client_msg_id, format!("k{i}"));
+        conv = Some(ack.conv);
     }
     // Every ack is in: kill without any chance to flush.
     server.kill9();
@@ -56,10 +52,8 @@ fn acked_messages_survive_kill_9() {
     // The dedupe window was rebuilt from storage: a resend after restart is not stored again.
     let mut a = server.connect("ivy", "d", Encoding::Json);
     a.send(&send_to("jack", "k7", "durable?"));
-    match a.recv() {
-        ServerFrame::Ack(ack) => assert!(ack.duplicate && ack.seq == 8),
-        other => panic!("{other:?}"),
-    }
+    let ack = a.ack();
+    assert!(ack.duplicate && ack.seq == 8);
 }
 
 #[test]
@@ -83,10 +77,7 @@ fn reconnecting_device_syncs_exactly_what_it_missed() {
     let mut a = server.connect("kate", "d", Encoding::Json);
     let send = |a: &mut Client, to: &str, cmid: &str| {
         a.send(&send_to(to, cmid, cmid));
-        match a.recv() {
-            ServerFrame::Ack(ack) => ack,
-            other => panic!("{other:?}"),
-        }
+        a.ack()
     };
     // Bob's phone sees messages 1-3 live, then goes offline.
     let mut b = server.connect("leo", "phone", Encoding::FlatBuffers);
@@ -177,12 +168,10 @@ fn a_failed_commit_log_write_is_refused_retryably_and_loses_nothing() {
     let mut server = Server::start_in(&dir, 1, "");
     let mut a = server.connect("fay", "d", Encoding::Json);
     let mut b = server.connect("gus", "d", Encoding::Json);
-    let expect_ack = |a: &mut Client, cmid: &str, seq: u64| match a.recv() {
-        ServerFrame::Ack(ack) => {
-            assert_eq!((ack.client_msg_id.as_str(), ack.seq), (cmid, seq));
-            ack.conv
-        }
-        other => panic!("{cmid}: expected an ack, got {other:?}"),
+    let expect_ack = |a: &mut Client, cmid: &str, seq: u64| {
+        let ack = a.ack();
+        assert_eq!((ack.client_msg_id.as_str(), ack.seq), (cmid, seq));
+        ack.conv
     };
     a.send(&send_to("gus", "m1", "before"));
     let conv = expect_ack(&mut a, "m1", 1);
@@ -234,17 +223,13 @@ fn a_batch_larger_than_the_commit_log_is_stored_after_everything_before_it() {
     a.send_many((0..N).map(|i| send_to("ida", &format!("big{i}"), &body)));
     let mut conv = None;
     for i in 0..N {
-        match a.recv() {
-            ServerFrame::Ack(ack) => {
-                assert_eq!((ack.client_msg_id.clone(), ack.seq), (format!("big{i}"), i as u64 + 1));
-                conv = Some(ack.conv);
-            }
-            other => panic!("{other:?}"),
-        }
+        let ack = a.ack();
+        assert_eq!((ack.client_msg_id.clone(), ack.seq), (format!("big{i}"), i as u64 + 1));
+        conv = Some(ack.conv);
     }
     assert!(metric_total(&server, "switchboard_log_bypasses_total") >= 1, "a batch went past the log");
     a.send(&send_to("ida", "small", "after"));
-    assert!(matches!(a.recv(), ServerFrame::Ack(ack) if ack.seq == N as u64 + 1));
+    assert_eq!(a.ack().seq, N as u64 + 1);
     server.kill9();
     let server = Server::start_in(&dir, 1, "commit_log_mib = 1");
     let mut i = server.connect("ida", "d", Encoding::Json);
@@ -261,10 +246,7 @@ fn a_store_failing_behind_the_commit_log_refuses_reads_and_loses_nothing_acked()
     let mut server = Server::start_in(&dir, 1, "commit_log_mib = 1");
     let mut a = server.connect("kim", "d", Encoding::FlatBuffers);
     a.send(&send_to("lou", "first", "before"));
-    let conv = match a.recv() {
-        ServerFrame::Ack(ack) => ack.conv,
-        other => panic!("{other:?}"),
-    };
+    let conv = a.ack().conv;
     // fjall's journal made immutable: its next write fails and fjall stops accepting
     // writes until restarted. The commit log, in front of it, still takes commits.
     let journals: Vec<_> = std::fs::read_dir(dir.join("shard-0"))

@@ -62,51 +62,35 @@ trait Side {
     fn send(&mut self, plain: &[u8]);
 }
 
-impl Side for rustls::ClientConnection {
-    fn output(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        while self.wants_write() {
-            self.write_tls(&mut out).expect("client output");
-        }
-        out
-    }
+/// rustls's buffered connections, client or server: the same calls on each.
+macro_rules! buffered_side {
+    ($conn:ty) => {
+        impl Side for $conn {
+            fn output(&mut self) -> Vec<u8> {
+                let mut out = Vec::new();
+                while self.wants_write() {
+                    self.write_tls(&mut out).expect("tls output");
+                }
+                out
+            }
 
-    fn input(&mut self, bytes: &mut [u8], plain: &mut Vec<u8>) {
-        let mut b = &bytes[..];
-        while !b.is_empty() {
-            self.read_tls(&mut b).expect("client input");
-            self.process_new_packets().expect("client accepts the server");
-        }
-        let _ = self.reader().read_to_end(plain);
-    }
+            fn input(&mut self, bytes: &mut [u8], plain: &mut Vec<u8>) {
+                let mut b = &bytes[..];
+                while !b.is_empty() {
+                    self.read_tls(&mut b).expect("tls input");
+                    self.process_new_packets().expect("the peer's records are accepted");
+                }
+                let _ = self.reader().read_to_end(plain);
+            }
 
-    fn send(&mut self, plain: &[u8]) {
-        self.writer().write_all(plain).expect("client write");
-    }
+            fn send(&mut self, plain: &[u8]) {
+                self.writer().write_all(plain).expect("tls write");
+            }
+        }
+    };
 }
-
-impl Side for rustls::ServerConnection {
-    fn output(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        while self.wants_write() {
-            self.write_tls(&mut out).expect("server output");
-        }
-        out
-    }
-
-    fn input(&mut self, bytes: &mut [u8], plain: &mut Vec<u8>) {
-        let mut b = &bytes[..];
-        while !b.is_empty() {
-            self.read_tls(&mut b).expect("server input");
-            self.process_new_packets().expect("server accepts the client");
-        }
-        let _ = self.reader().read_to_end(plain);
-    }
-
-    fn send(&mut self, plain: &[u8]) {
-        self.writer().write_all(plain).expect("server write");
-    }
-}
+buffered_side!(rustls::ClientConnection);
+buffered_side!(rustls::ServerConnection);
 
 impl Side for switchboard::tls::Session {
     fn output(&mut self) -> Vec<u8> {

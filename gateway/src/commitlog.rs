@@ -170,7 +170,11 @@ enum Place {
 impl Shard {
     /// Makes `batch` (its `writes`) durable through the commit log; `on_committed` follows.
     pub(crate) fn log_commit(&mut self, batch: Vec<Pending>, writes: Vec<Write>) {
-        let Some(log) = self.log.as_mut() else { return };
+        let Some(log) = self.log.as_mut() else {
+            // Not called without a log; refuse rather than drop the batch if it were.
+            let e = StoreError::Unavailable("no commit log".into());
+            return self.on_committed(batch, Err(e));
+        };
         let bytes = match log.record(&writes) {
             Ok(b) => b,
             Err(e) => return self.on_committed(batch, Err(e)),
@@ -320,10 +324,7 @@ impl Shard {
             f(self, Err(StoreError::Unavailable(e.to_string())));
         }
         if stuck {
-            let queued = std::mem::take(&mut self.convs.queued);
-            if !queued.is_empty() {
-                self.on_commit_failed(queued, e);
-            }
+            self.refuse_queued(e);
         }
         self.after(glommio::timer::sleep(APPLY_RETRY), |s, ()| {
             if let Some(log) = s.log.as_mut() {
@@ -340,26 +341,15 @@ impl Shard {
         job: impl FnOnce() -> Result<T, StoreError> + std::marker::Send + 'static,
         done: impl FnOnce(&mut Shard, Result<T, StoreError>) + 'static,
     ) {
-        let waiting = match self.log.as_mut() {
-            Some(log) if log.applied < log.appended => {
-                let target = log.appended;
-                log.reads.push((
-                    target,
-                    Box::new(move |s: &mut Shard, r: Result<(), StoreError>| match r {
-                        Ok(()) => s.blocking(job, done),
-                        Err(e) => done(s, Err(e)),
-                    }),
-                ));
-                true
-            }
-            _ => {
-                self.blocking(job, done);
-                false
-            }
+        let Some(log) = self.log.as_mut().filter(|l| l.applied < l.appended) else {
+            return self.blocking(job, done);
         };
-        if waiting {
-            self.kick_apply(true);
-        }
+        let after: AfterApplied = Box::new(move |s, r| match r {
+            Ok(()) => s.blocking(job, done),
+            Err(e) => done(s, Err(e)),
+        });
+        log.reads.push((log.appended, after));
+        self.kick_apply(true);
     }
 
     /// Starts or continues a checkpoint that `restart` asks for: once no append runs and
@@ -408,11 +398,16 @@ impl Shard {
                 // Nothing queued can be made durable now: fail it (retryable); the next
                 // send tries the checkpoint again.
                 tracing::error!(shard = self.me.0, "commit log checkpoint failed: {e}");
-                let queued = std::mem::take(&mut self.convs.queued);
-                if !queued.is_empty() {
-                    self.on_commit_failed(queued, &e);
-                }
+                self.refuse_queued(&e);
             }
+        }
+    }
+
+    /// Answers every queued send `internal` (retryable): nothing can be made durable now.
+    fn refuse_queued(&mut self, e: &StoreError) {
+        let queued = std::mem::take(&mut self.convs.queued);
+        if !queued.is_empty() {
+            self.on_commit_failed(queued, e);
         }
     }
 }

@@ -246,6 +246,14 @@ impl Client {
         }
     }
 
+    /// The next frame, which must be an ack (panics with what came instead).
+    pub fn ack(&mut self) -> wire::frame::Ack {
+        match self.recv() {
+            ServerFrame::Ack(ack) => ack,
+            other => panic!("{}: expected an ack, got {other:?}", self.user),
+        }
+    }
+
     /// Reads until the server closes; returns the close code.
     pub fn expect_close(&mut self) -> u16 {
         loop {

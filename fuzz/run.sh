@@ -15,7 +15,7 @@ run() {
     >"$log" 2>&1 || echo "$1: fuzzer exited with an error (see fuzz/$log)"
   grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY)' "$log" | sed "s/^/$1: /" || true
 }
-targets=(json_client fb_client upgrade jwt ws_frames tls_records)
+targets=(json_client fb_client upgrade jwt ws_frames tls_records tls_established)
 for ((i = 0; i < ${#targets[@]}; i += 2)); do
   run "${targets[i]}" &
   if [ $((i + 1)) -lt ${#targets[@]} ]; then run "${targets[i + 1]}" & fi

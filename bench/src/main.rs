@@ -65,6 +65,10 @@ struct Common {
     /// Frame encoding: fb or json.
     #[arg(long, default_value = "fb")]
     encoding: String,
+    /// Offer permessage-deflate as browsers do (the gateway needs `permessage_deflate =
+    /// true`); messages this client sends are compressed too.
+    #[arg(long)]
+    deflate: bool,
     /// Client executors (threads).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -99,6 +103,7 @@ impl Common {
                 .transpose()?,
             encoding,
             secret: self.secret.clone(),
+            deflate: self.deflate,
         })
     }
 }
@@ -214,6 +219,9 @@ enum Cmd {
         /// Connect with WSS, trusting this CA / self-signed certificate (PEM).
         #[arg(long)]
         tls_ca: Option<std::path::PathBuf>,
+        /// Offer permessage-deflate (the gateway needs `permessage_deflate = true`).
+        #[arg(long)]
+        deflate: bool,
     },
 }
 
@@ -345,6 +353,7 @@ fn open(
     addr: SocketAddr,
     token: &str,
     tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    deflate: bool,
 ) -> anyhow::Result<Box<dyn Stream>> {
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -359,8 +368,9 @@ fn open(
     write!(
         s,
         "GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Authorization: Bearer {token}\r\n\r\n"
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{}\
+         Authorization: Bearer {token}\r\n\r\n",
+        if deflate { net::DEFLATE_OFFER } else { "" }
     )?;
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
@@ -377,7 +387,9 @@ fn open(
             let frame = &buf[end + 4..];
             // A ready frame is short: 2-byte header, 7-bit length.
             if frame.len() >= 2 && frame.len() >= 2 + (frame[1] & 0x7f) as usize {
-                if !String::from_utf8_lossy(&frame[2..]).contains("\"ready\"") {
+                let payload = &frame[2..2 + (frame[1] & 0x7f) as usize];
+                let payload = if frame[0] & 0x40 != 0 { net::inflate(payload)? } else { payload.to_vec() };
+                if !String::from_utf8_lossy(&payload).contains("\"ready\"") {
                     bail!("first frame was not ready");
                 }
                 return Ok(s);
@@ -393,6 +405,7 @@ fn idle(
     pid: u32,
     hold: u64,
     tls_ca: Option<&std::path::Path>,
+    deflate: bool,
 ) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
         bail!("switchboard-bench targets loopback addresses only");
@@ -403,7 +416,7 @@ fn idle(
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
         let token = net::token(secret, &format!("idle-{i}"), "bench");
-        conns.push(open(addr, &token, tls.as_ref()).with_context(|| format!("connection {i}"))?);
+        conns.push(open(addr, &token, tls.as_ref(), deflate).with_context(|| format!("connection {i}"))?);
         if (i + 1) % 1000 == 0 {
             eprint!("\r{} connections, {:.0}/s", i + 1, (i + 1) as f64 / started.elapsed().as_secs_f64());
         }
@@ -415,7 +428,7 @@ fn idle(
     eprintln!();
     let per = (after.saturating_sub(before)) as f64 / n as f64;
     println!(
-        "{{\"scenario\":\"idle\",\"tls\":{},\"connections\":{n},\"rss_before\":{before},\"rss_after\":{after},\
+        "{{\"scenario\":\"idle\",\"tls\":{},\"deflate\":{deflate},\"connections\":{n},\"rss_before\":{before},\"rss_after\":{after},\
          \"bytes_per_conn\":{per:.0},\"connect_secs\":{:.3}}}",
         tls.is_some(),
         elapsed.as_secs_f64()
@@ -427,8 +440,8 @@ fn idle(
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Idle { addr, secret, connections, server_pid, hold, tls_ca } => {
-            idle(addr, &secret, connections, server_pid, hold, tls_ca.as_deref())
+        Cmd::Idle { addr, secret, connections, server_pid, hold, tls_ca, deflate } => {
+            idle(addr, &secret, connections, server_pid, hold, tls_ca.as_deref(), deflate)
         }
         Cmd::Storm { common, connections, rate, hold, heartbeat, max_inflight } => {
             let args = storm::StormArgs {

@@ -32,6 +32,25 @@ pub struct Target {
     pub encoding: Encoding,
     /// Token secret (HS256).
     pub secret: String,
+    /// Offer permessage-deflate (and compress what this client sends when accepted).
+    pub deflate: bool,
+}
+
+/// The permessage-deflate offer a browser makes.
+pub const DEFLATE_OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+thread_local! {
+    /// One codec per client executor (the gateway's: each message on its own).
+    static CODEC: std::cell::RefCell<switchboard::deflate::Codec> = Default::default();
+}
+
+/// Inflates a compressed server message (at most 16 MiB).
+pub fn inflate(payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    CODEC
+        .with_borrow_mut(|c| c.inflate(payload, 16 << 20, &mut out))
+        .map_err(|e| anyhow::anyhow!("bad compressed frame: {e:?}"))?;
+    Ok(out)
 }
 
 /// Why a connection failed (the keys of a report's `failures`).
@@ -92,6 +111,11 @@ pub struct Rx {
     encoding: Encoding,
 }
 
+/// A frame's payload, inflated if the frame is compressed (RSV1).
+fn message<'a>(h: &FrameHeader, payload: &'a [u8]) -> anyhow::Result<std::borrow::Cow<'a, [u8]>> {
+    Ok(if h.rsv1 { inflate(payload)?.into() } else { payload.into() })
+}
+
 /// What arrived.
 pub enum In {
     /// A protocol frame.
@@ -115,10 +139,10 @@ impl Rx {
                     let payload = &self.buf[start..end];
                     let got = match h.opcode {
                         OpCode::Data(Data::Binary) if self.encoding == Encoding::FlatBuffers => {
-                            Some(In::Frame(wire::fb::decode_server(payload)?))
+                            Some(In::Frame(wire::fb::decode_server(&message(&h, payload)?)?))
                         }
                         OpCode::Data(Data::Text) if self.encoding == Encoding::Json => {
-                            Some(In::Frame(wire::json::decode_server(payload)?))
+                            Some(In::Frame(wire::json::decode_server(&message(&h, payload)?)?))
                         }
                         OpCode::Control(Control::Ping) => Some(In::Ping(payload.to_vec())),
                         OpCode::Control(Control::Close) => {
@@ -163,9 +187,11 @@ pub struct Tx {
     w: WriteHalf<Boxed>,
     encoding: Encoding,
     out: Vec<u8>,
+    /// permessage-deflate was negotiated: data frames go compressed.
+    deflate: bool,
 }
 
-/// Appends a masked client frame.
+/// Appends a masked client frame (`opcode` may carry RSV1, 0x40).
 fn masked(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.push(0x80 | opcode);
     match payload.len() {
@@ -187,9 +213,16 @@ fn masked(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
 impl Tx {
     /// Queues a protocol frame (sent by [`Tx::flush`]).
     pub fn queue(&mut self, f: &ClientFrame) {
-        match self.encoding {
-            Encoding::FlatBuffers => masked(0x2, &wire::fb::encode_client(f), &mut self.out),
-            Encoding::Json => masked(0x1, &wire::json::encode_client(f), &mut self.out),
+        let (opcode, payload) = match self.encoding {
+            Encoding::FlatBuffers => (0x2, wire::fb::encode_client(f)),
+            Encoding::Json => (0x1, wire::json::encode_client(f)),
+        };
+        if self.deflate {
+            let mut z = Vec::with_capacity(payload.len());
+            CODEC.with_borrow_mut(|c| c.compress(&payload, &mut z));
+            masked(0x40 | opcode, &z, &mut self.out);
+        } else {
+            masked(opcode, &payload, &mut self.out);
         }
     }
 
@@ -298,9 +331,10 @@ async fn open_token(target: &Target, n: usize, token: &str) -> anyhow::Result<Co
     };
     let req = format!(
         "GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: {}\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: {}\r\n{}\
          Authorization: Bearer {}\r\n\r\n",
         target.encoding.subprotocol(),
+        if target.deflate { DEFLATE_OFFER } else { "" },
         token
     );
     s.write_all(req.as_bytes()).await?;
@@ -322,9 +356,11 @@ async fn open_token(target: &Target, n: usize, token: &str) -> anyhow::Result<Co
         let status = String::from_utf8_lossy(&buf[9..end.min(12)]).into_owned();
         anyhow::bail!("http {status}");
     }
+    let deflate = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase().contains("permessage-deflate");
+    anyhow::ensure!(deflate == target.deflate, "permessage-deflate offered: {}, accepted: {deflate}", target.deflate);
     let (r, w) = futures_lite::io::split(s);
     let mut rx = Rx { r, buf: buf[end..].to_vec(), encoding: target.encoding };
-    let tx = Tx { w, encoding: target.encoding, out: Vec::new() };
+    let tx = Tx { w, encoding: target.encoding, out: Vec::new(), deflate };
     match rx.frame().await? {
         ServerFrame::Ready { .. } => Ok(Conn { rx, tx, resumed, suite }),
         other => anyhow::bail!("expected ready, got {other:?}"),

@@ -125,6 +125,30 @@ fn chat_with_groups_reports_every_message_delivered_once_in_order() {
 }
 
 #[test]
+fn chat_and_idle_with_permessage_deflate() {
+    let gw = gateway_with(&["--permessage-deflate"]);
+    // The client refuses to run unless the gateway accepted its offer; every frame
+    // it then gets is inflated before it is decoded, every frame it sends compressed.
+    let args = ["chat", "--users", "20", "--rate", "200", "--secs", "2", "--body", "24-300", "--deflate"];
+    let r = bench(&gw, &[&args[..], &["--encoding", "json", "--tag", "zj"]].concat());
+    let m = &r["messages"];
+    assert_eq!((m["sent"].as_u64(), m["acked"].as_u64()), (Some(400), Some(400)), "{m}");
+    assert_eq!(m["delivered"], m["expected_deliveries"]);
+    assert_eq!((m["lost"].as_u64(), m["duplicates"].as_u64(), m["out_of_order"].as_u64()), (Some(0), Some(0), Some(0)));
+    let r = bench(&gw, &[&args[..], &["--encoding", "fb", "--tag", "zf"]].concat());
+    assert_eq!(r["messages"]["delivered"], r["messages"]["expected_deliveries"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(["idle", "--addr", &gw.addr, "--connections", "50", "--deflate", "--server-pid"])
+        .arg(gw.child.id().to_string())
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((line["deflate"].as_bool(), line["connections"].as_u64()), (Some(true), Some(50)));
+}
+
+#[test]
 fn storm_from_several_sources_merges_across_processes() {
     let gw = gateway();
     let a = bench(

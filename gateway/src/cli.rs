@@ -69,6 +69,13 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Accept permessage-deflate when clients offer it (config key `permessage_deflate`).
+    #[arg(long, env = "SWITCHBOARD_PERMESSAGE_DEFLATE")]
+    permessage_deflate: bool,
+    /// Conformance testing only: write every message back instead of handling it.
+    #[cfg(feature = "echo")]
+    #[arg(long)]
+    echo: bool,
 }
 
 #[derive(Args)]
@@ -128,6 +135,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.tls_key.is_some() {
         cfg.tls_key = args.tls_key;
+    }
+    if args.permessage_deflate {
+        cfg.permessage_deflate = true;
+    }
+    #[cfg(feature = "echo")]
+    if args.echo {
+        cfg.echo = true;
     }
     crate::server::serve(cfg)
 }

@@ -115,6 +115,13 @@ pub struct Config {
     /// Seconds a closing connection (close frame or refusal queued) may take to read it
     /// before its TCP connection is ended.
     pub closing_grace_secs: u32,
+    /// Accept permessage-deflate (RFC 7692) when a client offers it. Each message is
+    /// compressed on its own (no context takeover either way), so a connection keeps no
+    /// compression state; it costs CPU per message instead.
+    pub permessage_deflate: bool,
+    /// Conformance-testing reflector: every message is written back instead of being
+    /// handled. Only in a build with the `echo` cargo feature.
+    pub echo: bool,
 }
 
 impl Default for Config {
@@ -168,6 +175,8 @@ impl Default for Config {
             typing_ttl_secs: 6,
             drain_secs: 10,
             closing_grace_secs: 5,
+            permessage_deflate: false,
+            echo: false,
         }
     }
 }
@@ -182,6 +191,10 @@ impl Config {
 
     /// Rejects limits that cannot work together.
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.echo || cfg!(feature = "echo"),
+            "echo: this build has no echo mode (build with `--features echo`; for conformance testing only)"
+        );
         anyhow::ensure!(self.host_id < 32, "host_id must be below 32");
         anyhow::ensure!(self.max_frame >= 1024, "max_frame must be at least 1024 bytes");
         anyhow::ensure!(self.max_body <= self.max_frame, "max_body must not exceed max_frame");

@@ -42,6 +42,11 @@ pub struct Conn {
     pub frag: Vec<u8>,
     /// Opcode of the message in `frag`.
     pub frag_op: Option<Data>,
+    /// The message in `frag` is compressed (permessage-deflate): it is inflated, and its
+    /// text checked, once whole.
+    pub frag_deflated: bool,
+    /// permessage-deflate as negotiated on upgrade (one byte: no codec state here).
+    pub deflate: crate::deflate::Negotiated,
     /// Bytes waiting to be sent. Empty (no allocation) when idle.
     pub out: Vec<u8>,
     /// Bytes at the head of `out` that finish a frame already partly sent (0: `out`
@@ -94,6 +99,8 @@ impl Conn {
             inbuf: Vec::new(),
             frag: Vec::new(),
             frag_op: None,
+            frag_deflated: false,
+            deflate: crate::deflate::Negotiated::OFF,
             out: Vec::new(),
             out_partial: 0,
             dirty: false,

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 /// The HTTP upgrade parser.
 pub fn upgrade(data: &[u8]) {
-    let _ = crate::upgrade::parse(data, 8192, 2048);
+    let _ = crate::upgrade::parse(data, crate::upgrade::Limits { max: 8192, max_url: 2048, deflate: true });
 }
 
 /// JWT parsing and verification (HS256 verifier with a fixed secret).
@@ -17,15 +17,36 @@ pub fn jwt(data: &[u8]) {
     }
 }
 
-/// WebSocket frame parsing, unmasking and partial-frame tracking.
+/// WebSocket frame parsing, unmasking and partial-frame tracking, close payloads,
+/// UTF-8 checks of partly received text, and inflating permessage-deflate payloads
+/// (never past the limit, whatever the input claims).
 pub fn ws_frames(data: &[u8]) {
     let mut buf = data.to_vec();
     let mut pos = 0;
-    while let crate::ws::Next::Frame(f) = crate::ws::next(&buf[pos..], 1 << 16) {
+    let deflate = data.first().is_some_and(|b| b & 1 == 1);
+    while let crate::ws::Next::Frame(f) = crate::ws::next(&buf[pos..], 1 << 16, deflate) {
         let range = pos + f.payload.start..pos + f.payload.end;
-        crate::ws::unmask(&mut buf[range], f.mask);
+        crate::ws::unmask(&mut buf[range.clone()], f.mask);
+        if f.opcode
+            == tungstenite::protocol::frame::coding::OpCode::Control(
+                tungstenite::protocol::frame::coding::Control::Close,
+            )
+        {
+            let _ = crate::ws::close_code(&buf[range.clone()]);
+        }
+        if f.rsv1 {
+            thread_local! {
+                static CODEC: std::cell::RefCell<crate::deflate::Codec> = Default::default();
+            }
+            const MAX: usize = 1 << 16;
+            let mut out = Vec::new();
+            let _ = CODEC.with_borrow_mut(|c| c.inflate(&buf[range], MAX, &mut out));
+            assert!(out.len() <= MAX + 1, "inflated past the limit: {}", out.len());
+        }
         pos += f.len;
     }
+    let seen = data.len() / 3;
+    let _ = crate::ws::partial_text_ok(&data[pos.min(data.len())..], seen, &data[..data.len().min(3)]);
     let _ = crate::ws::partial_after(data, 0, data.len() / 2);
 }
 
@@ -161,7 +182,6 @@ pub fn tls_records(data: &[u8]) {
 /// The forging half of [`tls_records`]: `script` is a list of `[inner type, length,
 /// payload...]` records sealed with the client's own TLS 1.3 keys.
 fn forged_records(client: rustls::ClientConnection, session: &mut crate::tls::Session, script: &[u8], step: usize) {
-    use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
     let Some(suite) = client.negotiated_cipher_suite().and_then(|s| s.tls13()) else { return };
     let Ok(secrets) = client.dangerous_extract_secrets() else { return };
     let (seq, keys) = secrets.tx;
@@ -182,26 +202,10 @@ fn forged_records(client: rustls::ClientConnection, session: &mut crate::tls::Se
         let len = usize::from(len).min(tail.len());
         let (payload, tail) = tail.split_at(len);
         rest = tail;
-        let msg = OutboundPlainMessage {
-            typ: rustls::ContentType::from(typ),
-            version: rustls::ProtocolVersion::TLSv1_2,
-            payload: OutboundChunks::Single(payload),
+        let Some((typ, fed)) = seal_and_feed(&mut *enc, seq, typ, payload, step, session, &mut plain, &mut expected)
+        else {
+            return;
         };
-        let Ok(sealed) = enc.encrypt(msg, seq) else { return };
-        // What the peer sees (RFC 8446 5.4): the last non-zero byte of payload ++ type is
-        // the content type; zeros after it are padding.
-        let mut inner = payload.to_vec();
-        inner.push(typ);
-        let (typ, payload) = match inner.iter().rposition(|&b| b != 0) {
-            Some(i) => (inner[i], &inner[..i]),
-            None => (0, &[][..]),
-        };
-        let before = plain.len();
-        let fed = feed(step, session, &sealed.encode(), &mut plain);
-        match rustls::ContentType::from(typ) {
-            rustls::ContentType::ApplicationData if fed.is_ok() => expected.extend_from_slice(payload),
-            _ => assert_eq!(plain.len(), before, "a record of type {typ} came out as application data"),
-        }
         // Stop when refused, after an alert (close_notify or fatal: nothing more is
         // read), or after a handshake message (a key update changes the keys the rest
         // would need).
@@ -210,6 +214,145 @@ fn forged_records(client: rustls::ClientConnection, session: &mut crate::tls::Se
         }
     }
     assert!(plain == expected, "the session handed on other bytes than the client's application data");
+}
+
+/// The TLS 1.3 record layer from an established session whose keys are fixed
+/// (`tls::Session::established_with_fixed_keys`): no handshake, so thousands of inputs a
+/// second reach records, key updates, alerts and splits. The first byte sets the read
+/// size. Then a script of (op, len, ...) steps:
+/// - a record sealed under the client's current key with any inner content type and
+///   the payload that follows (alerts, handshake messages, empty and padded records);
+/// - a well-formed client `key_update` (asking for the server's when `len` is odd),
+///   after which the client seals under its next key;
+/// - a new read size;
+/// - the server writing `len * 61` bytes, which the client opens, following the
+///   server's own key updates; it must read exactly what was written.
+///
+/// The session must hand on exactly the client's application data before the first
+/// record it refuses, never panic, and keep what it carries between reads bounded.
+#[cfg(any(fuzzing, test))]
+pub fn tls_established(data: &[u8]) {
+    use rustls::crypto::cipher::InboundOpaqueMessage;
+    use rustls::ContentType;
+    let Some((&first, mut rest)) = data.split_first() else { return };
+    let mut step = usize::from(first).max(1);
+    let suite = crate::tls::fixed_suite();
+    let aead = |client: bool, generation: u32| match crate::tls::fixed_secrets(client, generation) {
+        rustls::ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (key, iv),
+        _ => unreachable!("fixed keys are AES-256-GCM"),
+    };
+    let mut session = crate::tls::Session::established_with_fixed_keys();
+    let (key, iv) = aead(true, 0);
+    let (mut enc, mut client_gen, mut client_seq) = (suite.aead_alg.encrypter(key, iv), 0u32, 0u64);
+    let (key, iv) = aead(false, 0);
+    let (mut dec, mut server_gen, mut server_seq) = (suite.aead_alg.decrypter(key, iv), 0u32, 0u64);
+    let (mut expected, mut plain) = (Vec::new(), Vec::new());
+    while let [op, len, ref tail @ ..] = *rest {
+        rest = tail;
+        match op % 4 {
+            0 | 1 => {
+                let (typ, payload) = if op % 4 == 0 {
+                    let n = usize::from(len).min(rest.len());
+                    let (payload, tail) = rest.split_at(n);
+                    rest = tail;
+                    // Mostly application data; otherwise any type the input names.
+                    (if op & 4 == 0 { 23 } else { op >> 3 }, payload.to_vec())
+                } else {
+                    (22, vec![24, 0, 0, 1, len & 1])
+                };
+                let sealed =
+                    seal_and_feed(&mut *enc, client_seq, typ, &payload, step, &mut session, &mut plain, &mut expected);
+                let Some((typ, fed)) = sealed else { return };
+                client_seq += 1;
+                if op % 4 == 1 && fed.is_ok() {
+                    // Our own well-formed key update was taken: seal under the next key.
+                    client_gen += 1;
+                    client_seq = 0;
+                    let (key, iv) = aead(true, client_gen);
+                    enc = suite.aead_alg.encrypter(key, iv);
+                    continue;
+                }
+                // Stop when refused, after an alert (nothing more is read) or after a
+                // forged handshake message (a key update changes the keys).
+                if fed.is_err() || typ == 21 || typ == 22 {
+                    break;
+                }
+            }
+            2 => step = usize::from(len).max(1),
+            _ => {
+                let bytes: Vec<u8> = (0..usize::from(len) * 61).map(|i| (i as u8) ^ op).collect();
+                let mut out = std::mem::take(&mut session.unsent);
+                if session.write(&bytes, &mut out).is_err() {
+                    break;
+                }
+                let mut got = Vec::new();
+                let mut at = 0;
+                while let [_, v0, v1, l0, l1, ..] = out[at..] {
+                    let n = usize::from(u16::from_be_bytes([l0, l1]));
+                    let version = rustls::ProtocolVersion::from(u16::from_be_bytes([v0, v1]));
+                    let body = &mut out[at + 5..at + 5 + n];
+                    let msg = dec
+                        .decrypt(InboundOpaqueMessage::new(ContentType::ApplicationData, version, body), server_seq)
+                        .expect("the client opens the server's records");
+                    server_seq += 1;
+                    match msg.typ {
+                        ContentType::ApplicationData => got.extend_from_slice(msg.payload),
+                        ContentType::Handshake => {
+                            assert_eq!(msg.payload.get(..4), Some(&[24, 0, 0, 1][..]), "only key updates");
+                            server_gen += 1;
+                            server_seq = 0;
+                            let (key, iv) = aead(false, server_gen);
+                            dec = suite.aead_alg.decrypter(key, iv);
+                        }
+                        other => panic!("the server sent a {other:?} record while writing data"),
+                    }
+                    at += 5 + n;
+                }
+                assert_eq!(at, out.len(), "the server wrote a partial record");
+                assert!(got == bytes, "the client read other bytes than the server wrote");
+            }
+        }
+    }
+    assert!(plain == expected, "the session handed on other bytes than the client's application data");
+}
+
+/// Seals one record of `typ` holding `payload` under the client's key, feeds it to the
+/// session and checks what came out: the record's application data (added to
+/// `expected` if the session took it), or nothing for any other type. Returns the type
+/// the session saw and whether it took the record; `None` if sealing failed.
+#[allow(clippy::too_many_arguments)]
+fn seal_and_feed(
+    enc: &mut dyn rustls::crypto::cipher::MessageEncrypter,
+    seq: u64,
+    typ: u8,
+    payload: &[u8],
+    step: usize,
+    session: &mut crate::tls::Session,
+    plain: &mut Vec<u8>,
+    expected: &mut Vec<u8>,
+) -> Option<(u8, Result<(), rustls::Error>)> {
+    use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+    let msg = OutboundPlainMessage {
+        typ: rustls::ContentType::from(typ),
+        version: rustls::ProtocolVersion::TLSv1_2,
+        payload: OutboundChunks::Single(payload),
+    };
+    let sealed = enc.encrypt(msg, seq).ok()?;
+    // What the peer sees (RFC 8446 5.4): the last non-zero byte of payload ++ type is
+    // the content type; zeros after it are padding.
+    let mut inner = payload.to_vec();
+    inner.push(typ);
+    let (typ, payload) = match inner.iter().rposition(|&b| b != 0) {
+        Some(i) => (inner[i], &inner[..i]),
+        None => (0, &[][..]),
+    };
+    let before = plain.len();
+    let fed = feed(step, session, &sealed.encode(), plain);
+    match rustls::ContentType::from(typ) {
+        rustls::ContentType::ApplicationData if fed.is_ok() => expected.extend_from_slice(payload),
+        _ => assert_eq!(plain.len(), before, "a record of type {typ} came out as application data"),
+    }
+    Some((typ, fed))
 }
 
 /// Feeds `bytes` to the session in reads of `step` bytes, checking the bound on what it
@@ -226,4 +369,38 @@ fn feed(
         assert!(session.carried() <= crate::tls::MAX_PARTIAL, "TLS input held past the bound");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The fast TLS entry point runs its scripts (the fuzz target explores the rest):
+    /// data, a requested key update, server writes across it, splits, a close.
+    #[test]
+    fn tls_established_runs_scripts() {
+        let mut script = vec![7, 0, 40];
+        script.extend_from_slice(&[b'a'; 40]);
+        script.extend_from_slice(&[1, 1, 3, 2, 2, 1, 0, 10]);
+        script.extend_from_slice(b"0123456789");
+        script.extend_from_slice(&[3, 3, 1, 0, 3, 1]);
+        super::tls_established(&script);
+        // Forged records of every content type, in reads of 1 to 255 bytes.
+        for step in [1u8, 5, 255] {
+            for typ in 0..32u8 {
+                super::tls_established(&[step, 4 | (typ << 3), 3, 1, 2, 3, 0, 2, b'x', b'y', 3, 1]);
+            }
+        }
+        // A cheap stand-in for the fuzzer: scripts from a fixed-seed generator.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..300 {
+            let input: Vec<u8> = (0..64)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            super::tls_established(&input);
+        }
+    }
 }

@@ -27,6 +27,7 @@
 //! - [`tls`]: WSS with rustls: configuration, development certificate, socket writer.
 //! - [`upgrade`]: HTTP upgrade parsing and responses.
 //! - [`ws`]: WebSocket framing.
+//! - [`deflate`]: permessage-deflate negotiation and the shard's codec.
 //! - [`auth`]: JWT verification and minting.
 //! - [`fuzzing`]: entry points for the fuzz targets in `fuzz/`.
 #![deny(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod commitlog;
 pub mod config;
 pub mod conn;
+pub mod deflate;
 pub mod fuzzing;
 pub mod groups;
 pub mod limits;

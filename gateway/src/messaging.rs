@@ -464,6 +464,9 @@ impl Shard {
     pub(crate) fn deliver(&mut self, msg: Message, recipients: &[Box<str>], except: Option<ConnRef>) {
         let frame = ServerFrame::Msg(msg);
         let mut encoded: [Option<Vec<u8>>; 2] = [None, None];
+        // The same frame compressed (permessage-deflate), also at most once per encoding:
+        // each message is compressed on its own, so every such connection gets the same bytes.
+        let mut deflated: [Option<Vec<u8>>; 2] = [None, None];
         let mut overflowed = Vec::new();
         let mut delivered = 0u64;
         for user in recipients {
@@ -482,7 +485,20 @@ impl Shard {
                     ws::write_frame_with(&mut out, data_opcode(enc), |o| enc.encode_server(&frame, o));
                     out
                 });
-                conn.out.extend_from_slice(bytes);
+                let payload_len = ws::own_payload(bytes).len();
+                if conn.deflate.compresses(payload_len) {
+                    let codec = &mut self.deflate;
+                    let z = deflated[enc as usize].get_or_insert_with(|| {
+                        let mut z = Vec::with_capacity(payload_len / 2 + 16);
+                        codec.compress(ws::own_payload(bytes), &mut z);
+                        let mut out = Vec::with_capacity(z.len() + 10);
+                        ws::write_deflated_frame(&mut out, data_opcode(enc), &z);
+                        out
+                    });
+                    conn.out.extend_from_slice(z);
+                } else {
+                    conn.out.extend_from_slice(bytes);
+                }
                 delivered += 1;
                 if conn.write_armed && conn.backlog() > self.cfg.max_outbound {
                     overflowed.push(id);

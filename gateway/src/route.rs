@@ -116,6 +116,8 @@ pub struct Handoff {
     pub device: String,
     /// Negotiated encoding.
     pub encoding: Encoding,
+    /// Negotiated permessage-deflate.
+    pub deflate: crate::deflate::Negotiated,
     /// Bytes read after the HTTP request (early WebSocket frames).
     pub pending_in: Vec<u8>,
     /// Bytes not yet written (the 101 response), as plaintext.

@@ -172,6 +172,11 @@ pub struct Shard {
     mesh: Rc<Mesh<Route>>,
     /// Read buffer shared by all connections (taken out while in use).
     scratch: Vec<u8>,
+    /// permessage-deflate compressor and decompressor, reset per message (no
+    /// connection keeps compression state).
+    pub(crate) deflate: crate::deflate::Codec,
+    /// The last inflated message (taken out while in use).
+    inflated: Vec<u8>,
     /// Connections opened, adopted or closed since start (drives memory release).
     churn: u64,
     /// `churn` when memory was last released.
@@ -251,6 +256,8 @@ pub async fn run(ctx: ShardCtx<Route>, setup: ShardSetup) {
             dirty: Vec::new(),
             mesh,
             scratch: vec![0; scratch_len],
+            deflate: crate::deflate::Codec::default(),
+            inflated: Vec::new(),
             churn: 0,
             churn_seen: 0,
             accept_failures: 0,
@@ -663,8 +670,8 @@ impl Shard {
             Phase::Open if conn.inbuf.is_empty() => {
                 conn.last_seen = now;
                 let used = self.on_frames(id, data);
-                if let Some(conn) = self.conn_mut(id) {
-                    if conn.phase == Phase::Open && used < data.len() {
+                if used < data.len() && self.partial_frame_ok(id, &data[used..], 0) {
+                    if let Some(conn) = self.conn_mut(id) {
                         conn.inbuf = data[used..].to_vec();
                     }
                 }
@@ -672,10 +679,13 @@ impl Shard {
             Phase::Open => {
                 conn.last_seen = now;
                 let mut buf = std::mem::take(&mut conn.inbuf);
+                let seen = buf.len();
                 buf.extend_from_slice(data);
                 let used = self.on_frames(id, &mut buf);
-                if let Some(conn) = self.conn_mut(id) {
-                    if conn.phase == Phase::Open && used < buf.len() {
+                // Bytes of the frame still incomplete that an earlier read checked.
+                let seen = if used == 0 { seen } else { 0 };
+                if used < buf.len() && self.partial_frame_ok(id, &buf[used..], seen) {
+                    if let Some(conn) = self.conn_mut(id) {
                         buf.drain(..used);
                         conn.inbuf = buf;
                     }
@@ -687,9 +697,13 @@ impl Shard {
     // ---- the upgrade ----
 
     fn try_handshake(&mut self, id: ConnId) {
-        let (max, max_url) = (self.cfg.max_handshake, self.cfg.max_url);
+        let limits = upgrade::Limits {
+            max: self.cfg.max_handshake,
+            max_url: self.cfg.max_url,
+            deflate: self.cfg.permessage_deflate,
+        };
         let Some(conn) = self.conn_mut(id) else { return };
-        let (req, len) = match upgrade::parse(&conn.inbuf, max, max_url) {
+        let (req, len) = match upgrade::parse(&conn.inbuf, limits) {
             upgrade::Parsed::Partial => return,
             upgrade::Parsed::Refuse(r) => return self.refuse(id, &r),
             upgrade::Parsed::Done { req, len } => (req, len),
@@ -732,6 +746,7 @@ impl Shard {
             fd: conn.fd,
             device,
             encoding: req.encoding,
+            deflate: req.deflate,
             pending_in: conn.inbuf[len..].to_vec(),
             pending_out,
             user: claims.sub,
@@ -780,6 +795,7 @@ impl Shard {
         let mut conn = Conn::accepted(h.fd, gen, self.now);
         conn.tls = h.tls;
         conn.encoding = h.encoding;
+        conn.deflate = h.deflate;
         conn.device = h.device.into_boxed_str();
         let fd = conn.fd;
         let slot = self.conns.insert(conn);
@@ -800,21 +816,52 @@ impl Shard {
         self.users.get_mut(&user).expect("user_entry created it").conns.push(id);
         self.presence_changed(&user);
         self.ring.poll(fd, READ_EVENTS, true, token(Op::Read, id));
-        let ready = ServerFrame::Ready {
-            user: user.to_string(),
-            device: self.conns[slot].device.to_string(),
-            shard: self.me.0,
-            max_frame: self.cfg.max_frame as u32,
-            encoding: h.encoding.subprotocol().to_owned(),
-        };
-        self.send_frame(id, &ready);
+        // The 101 goes out this turn, with or without a `ready` behind it.
+        self.mark_dirty(id);
+        if !self.cfg.echo {
+            self.send_ready(id, &user, h.encoding);
+        }
         if !h.pending_in.is_empty() {
             let mut early = h.pending_in;
             self.on_bytes(id, &mut early);
         }
     }
 
+    fn send_ready(&mut self, id: ConnId, user: &str, encoding: wire::Encoding) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        let ready = ServerFrame::Ready {
+            user: user.to_owned(),
+            device: conn.device.to_string(),
+            shard: self.me.0,
+            max_frame: self.cfg.max_frame as u32,
+            encoding: encoding.subprotocol().to_owned(),
+        };
+        self.send_frame(id, &ready);
+    }
+
     // ---- WebSocket frames ----
+
+    /// Keeps an incomplete frame only while the connection is open and, for text, while
+    /// what arrived of it can still be UTF-8 (RFC 6455 8.1: fail fast, not after the
+    /// whole frame). `seen` bytes of `rest` were checked by an earlier read.
+    fn partial_frame_ok(&mut self, id: ConnId, rest: &[u8], seen: usize) -> bool {
+        let Some(conn) = self.conn_mut(id) else { return false };
+        if conn.phase != Phase::Open {
+            return false;
+        }
+        let carry = match ws::partial_header(rest) {
+            Some((OpCode::Data(Data::Text), false, ..)) => &[][..],
+            Some((OpCode::Data(Data::Continue), ..)) if conn.frag_op == Some(Data::Text) && !conn.frag_deflated => {
+                &conn.frag[ws::char_start(&conn.frag)..]
+            }
+            _ => return true,
+        };
+        if ws::partial_text_ok(rest, seen, carry) {
+            return true;
+        }
+        self.fail(id, close::INVALID_PAYLOAD, "text is not UTF-8");
+        false
+    }
 
     /// Handles every complete frame at the start of `buf`; returns the bytes used.
     fn on_frames(&mut self, id: ConnId, buf: &mut [u8]) -> usize {
@@ -825,7 +872,8 @@ impl Shard {
                 Some(c) if c.phase == Phase::Open => {}
                 _ => return buf.len(),
             }
-            match ws::next(&buf[pos..], max) {
+            let deflate = self.conn_mut(id).is_some_and(|c| c.deflate.on());
+            match ws::next(&buf[pos..], max, deflate) {
                 ws::Next::Incomplete => return pos,
                 ws::Next::Violation(code, reason) => {
                     self.fail(id, code, reason);
@@ -835,13 +883,13 @@ impl Shard {
                     let payload = pos + f.payload.start..pos + f.payload.end;
                     ws::unmask(&mut buf[payload.clone()], f.mask);
                     pos += f.len;
-                    self.on_frame(id, f.fin, f.opcode, &buf[payload]);
+                    self.on_frame(id, f.fin, f.rsv1, f.opcode, &buf[payload]);
                 }
             }
         }
     }
 
-    fn on_frame(&mut self, id: ConnId, fin: bool, opcode: OpCode, payload: &[u8]) {
+    fn on_frame(&mut self, id: ConnId, fin: bool, rsv1: bool, opcode: OpCode, payload: &[u8]) {
         let (max, now) = (self.cfg.max_frame, self.now);
         let (max_rate, max_fragments) = (self.cfg.max_frames_per_sec, self.cfg.max_fragments);
         let Some(conn) = self.conn_mut(id) else { return };
@@ -859,10 +907,9 @@ impl Shard {
                 self.mark_dirty(id);
             }
             OpCode::Control(Control::Close) => {
-                let code = match payload {
-                    [] => close::NORMAL,
-                    [_] => return self.fail(id, close::PROTOCOL_ERROR, "close payload of one byte"),
-                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                let code = match ws::close_code(payload) {
+                    Ok(code) => code,
+                    Err((code, reason)) => return self.fail(id, code, reason),
                 };
                 conn.phase = Phase::Closing;
                 conn.close_after_flush = true;
@@ -880,11 +927,16 @@ impl Shard {
                 if u32::from(conn.fragments) > max_fragments {
                     return self.fail(id, close::POLICY, "too many fragments in one message");
                 }
+                let checked = ws::char_start(&conn.frag);
                 conn.frag.extend_from_slice(payload);
+                if op == Data::Text && !conn.frag_deflated && !ws::utf8_prefix_ok(&conn.frag[checked..]) {
+                    return self.fail(id, close::INVALID_PAYLOAD, "text is not UTF-8");
+                }
                 if fin {
                     let whole = std::mem::take(&mut conn.frag);
+                    let deflated = std::mem::replace(&mut conn.frag_deflated, false);
                     conn.frag_op = None;
-                    self.on_message(id, op, &whole);
+                    self.on_whole(id, op, deflated, &whole);
                 }
             }
             OpCode::Data(op) => {
@@ -892,9 +944,13 @@ impl Shard {
                     return self.fail(id, close::PROTOCOL_ERROR, "new message inside a fragmented one");
                 }
                 if fin {
-                    self.on_message(id, op, payload);
+                    self.on_whole(id, op, rsv1, payload);
                 } else {
+                    if op == Data::Text && !rsv1 && !ws::utf8_prefix_ok(payload) {
+                        return self.fail(id, close::INVALID_PAYLOAD, "text is not UTF-8");
+                    }
                     conn.frag_op = Some(op);
+                    conn.frag_deflated = rsv1;
                     conn.frag = payload.to_vec();
                     conn.fragments = 1;
                 }
@@ -903,7 +959,36 @@ impl Shard {
         }
     }
 
+    /// A whole message as it came off the wire: inflated first if it is compressed.
+    fn on_whole(&mut self, id: ConnId, op: Data, deflated: bool, payload: &[u8]) {
+        if !deflated {
+            return self.on_message(id, op, payload);
+        }
+        let mut inflated = std::mem::take(&mut self.inflated);
+        match self.deflate.inflate(payload, self.cfg.max_frame, &mut inflated) {
+            Ok(()) => self.on_message(id, op, &inflated),
+            Err(crate::deflate::InflateError::TooBig) => {
+                self.fail(id, close::TOO_BIG, "message inflates past max_frame")
+            }
+            Err(crate::deflate::InflateError::Corrupt) => {
+                self.fail(id, close::INVALID_PAYLOAD, "compressed message is not valid deflate data")
+            }
+        }
+        // Keep a buffer for the next message only while it is small.
+        inflated.clear();
+        if inflated.capacity() <= 64 * 1024 {
+            self.inflated = inflated;
+        }
+    }
+
     fn on_message(&mut self, id: ConnId, op: Data, payload: &[u8]) {
+        if op == Data::Text && std::str::from_utf8(payload).is_err() {
+            return self.fail(id, close::INVALID_PAYLOAD, "text frame is not UTF-8");
+        }
+        #[cfg(feature = "echo")]
+        if self.cfg.echo {
+            return self.echo(id, op, payload);
+        }
         let Some(conn) = self.conn_mut(id) else { return };
         let encoding = conn.encoding;
         match (op, encoding) {
@@ -912,9 +997,6 @@ impl Shard {
             }
             (Data::Text, Encoding::FlatBuffers) => {
                 return self.fail(id, close::UNSUPPORTED_DATA, "text frame on a switchboard.v1.fb connection")
-            }
-            (Data::Text, _) if std::str::from_utf8(payload).is_err() => {
-                return self.fail(id, close::INVALID_PAYLOAD, "text frame is not UTF-8")
             }
             _ => {}
         }
@@ -1039,7 +1121,39 @@ impl Shard {
             return;
         }
         let enc = conn.encoding;
+        if conn.deflate.on() {
+            let mut payload = Vec::with_capacity(128);
+            enc.encode_server(frame, &mut payload);
+            return self.send_data(id, data_opcode(enc), &payload);
+        }
         ws::write_frame_with(&mut conn.out, data_opcode(enc), |o| enc.encode_server(frame, o));
+        self.queued(id);
+    }
+
+    /// Queues one data message, compressed if the connection negotiated it.
+    fn send_data(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) {
+        let Some(conn) = self.conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else { return };
+        if conn.deflate.compresses(payload.len()) {
+            let mut z = Vec::with_capacity(payload.len() / 2 + 16);
+            self.deflate.compress(payload, &mut z);
+            ws::write_deflated_frame(&mut conn.out, opcode, &z);
+        } else {
+            ws::write_frame(&mut conn.out, opcode, payload);
+        }
+        self.queued(id);
+    }
+
+    /// Conformance-testing reflector (`serve --echo`): a whole message goes back as it
+    /// came, instead of being decoded.
+    #[cfg(feature = "echo")]
+    fn echo(&mut self, id: ConnId, op: Data, payload: &[u8]) {
+        self.send_data(id, OpCode::Data(op), payload);
+    }
+
+    /// After a frame was queued for `id`: schedule the flush, and enforce the
+    /// slow-reader bound at once while the socket is known full.
+    fn queued(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else { return };
         // While the socket is known full, the queue only grows: enforce the bound now.
         // Otherwise the flush at the end of the turn tries the socket first.
         let over = conn.write_armed && conn.backlog() > self.cfg.max_outbound;

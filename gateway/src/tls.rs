@@ -267,7 +267,7 @@ impl Session {
             rx_seq,
             rotate_at: suite.common.confidentiality_limit.saturating_sub(1 << 10),
             suite,
-            kernel,
+            keys: KeySchedule::Kernel(kernel),
             empty: 0,
             updates: 0,
             answer_update: false,
@@ -460,7 +460,7 @@ fn read_rustls(
 /// TLS 1.3 peer may send after the handshake (application data, alerts, key updates),
 /// and the sequence numbers.
 struct Records {
-    kernel: KernelConnection<ServerConnectionData>,
+    keys: KeySchedule,
     suite: &'static Tls13CipherSuite,
     enc: Box<dyn MessageEncrypter>,
     dec: Box<dyn MessageDecrypter>,
@@ -584,7 +584,7 @@ impl Records {
         }
         // The peer's following records use its next secret.
         let internal = |e: rustls::Error| (e, AlertDescription::InternalError);
-        let (seq, secrets) = self.kernel.update_rx_secret().map_err(internal)?;
+        let (seq, secrets) = self.keys.next_rx().map_err(internal)?;
         self.dec = decrypter(self.suite, secrets).map_err(internal)?;
         self.rx_seq = seq;
         // The answer goes before our next record (RFC 8446 4.6.3), once however many
@@ -597,7 +597,7 @@ impl Records {
     fn update_tx(&mut self, request_peer: bool, out: &mut Vec<u8>) -> Result<(), rustls::Error> {
         let msg = [24, 0, 0, 1, u8::from(request_peer)];
         self.seal_raw(ContentType::Handshake, &msg, out)?;
-        let (seq, secrets) = self.kernel.update_tx_secret()?;
+        let (seq, secrets) = self.keys.next_tx()?;
         self.enc = encrypter(self.suite, secrets)?;
         self.tx_seq = seq;
         Ok(())
@@ -630,6 +630,101 @@ impl Records {
     fn fail(&mut self, e: rustls::Error, alert: AlertDescription, out: &mut Vec<u8>) -> rustls::Error {
         let _ = self.seal_raw(ContentType::Alert, &[2, u8::from(alert)], out);
         e
+    }
+}
+
+/// Where the next traffic secrets come from when a key update moves a direction on.
+// Production builds have the `Kernel` variant only; the small `Fixed` one exists in
+// fuzzing and test builds, where the size difference costs nothing.
+#[cfg_attr(any(fuzzing, test), allow(clippy::large_enum_variant))]
+enum KeySchedule {
+    /// rustls's kernel-connection API: the TLS 1.3 key schedule of the real handshake.
+    Kernel(KernelConnection<ServerConnectionData>),
+    /// Fuzzing and tests only: secrets that are a fixed function of the direction and
+    /// the generation ([`fixed_secrets`]), so a session can start established without a
+    /// handshake (which costs ~60 ms: the record layer could barely be fuzzed).
+    #[cfg(any(fuzzing, test))]
+    Fixed {
+        /// Key updates received so far.
+        rx: u32,
+        /// Key updates sent so far.
+        tx: u32,
+    },
+}
+
+impl KeySchedule {
+    /// The peer's next sending secret, and the sequence number it starts at.
+    fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            KeySchedule::Kernel(k) => k.update_rx_secret(),
+            #[cfg(any(fuzzing, test))]
+            KeySchedule::Fixed { rx, .. } => {
+                *rx += 1;
+                Ok((0, fixed_secrets(true, *rx)))
+            }
+        }
+    }
+
+    /// Our next sending secret, and the sequence number it starts at.
+    fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            KeySchedule::Kernel(k) => k.update_tx_secret(),
+            #[cfg(any(fuzzing, test))]
+            KeySchedule::Fixed { tx, .. } => {
+                *tx += 1;
+                Ok((0, fixed_secrets(false, *tx)))
+            }
+        }
+    }
+}
+
+/// The suite of sessions with fixed keys (fuzzing and tests).
+#[cfg(any(fuzzing, test))]
+pub fn fixed_suite() -> &'static Tls13CipherSuite {
+    match rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384 {
+        rustls::SupportedCipherSuite::Tls13(s) => s,
+        _ => unreachable!("a TLS 1.3 suite"),
+    }
+}
+
+/// The traffic secret of the client's (`client`) or the server's sending direction
+/// after `generation` key updates, in sessions with fixed keys (fuzzing and tests).
+#[cfg(any(fuzzing, test))]
+pub fn fixed_secrets(client: bool, generation: u32) -> ConnectionTrafficSecrets {
+    let mut key = [0x5a; 32];
+    key[0] = u8::from(client);
+    key[1..5].copy_from_slice(&generation.to_be_bytes());
+    let mut iv = [0xa5; 12];
+    iv[0] = u8::from(client);
+    iv[1..5].copy_from_slice(&generation.to_be_bytes());
+    ConnectionTrafficSecrets::Aes256Gcm { key: AeadKey::from(key), iv: Iv::new(iv) }
+}
+
+#[cfg(any(fuzzing, test))]
+impl Session {
+    /// A TLS 1.3 session past its handshake, with keys from [`fixed_secrets`]: what the
+    /// record layer is fuzzed from. Never reachable from a listener.
+    pub fn established_with_fixed_keys() -> Session {
+        let suite = fixed_suite();
+        let records = Records {
+            enc: encrypter(suite, fixed_secrets(false, 0)).expect("a fixed AES-256-GCM key"),
+            dec: decrypter(suite, fixed_secrets(true, 0)).expect("a fixed AES-256-GCM key"),
+            tx_seq: 0,
+            rx_seq: 0,
+            rotate_at: suite.common.confidentiality_limit.saturating_sub(1 << 10),
+            suite,
+            keys: KeySchedule::Fixed { rx: 0, tx: 0 },
+            empty: 0,
+            updates: 0,
+            answer_update: false,
+        };
+        Session {
+            state: State::Records(Box::new(records)),
+            partial: Vec::new(),
+            unsent: Vec::new(),
+            notified: false,
+            kind: Some(rustls::HandshakeKind::Full),
+        }
     }
 }
 

@@ -4,7 +4,10 @@
 //! Runs on whichever shard accepted the socket, before any per-user state exists; the
 //! request bytes are the only buffer a connection holds during its handshake.
 
+use base64::Engine as _;
 use wire::Encoding;
+
+use crate::deflate::{self, Negotiated};
 
 /// A parsed, valid upgrade request.
 #[derive(Debug)]
@@ -19,6 +22,10 @@ pub struct Request {
     pub encoding: Encoding,
     /// Whether the client offered a subprotocol we picked (echo it in the 101).
     pub echo_protocol: bool,
+    /// permessage-deflate, if offered acceptably and enabled.
+    pub deflate: Negotiated,
+    /// The `Sec-WebSocket-Extensions` answer, when an extension was negotiated.
+    pub extensions: Option<String>,
 }
 
 /// An HTTP refusal: status, and a JSON body with a stable code and a message.
@@ -64,9 +71,20 @@ pub enum Parsed {
 
 const MAX_HEADERS: usize = 32;
 
-/// Parses the upgrade request in `buf` (at most `max` bytes of request, a request
-/// target of at most `max_url` bytes).
-pub fn parse(buf: &[u8], max: usize, max_url: usize) -> Parsed {
+/// What the listener allows an upgrade to negotiate, besides the limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes of request line and headers.
+    pub max: usize,
+    /// Longest request target.
+    pub max_url: usize,
+    /// Accept permessage-deflate offers.
+    pub deflate: bool,
+}
+
+/// Parses the upgrade request in `buf` (RFC 6455 4.2.1).
+pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
+    let Limits { max, max_url, .. } = limits;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -97,6 +115,9 @@ pub fn parse(buf: &[u8], max: usize, max_url: usize) -> Parsed {
     if req.method != Some("GET") {
         return Parsed::Refuse(Refusal::new(405, "method_not_allowed", "use GET with a WebSocket upgrade"));
     }
+    if req.version != Some(1) {
+        return Parsed::Refuse(Refusal::new(400, "bad_request", "a WebSocket upgrade needs HTTP/1.1"));
+    }
     let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
     let has_token = |name: &str, token: &str| {
         req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).any(|h| {
@@ -109,8 +130,23 @@ pub fn parse(buf: &[u8], max: usize, max_url: usize) -> Parsed {
     if header("sec-websocket-version") != Some(b"13") {
         return Parsed::Refuse(Refusal::new(426, "upgrade_required", "Sec-WebSocket-Version must be 13"));
     }
+    if header("host").is_none_or(|h| h.is_empty()) {
+        return Parsed::Refuse(Refusal::new(400, "bad_request", "missing Host header"));
+    }
     let Some(key) = header("sec-websocket-key") else {
         return Parsed::Refuse(Refusal::new(400, "bad_request", "missing Sec-WebSocket-Key"));
+    };
+    // The key is a base64-encoded 16-byte nonce (RFC 6455 4.2.1, item 5).
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key.trim_ascii());
+    if decoded.map(|k| k.len()) != Ok(16) {
+        return Parsed::Refuse(Refusal::new(400, "bad_request", "Sec-WebSocket-Key must be 16 bytes in base64"));
+    }
+    let (deflate, extensions) = match limits.deflate {
+        true => deflate::negotiate(
+            req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions")).map(|h| h.value),
+        )
+        .map_or((Negotiated::OFF, None), |(n, answer)| (n, Some(answer))),
+        false => (Negotiated::OFF, None),
     };
     // Encoding: the first protocol the client offers that we speak; JSON when none.
     let mut encoding = Encoding::Json;
@@ -148,6 +184,8 @@ pub fn parse(buf: &[u8], max: usize, max_url: usize) -> Parsed {
             device,
             encoding,
             echo_protocol,
+            deflate,
+            extensions,
         },
         len,
     }
@@ -187,6 +225,10 @@ pub fn accept(req: &Request, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
         out.extend_from_slice(req.encoding.subprotocol().as_bytes());
     }
+    if let Some(ext) = &req.extensions {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        out.extend_from_slice(ext.as_bytes());
+    }
     out.extend_from_slice(b"\r\n\r\n");
 }
 
@@ -204,7 +246,8 @@ pub fn refuse(r: &Refusal, out: &mut Vec<u8>) {
     };
     let body = serde_json::json!({"code": r.code, "message": r.message}).to_string();
     let extra = match (r.status, r.retry_after) {
-        (426, _) => "Upgrade: websocket\r\n".to_owned(),
+        // RFC 6455 4.4: a version refusal names the versions we speak.
+        (426, _) => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n".to_owned(),
         (_, Some(secs)) => format!("Retry-After: {secs}\r\n"),
         _ => String::new(),
     };
@@ -223,6 +266,12 @@ mod tests {
     use super::*;
 
     const REQ: &str = "GET /ws?token=abc&device=my%20phone HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: chat, switchboard.v1.fb\r\n\r\n";
+
+    const LIMITS: Limits = Limits { max: 8192, max_url: 2048, deflate: false };
+
+    fn parse(buf: &[u8], max: usize, max_url: usize) -> Parsed {
+        super::parse(buf, Limits { max, max_url, ..LIMITS })
+    }
 
     #[test]
     fn parses_a_browser_style_upgrade() {
@@ -250,5 +299,38 @@ mod tests {
         assert_eq!(status(&big), 431);
         let long = format!("GET /ws?token={} HTTP/1.1\r\nHost: x\r\n\r\n", "t".repeat(3000));
         assert_eq!(status(&long), 414);
+        // RFC 6455 4.2.1: HTTP/1.1, a Host, a 16-byte key.
+        assert_eq!(status(&REQ.replace("HTTP/1.1", "HTTP/1.0")), 400);
+        assert_eq!(status(&REQ.replace("Host: x\r\n", "")), 400);
+        assert_eq!(status(&REQ.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ==")), 400);
+        assert_eq!(status(&REQ.replace("dGhlIHNhbXBsZSBub25jZQ==", "not base64!")), 400);
+        assert_eq!(status(&REQ.replace("Version: 13", "Version: 8")), 426);
+    }
+
+    #[test]
+    fn a_version_refusal_names_version_13() {
+        let Parsed::Refuse(r) = parse(REQ.replace("Version: 13", "Version: 8").as_bytes(), 8192, 2048) else {
+            panic!("not refused")
+        };
+        let mut out = Vec::new();
+        refuse(&r, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 426 ") && text.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{text}");
+    }
+
+    #[test]
+    fn negotiates_permessage_deflate_only_when_enabled() {
+        let offer =
+            REQ.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n");
+        let Parsed::Done { req, .. } = parse(offer.as_bytes(), 8192, 2048) else { panic!() };
+        assert_eq!((req.deflate, req.extensions), (Negotiated::OFF, None));
+        let Parsed::Done { req, .. } = super::parse(offer.as_bytes(), Limits { deflate: true, ..LIMITS }) else {
+            panic!()
+        };
+        assert_eq!(req.deflate, Negotiated(15));
+        let mut out = Vec::new();
+        accept(&req, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"), "{text}");
     }
 }

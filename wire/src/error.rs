@@ -159,6 +159,14 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// Service restart (graceful drain).
     pub const RESTART: u16 = 1012;
+
+    /// Whether a peer may send `code` in a close frame (RFC 6455 7.4 and the IANA
+    /// registry): the defined codes 1000-1003 and 1007-1014, and 3000-4999 for
+    /// libraries and applications. 1004 is reserved; 1005, 1006 and 1015 must never be
+    /// sent; 1016-2999 are reserved for future revisions; the rest are not codes.
+    pub fn valid_on_wire(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
 }
 
 #[cfg(test)]
@@ -175,5 +183,15 @@ mod tests {
         nums.sort();
         nums.dedup();
         assert_eq!(nums.len(), ErrorCode::ALL.len());
+    }
+
+    #[test]
+    fn close_codes_valid_on_the_wire() {
+        for ok in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999] {
+            assert!(close::valid_on_wire(ok), "{ok}");
+        }
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            assert!(!close::valid_on_wire(bad), "{bad}");
+        }
     }
 }

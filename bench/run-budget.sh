@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Measures the budget of issue 5 on this host (loopback only; every run bounded).
 # Usage: bench/run-budget.sh OUTDIR [PART...]   (one JSON report per run, and a log)
-# PART: idle, storm, tls, chat, fanout, during-storm, reconnect (default: all of them).
+# PART: idle, storm, tls, chat, fanout, during-storm, reconnect, deflate (default: all of them).
 # Each measurement starts a fresh release gateway (2 shards, embedded storage in a
 # temporary directory) so memory figures are not polluted by earlier runs.
 # EXTRA_TOML: config lines added to every gateway's (e.g. 'commit_log_mib = 0' for an A/B).
 set -euo pipefail
 out=${1:?usage: bench/run-budget.sh OUTDIR [PART...]}
 shift
-parts=" ${*:-idle storm tls chat fanout during-storm reconnect} "
+parts=" ${*:-idle storm tls chat fanout during-storm reconnect deflate} "
 want() { [[ $parts == *" $1 "* ]]; }
 mkdir -p "$out"
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -114,3 +114,23 @@ start ""; run reconnect-10000 reconnect --users 10000 --before 3 --missed 5 --th
 fi
 
 echo "done: $out" | tee -a "$out/log"
+
+if want deflate; then
+# permessage-deflate (gateway with permessage_deflate = true in every run): idle memory
+# per connection with and without compression negotiated, then server CPU per message
+# in JSON chat (as browsers speak it) without and with, alternating, three rounds each.
+for mode in plain deflate; do
+  flag=(); [ "$mode" = deflate ] && flag=(--deflate)
+  start 'permessage_deflate = true'
+  run "deflate-idle-$mode" storm --connections 10000 --rate 5000 --hold 2 --sources 127.0.0.2-127.0.0.20 --tag "i$mode" "${flag[@]}"
+  stop
+done
+for round in 1 2 3; do
+  for mode in plain deflate; do
+    flag=(); [ "$mode" = deflate ] && flag=(--deflate)
+    start 'permessage_deflate = true'
+    run "deflate-chat-$mode-$round" chat --users 2000 --rate 10000 --secs 10 --body 24-300 --encoding json --threads 2 --tag "c$mode$round" "${flag[@]}"
+    stop
+  done
+done
+fi

@@ -23,6 +23,9 @@ use wire::frame::{ClientFrame, ConvId, GroupAction, GroupOp, MsgKind, Send, Serv
 use crate::net::{self, Rx, Target, Tx};
 use crate::report::{self, hist_json, Live, Progress, ServerProbe};
 
+/// What message bodies are filled with after their header.
+const TEXT: &[u8] = b"eeeeeeeeeeeetttttttttaaaaaaaaoooooooiiiiiiinnnnnnnsssssshhhhhhrrrrrrddddllllcccuuummwwffggyyppbbvk    ";
+
 /// Bytes of the header every body starts with.
 pub const HEADER: usize = 24;
 /// The target key of a DM in the body header.
@@ -233,7 +236,9 @@ async fn exec_main(args: ChatArgs, t: usize, setup: Arc<Setup>, live: Arc<Live>,
             };
             let seq = seqs.entry((from, key)).or_insert(0);
             let len = args.body.0 + rng.below(args.body.1 - args.body.0 + 1);
-            let mut body = vec![b'x'; len];
+            // Letters at roughly English frequencies: compresses about as chat text does
+            // (what matters for permessage-deflate runs), unlike a run of one byte.
+            let mut body: Vec<u8> = (0..len).map(|_| TEXT[rng.below(TEXT.len())]).collect();
             let ts = epoch.elapsed().as_nanos() as u64;
             body[0..8].copy_from_slice(&ts.to_le_bytes());
             body[8..12].copy_from_slice(&(from as u32).to_le_bytes());

@@ -24,7 +24,8 @@ use crate::net::{self, Rx, Target, Tx};
 use crate::report::{self, hist_json, Live, Progress, ServerProbe};
 
 /// What message bodies are filled with after their header.
-const TEXT: &[u8] = b"eeeeeeeeeeeetttttttttaaaaaaaaoooooooiiiiiiinnnnnnnsssssshhhhhhrrrrrrddddllllcccuuummwwffggyyppbbvk    ";
+const TEXT: &[u8] =
+    b"eeeeeeeeeeeetttttttttaaaaaaaaoooooooiiiiiiinnnnnnnsssssshhhhhhrrrrrrddddllllcccuuummwwffggyyppbbvk    ";
 
 /// Bytes of the header every body starts with.
 pub const HEADER: usize = 24;

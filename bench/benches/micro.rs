@@ -1,6 +1,6 @@
 //! Micro-benchmarks (criterion): frame encode/decode in both encodings, one cross-shard
 //! hop (unbatched and batched), local fan-out to N recipients, a storage append batch
-//! (with its fdatasync), and JWT verification.
+//! (with its fdatasync), JWT verification, and permessage-deflate of one chat message.
 //!
 //! `cargo bench -p switchboard-bench --bench micro` (figures: docs/BENCHMARKS.md).
 
@@ -262,5 +262,34 @@ fn jwt(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codecs, mesh, fanout, store, jwt);
+/// permessage-deflate as the gateway does it: one `msg` frame (JSON, a 200-byte text
+/// body) compressed as a message of its own, and a client's compressed `send` inflated,
+/// each with the shard's codec reset per message.
+fn deflate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("deflate");
+    let mut m = msg();
+    m.body = b"hey, are we still on for dinner tonight? I booked the place near the station for \
+        eight, the one with the garden. Let me know if that works or if you'd rather go later on.    "
+        .to_vec();
+    let mut frame = Vec::new();
+    Encoding::Json.encode_server(&ServerFrame::Msg(m), &mut frame);
+    let mut codec = switchboard::deflate::Codec::default();
+    let mut z = Vec::with_capacity(1024);
+    g.throughput(Throughput::Bytes(frame.len() as u64));
+    g.bench_function("compress_msg_json", |b| {
+        b.iter(|| {
+            z.clear();
+            codec.compress(&frame, &mut z);
+            z.len()
+        })
+    });
+    z.clear();
+    codec.compress(&frame, &mut z);
+    let mut out = Vec::with_capacity(1024);
+    g.bench_function("inflate_msg_json", |b| b.iter(|| codec.inflate(&z, 65_536, &mut out).map(|()| out.len())));
+    eprintln!("deflate: a {}-byte msg frame compresses to {} bytes", frame.len(), z.len());
+    g.finish();
+}
+
+criterion_group!(benches, codecs, mesh, fanout, store, jwt, deflate);
 criterion_main!(benches);

@@ -148,7 +148,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let cfg = load(&args.common)?;
-    let secret = cfg.resolve_secret()?;
+    let secret = cfg.read_secret()?;
     println!("{}", crate::auth::mint(&secret, &args.user, args.device.as_deref(), args.ttl)?);
     Ok(())
 }

@@ -251,6 +251,18 @@ impl Config {
     /// The token secret: configured, or the development secret kept in the data dir
     /// (created on first use, readable only by its owner).
     pub fn resolve_secret(&self) -> anyhow::Result<Vec<u8>> {
+        self.secret(true)
+    }
+
+    /// The HS256 secret `serve` uses, for `switchboard token`: the configured one, or the
+    /// development secret in the data directory. Never creates one: a token signed with
+    /// a secret no server has would only earn a 401, so a missing secret is an error
+    /// that names the directory looked in.
+    pub fn read_secret(&self) -> anyhow::Result<Vec<u8>> {
+        self.secret(false)
+    }
+
+    fn secret(&self, create: bool) -> anyhow::Result<Vec<u8>> {
         if let Some(s) = &self.jwt_secret {
             if s.len() < 16 {
                 anyhow::bail!("jwt_secret must be at least 16 bytes");
@@ -260,6 +272,15 @@ impl Config {
         let path = self.data_dir.join("jwt-secret");
         match std::fs::read_to_string(&path) {
             Ok(s) => Ok(s.trim().as_bytes().to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+                let shown = std::path::absolute(&path).unwrap_or(path);
+                anyhow::bail!(
+                    "no token secret: {} does not exist. Run `switchboard serve` with this data directory \
+                     once (it creates a development secret there), point --data-dir at the server's, or pass \
+                     the server's secret with --jwt-secret / SWITCHBOARD_JWT_SECRET",
+                    shown.display()
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 use std::io::Write as _;
                 use std::os::unix::fs::OpenOptionsExt as _;

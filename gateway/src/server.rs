@@ -27,6 +27,28 @@ fn listener(addr: SocketAddr) -> anyhow::Result<Socket> {
     Ok(s)
 }
 
+/// Refuses a port another process already listens on. The shards' listeners share
+/// their port through SO_REUSEPORT, which would also let them join another gateway's
+/// (or anything's) listeners on it, and the kernel would then split new connections
+/// between the two processes. A socket bound without SO_REUSEPORT cannot share the
+/// port, so it tells whether anyone holds it.
+fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Connections of an earlier run still in TIME_WAIT do not count as a holder.
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "{addr} is already in use by another process (another switchboard?): refusing to share it. \
+             Give each instance its own `listen` (and `admin_listen` and `data_dir`)"
+        ),
+        Err(e) => Err(e).with_context(|| format!("binding {addr}")),
+        Ok(()) => Ok(()),
+    }
+}
+
 /// Binds `n` listeners on one port (the first picks it when `addr` has port 0).
 pub fn listeners(addr: SocketAddr, n: usize) -> anyhow::Result<(SocketAddr, Vec<RawFd>)> {
     let first = listener(addr)?;
@@ -52,6 +74,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let shards = cfg.shard_count();
     anyhow::ensure!((1..=128).contains(&shards), "shards must be 1..=128 (got {shards})");
     cfg.validate()?;
+    // Before opening storage: a second gateway on this port must not start at all.
+    check_port_free(cfg.listen)?;
     storage::layout::check_shard_count(&cfg.data_dir, shards)?;
     let verifier = Arc::new(cfg.verifier()?);
     let mut stores: Vec<Arc<dyn storage::Store>> = Vec::with_capacity(shards);

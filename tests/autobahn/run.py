@@ -11,6 +11,7 @@ Usage: run.py --bin target/debug/switchboard-echo --wstest PATH [--transports ws
 """
 
 import argparse
+import ctypes
 import fnmatch
 import json
 import os
@@ -51,6 +52,12 @@ closing_grace_secs = 2
 """
 
 
+def die_with_parent():
+    """In the child before exec: killed when this script dies, however it dies."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def start_server(binary, data_dir, tls, log):
     cfg = os.path.join(data_dir, "autobahn.toml")
     with open(cfg, "w") as f:
@@ -60,7 +67,8 @@ def start_server(binary, data_dir, tls, log):
     if tls:
         args.append("--tls-dev")
     env = dict(os.environ, SWITCHBOARD_JWT_SECRET=SECRET, RUST_LOG="warn")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
+                            preexec_fn=die_with_parent)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -109,7 +117,8 @@ def run_transport(args, transport, expected):
             with open(os.path.join(args.out, f"wstest-{transport}.log"), "w") as wlog:
                 try:
                     subprocess.run([args.wstest, "-m", "fuzzingclient", "-s", spec_path], cwd=tmp,
-                                   stdout=wlog, stderr=subprocess.STDOUT, timeout=args.timeout, check=True)
+                                   stdout=wlog, stderr=subprocess.STDOUT, timeout=args.timeout, check=True,
+                                   preexec_fn=die_with_parent)
                 except subprocess.TimeoutExpired:
                     raise SystemExit(f"autobahn {transport}: wstest did not finish within {args.timeout} s")
             took = time.monotonic() - started
@@ -155,6 +164,8 @@ def compare(transport, results, expected, took, args):
 
 
 def main():
+    # SIGTERM (a timeout, a CI stop) unwinds like an error: servers are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("autobahn: terminated"))
     p = argparse.ArgumentParser()
     p.add_argument("--bin", required=True)
     p.add_argument("--wstest", required=True)

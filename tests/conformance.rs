@@ -314,3 +314,12 @@ fn server_window_bits_are_honoured_and_compression_is_off_unless_enabled() {
     b.write_all(&frame(0xc1, &deflate(b"{}"))).unwrap();
     assert_eq!(close_code(&mut b), 1002);
 }
+
+#[test]
+fn an_idle_connection_gets_a_close_frame_with_4408() {
+    let server = Server::start_with(1, "ping_interval_secs = 1\nidle_timeout_secs = 2");
+    // Reads (so it sees the close) but never answers the server's pings.
+    let mut s = open(&server, "sleeper");
+    assert_eq!(close_code(&mut s), 4408);
+    wait_for_eof(&mut s);
+}

@@ -1,5 +1,6 @@
-//! End-to-end: the first steps a newcomer takes. `token` never invents a secret the
-//! server does not have, and a second gateway cannot silently share a port.
+//! End-to-end: the first steps a newcomer and an operator take. `token` never invents
+//! a secret the server does not have, a second gateway cannot silently share a port, and
+//! the admin endpoint answers health checkers' HEAD and says which methods it takes.
 
 mod common;
 
@@ -94,4 +95,35 @@ fn token_never_creates_a_secret_and_signs_with_the_servers() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(status, None, "the server refused the token `token` minted");
+}
+
+#[test]
+fn the_admin_endpoint_answers_head_and_refuses_wrong_methods() {
+    use std::io::{Read, Write};
+    let server = Server::start(1);
+    let raw = |request: &str| {
+        let mut s = std::net::TcpStream::connect(server.admin).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let head = raw(&format!("HEAD {path} HTTP/1.1\r\nHost: a\r\n\r\n"));
+        let get = raw(&format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head.starts_with("HTTP/1.1 200 ") && head.ends_with("\r\n\r\n"), "HEAD {path}: {head}");
+        assert!(get.starts_with("HTTP/1.1 200 ") && !get.ends_with("\r\n\r\n"), "GET {path} has a body");
+        assert!(head.contains("Content-Length: ") && !head.contains("Content-Length: 0\r\n"), "{head}");
+    }
+    for (method, path, allow) in
+        [("GET", "/drain", "POST"), ("DELETE", "/metrics", "GET, HEAD"), ("GET", "/revoke?user=u&device=d", "POST")]
+    {
+        let resp = raw(&format!("{method} {path} HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(resp.starts_with("HTTP/1.1 405 "), "{method} {path}: {resp}");
+        assert!(resp.contains(&format!("\r\nAllow: {allow}\r\n")), "{resp}");
+    }
+    assert_eq!(admin_request(&server, "GET", "/nothing-here").0, 404);
+    // A GET on /drain did not drain.
+    assert_eq!(admin_request(&server, "GET", "/readyz").0, 200);
 }

@@ -150,12 +150,28 @@ fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
     out
 }
 
-fn respond(mut s: TcpStream, status: &str, body: &str, content_type: &str) {
+fn respond(s: TcpStream, status: &str, body: &str, content_type: &str) {
+    respond_with(s, status, body, content_type, "", true);
+}
+
+/// Writes a response; `extra` is more header lines, each ending in CRLF. Without
+/// `with_body` (a HEAD request) the headers describe the body that is left out.
+fn respond_with(mut s: TcpStream, status: &str, body: &str, content_type: &str, extra: &str, with_body: bool) {
     let _ = write!(
         s,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
+        body.len(),
+        if with_body { body } else { "" }
     );
+}
+
+/// The methods each admin path answers (for 405's `Allow`), or `None` for an unknown path.
+fn allowed(path: &str) -> Option<&'static str> {
+    match path.split('?').next().unwrap_or("") {
+        "/healthz" | "/readyz" | "/metrics" => Some("GET, HEAD"),
+        "/drain" | "/revoke" => Some("POST"),
+        _ => None,
+    }
 }
 
 fn query(path: &str, key: &str) -> Option<String> {
@@ -201,20 +217,33 @@ fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut Revok
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let text = "text/plain; charset=utf-8";
+    // HEAD is GET without the body (health checkers and load balancers use it).
+    let (method, with_body) = if method == "HEAD" { ("GET", false) } else { (method, true) };
+    let get = |s, status, body: &str, ctype| respond_with(s, status, body, ctype, "", with_body);
     match (method, path) {
-        ("GET", "/healthz") => respond(s, "200 OK", "ok\n", text),
-        ("POST", p) if p.starts_with("/revoke") => revoke(s, p, desk),
+        ("GET", "/healthz") => get(s, "200 OK", "ok\n", text),
+        ("POST", p) if p.starts_with("/revoke?") || p == "/revoke" => revoke(s, p, desk),
         ("GET", "/readyz") if drain.requested.load(Ordering::Relaxed) => {
-            respond(s, "503 Service Unavailable", "draining\n", text)
+            get(s, "503 Service Unavailable", "draining\n", text)
         }
-        ("GET", "/readyz") => respond(s, "200 OK", "ready\n", text),
-        ("GET", "/metrics") => respond(s, "200 OK", &metrics(stats, drain), "text/plain; version=0.0.4"),
+        ("GET", "/readyz") => get(s, "200 OK", "ready\n", text),
+        ("GET", "/metrics") => get(s, "200 OK", &metrics(stats, drain), "text/plain; version=0.0.4"),
         ("POST", "/drain") => {
             // The same path as an operator's SIGTERM: the signal thread starts the drain.
             crate::reactor::request_termination();
             respond(s, "202 Accepted", "draining\n", text)
         }
-        _ => respond(s, "404 Not Found", "try /healthz, /readyz, /metrics or POST /drain\n", text),
+        (m, p) => match allowed(p) {
+            Some(allow) => respond_with(
+                s,
+                "405 Method Not Allowed",
+                &format!("{m} is not allowed here: use {allow}\n"),
+                text,
+                &format!("Allow: {allow}\r\n"),
+                with_body,
+            ),
+            None => get(s, "404 Not Found", "try /healthz, /readyz, /metrics, POST /drain or POST /revoke\n", text),
+        },
     }
 }
 

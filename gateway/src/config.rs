@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything `serve` needs. Immutable once the shards start (shared read-only).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address of the WebSocket listener (one SO_REUSEPORT socket per shard).
@@ -365,5 +365,35 @@ mod tests {
         assert_eq!((d.huge_pages, d.spin_before_park_us), (false, 0), "huge pages off, no spinning by default");
         let c: Config = toml::from_str("huge_pages = true\nspin_before_park_us = 50").unwrap();
         assert_eq!((c.huge_pages, c.spin_before_park_us), (true, 50));
+    }
+
+    /// `switchboard.example.toml` names every key; what it sets is the default; what it
+    /// shows commented out (keys without a default) is a valid example.
+    #[test]
+    fn the_example_file_lists_every_key_with_its_default() {
+        let text = include_str!("../../switchboard.example.toml");
+        let parsed: Config = toml::from_str(text).expect("the example file parses");
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), defaults, "a value in the example is not the default");
+        let named = |key: &str| {
+            text.lines().any(|l| {
+                let l = l.strip_prefix("# ").unwrap_or(l);
+                l.strip_prefix(key).is_some_and(|rest| rest.starts_with(" = "))
+            })
+        };
+        for key in defaults.as_object().unwrap().keys() {
+            assert!(named(key), "switchboard.example.toml does not name `{key}`");
+        }
+        let examples: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| defaults.get(k).is_some()))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let with_examples: Config = toml::from_str(&format!("{text}\n{examples}")).expect("the examples parse");
+        for l in examples.lines() {
+            let key = l.split_once(" = ").unwrap().0;
+            assert!(!serde_json::to_value(&with_examples).unwrap()[key].is_null(), "{key}");
+        }
     }
 }

@@ -103,6 +103,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// Close code sent to an older connection of a device that connected again.
 pub const CLOSE_REPLACED: u16 = 4000;
 
+/// Close code for a connection silent (no frame, no pong) for `idle_timeout_secs`.
+pub const CLOSE_IDLE: u16 = 4408;
+
 /// A shard's state.
 pub struct Shard {
     /// This shard.
@@ -344,6 +347,7 @@ impl Shard {
             (self.now, self.cfg.ping_interval_secs, self.cfg.idle_timeout_secs, self.cfg.handshake_timeout_secs);
         let grace = self.cfg.closing_grace_secs;
         let mut to_close = Vec::new();
+        let mut to_idle = Vec::new();
         let mut to_ping = Vec::new();
         for (slot, c) in self.conns.iter_mut() {
             let id = ConnId { slot: slot as u32, gen: c.gen };
@@ -351,7 +355,7 @@ impl Shard {
             match c.phase {
                 Phase::Handshake if quiet >= hs => to_close.push(id),
                 Phase::Closing if quiet >= grace => to_close.push(id),
-                Phase::Open if quiet >= idle => to_close.push(id),
+                Phase::Open if quiet >= idle => to_idle.push(id),
                 Phase::Open if quiet >= ping && now.saturating_sub(c.pinged_at) >= ping => {
                     c.pinged_at = now;
                     to_ping.push(id);
@@ -364,6 +368,13 @@ impl Shard {
                 ShardStats::bump(&self.stats().timeouts);
             }
             self.close(id);
+        }
+        // A silent peer is told why (a close frame it may never read: the closing grace
+        // then ends the socket); its presence goes offline now.
+        for id in to_idle {
+            ShardStats::bump(&self.stats().timeouts);
+            self.detach_from_user(id);
+            self.fail(id, CLOSE_IDLE, "idle timeout: no frame or pong within idle_timeout_secs");
         }
         for id in to_ping {
             if let Some(c) = self.conn_mut(id) {

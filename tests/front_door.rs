@@ -127,3 +127,42 @@ fn the_admin_endpoint_answers_head_and_refuses_wrong_methods() {
     // A GET on /drain did not drain.
     assert_eq!(admin_request(&server, "GET", "/readyz").0, 200);
 }
+
+#[test]
+fn config_check_prints_the_effective_configuration_and_names_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |toml: &str, env: &[(&str, &str)], flags: &[&str]| {
+        let file = tmp.path().join("c.toml");
+        std::fs::write(&file, toml).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["config", "check"]).arg(&file).args(flags).env_remove("SWITCHBOARD_JWT_SECRET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    // Precedence: file < environment < flag; the secret never printed.
+    let toml = "listen = \"127.0.0.1:9555\"\nshards = 2\nmax_body = 1000\njwt_secret = \"file-secret-0123456789\"\n";
+    let (ok, out, err) = check(toml, &[("SWITCHBOARD_LISTEN", "127.0.0.1:9666")], &["--shards", "3"]);
+    assert!(ok, "{err}");
+    for line in ["listen = \"127.0.0.1:9666\"", "shards = 3", "max_body = 1000", "jwt_secret = \"<redacted>\""] {
+        assert!(out.lines().any(|l| l == line), "no `{line}` in:\n{out}");
+    }
+    assert!(!out.contains("file-secret"), "{out}");
+    // The committed example checks clean.
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../switchboard.example.toml")).unwrap();
+    let (ok, _, err) = check(&example, &[], &[]);
+    assert!(ok, "{err}");
+    // Nonsense is refused with the key named.
+    for (toml, key) in [
+        ("io_memory = 1\n", "io_memory"),
+        ("bogus = 1\n", "unknown field `bogus`"),
+        ("max_body = 70000\n", "max_body"),
+        ("ring_entries = 1000\n", "ring_entries"),
+        ("shards = 500\n", "shards"),
+    ] {
+        let (ok, _, err) = check(toml, &[], &[]);
+        assert!(!ok && err.contains(key), "{toml}: {err}");
+    }
+}

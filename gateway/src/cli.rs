@@ -22,6 +22,22 @@ enum Cmd {
     Token(TokenArgs),
     /// Size a fleet from load-generator reports and a target (docs/CAPACITY.md).
     Plan(crate::plan::PlanArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate the configuration `serve` would run with (defaults, FILE or --config,
+    /// SWITCHBOARD_* variables, flags) and print it as TOML, secrets redacted.
+    Check {
+        /// The TOML file to check (the same as --config).
+        file: Option<PathBuf>,
+        /// Everything `serve` takes, so the check sees what `serve` would.
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
 }
 
 /// Settings shared by every subcommand (flags override env, env overrides the file).
@@ -108,6 +124,24 @@ fn load(common: &Common) -> anyhow::Result<Config> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    crate::server::serve(effective(args)?)
+}
+
+/// `config check`: the configuration `serve` would run with, validated, as TOML.
+fn check(file: Option<PathBuf>, mut args: ServeArgs) -> anyhow::Result<String> {
+    if file.is_some() {
+        args.common.config = file;
+    }
+    let mut cfg = effective(args)?;
+    cfg.validate()?;
+    if cfg.jwt_secret.is_some() {
+        cfg.jwt_secret = Some("<redacted>".into());
+    }
+    Ok(toml::to_string(&cfg)?)
+}
+
+/// Defaults, the file, environment variables, then flags: what `serve` runs with.
+fn effective(args: ServeArgs) -> anyhow::Result<Config> {
     let mut cfg = load(&args.common)?;
     if let Some(l) = args.listen {
         cfg.listen = l;
@@ -143,7 +177,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.echo {
         cfg.echo = true;
     }
-    crate::server::serve(cfg)
+    Ok(cfg)
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
@@ -163,6 +197,7 @@ pub fn main() -> ExitCode {
         Cmd::Serve(a) => serve(a),
         Cmd::Token(a) => token(a),
         Cmd::Plan(a) => crate::plan::plan(&a).map(|text| print!("{text}")),
+        Cmd::Config(ConfigCmd::Check { file, serve }) => check(file, serve).map(|text| print!("{text}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

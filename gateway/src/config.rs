@@ -210,7 +210,12 @@ impl Config {
         anyhow::ensure!(self.sync_per_conv >= 1, "sync_per_conv must be at least 1");
         anyhow::ensure!(self.max_group_members >= 2, "max_group_members must be at least 2");
         anyhow::ensure!(self.dedupe_window >= 1, "dedupe_window must be at least 1");
+        anyhow::ensure!(self.shards <= 128, "shards must be at most 128 (0: one per CPU)");
         anyhow::ensure!(self.ring_entries.is_power_of_two(), "ring_entries must be a power of two");
+        anyhow::ensure!(
+            self.io_memory >= 64 * 1024,
+            "io_memory must be at least 65536 bytes (io_uring buffer memory glommio locks per shard)"
+        );
         anyhow::ensure!(self.ping_interval_secs >= 1, "ping_interval_secs must be at least 1");
         anyhow::ensure!(
             self.idle_timeout_secs > self.ping_interval_secs,

@@ -100,7 +100,7 @@ fn protocol_violations_close_with_the_right_code() {
     // Non-UTF-8 text -> 1007. tungstenite refuses to build such a frame, so write it raw.
     let mut c = server.connect("u2", "d", Encoding::Json);
     let stream = c.ws.get_mut();
-    stream.write_all(&masked_frame(0x1, &[0xff, 0xfe, 0xfd])).unwrap();
+    stream.write_all(&masked_frame(0x81, &[0xff, 0xfe, 0xfd])).unwrap();
     assert_eq!(c.expect_close(), 1007);
     // Binary on a JSON connection, text on a FlatBuffers one -> 1003.
     let mut c = server.connect("u3", "d", Encoding::Json);
@@ -115,7 +115,7 @@ fn protocol_violations_close_with_the_right_code() {
     assert_eq!(c.expect_close(), 1002);
     // Continuation without a start -> 1002.
     let mut c = server.connect("u6", "d", Encoding::Json);
-    c.ws.get_mut().write_all(&masked_frame(0x0, b"orphan")).unwrap();
+    c.ws.get_mut().write_all(&masked_frame(0x80, b"orphan")).unwrap();
     assert_eq!(c.expect_close(), 1002);
     still_serving(&server, "violations");
 }
@@ -127,10 +127,10 @@ fn fragmented_messages_are_reassembled() {
     let text = String::from_utf8(wire::json::encode_client(&send_to("wes", "frag", "in three parts"))).unwrap();
     let (a, rest) = text.split_at(10);
     let (b, z) = rest.split_at(10);
-    let mut bytes = masked_frame_fin(0x1, a.as_bytes(), false);
-    bytes.extend(masked_frame_fin(0x9, b"ping", true)); // control frames may interleave
-    bytes.extend(masked_frame_fin(0x0, b.as_bytes(), false));
-    bytes.extend(masked_frame_fin(0x0, z.as_bytes(), true));
+    let mut bytes = masked_frame(0x1, a.as_bytes());
+    bytes.extend(masked_frame(0x89, b"ping")); // control frames may interleave
+    bytes.extend(masked_frame(0x0, b.as_bytes()));
+    bytes.extend(masked_frame(0x80, z.as_bytes()));
     // Send byte by byte: frames split across reads are reassembled too.
     for byte in bytes {
         c.ws.get_mut().write_all(&[byte]).unwrap();
@@ -164,19 +164,6 @@ fn garbage_instead_of_an_upgrade_gets_an_http_error() {
     still_serving(&server, "http");
 }
 
-fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    masked_frame_fin(opcode, payload, true)
-}
-
-fn masked_frame_fin(opcode: u8, payload: &[u8], fin: bool) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mask = [0x11, 0x22, 0x33, 0x44];
-    let mut v = vec![if fin { 0x80 | opcode } else { opcode }, 0x80 | payload.len() as u8];
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
-}
-
 #[test]
 fn per_connection_limits_close_with_1008_and_long_urls_get_414() {
     let server = Server::start_with(1, "max_frames_per_sec = 50\nmax_fragments = 4\nmax_sync_convs = 3\nmax_url = 256");
@@ -184,15 +171,15 @@ fn per_connection_limits_close_with_1008_and_long_urls_get_414() {
     let mut c = server.connect("flood", "d", Encoding::Json);
     let mut flood = Vec::new();
     for _ in 0..200 {
-        flood.extend(masked_frame_fin(0x9, b"", true));
+        flood.extend(masked_frame(0x89, b""));
     }
     c.ws.get_mut().write_all(&flood).unwrap();
     assert_eq!(c.expect_close(), 1008);
     // A message in 10 fragments, over 4.
     let mut c = server.connect("frags", "d", Encoding::Json);
-    let mut bytes = masked_frame_fin(0x1, b"{", false);
+    let mut bytes = masked_frame(0x1, b"{");
     for _ in 0..9 {
-        bytes.extend(masked_frame_fin(0x0, b" ", false));
+        bytes.extend(masked_frame(0x0, b" "));
     }
     c.ws.get_mut().write_all(&bytes).unwrap();
     assert_eq!(c.expect_close(), 1008);

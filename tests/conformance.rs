@@ -10,26 +10,6 @@ use std::net::TcpStream;
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 
-/// A masked client frame with the given first byte (FIN, RSV, opcode).
-fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![b0];
-    match payload.len() {
-        n if n < 126 => v.push(0x80 | n as u8),
-        n if n < 65536 => {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    v
-}
-
 /// Reads one server frame: (first byte, payload).
 fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut h = [0u8; 2];
@@ -75,7 +55,7 @@ fn open(server: &Server, user: &str) -> TcpStream {
 #[test]
 fn close_frames_are_validated() {
     let server = Server::start(1);
-    let close = |code: u16, reason: &[u8]| frame(0x88, &[&code.to_be_bytes()[..], reason].concat());
+    let close = |code: u16, reason: &[u8]| masked_frame(0x88, &[&code.to_be_bytes()[..], reason].concat());
     // Codes a peer may not send: a protocol error, never echoed (1005 and 1006 must
     // not appear on the wire at all).
     for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
@@ -97,7 +77,7 @@ fn close_frames_are_validated() {
         wait_for_eof(&mut s);
     }
     let mut s = open(&server, "closer");
-    s.write_all(&frame(0x88, b"")).unwrap();
+    s.write_all(&masked_frame(0x88, b"")).unwrap();
     assert_eq!(close_code(&mut s), 1000);
 }
 
@@ -107,16 +87,16 @@ fn invalid_utf8_fails_before_the_message_is_complete() {
     let bad = [0xf4, 0x90, 0x80, 0x80]; // U+110000: past the last code point
                                         // Fragment 1 valid, fragment 2 invalid, and no final fragment: fails at fragment 2.
     let mut s = open(&server, "writer");
-    s.write_all(&frame(0x01, "κόσμε".as_bytes())).unwrap();
-    s.write_all(&frame(0x00, &bad)).unwrap();
+    s.write_all(&masked_frame(0x01, "κόσμε".as_bytes())).unwrap();
+    s.write_all(&masked_frame(0x00, &bad)).unwrap();
     assert_eq!(close_code(&mut s), 1007);
     // A character split across fragments is fine, one broken across them is not.
     let mut s = open(&server, "writer");
     let e = "é".as_bytes();
-    s.write_all(&frame(0x01, &e[..1])).unwrap();
-    s.write_all(&frame(0x00, &[e[1], b'{'])).unwrap();
-    s.write_all(&frame(0x00, &[0xce])).unwrap();
-    s.write_all(&frame(0x00, b"x")).unwrap();
+    s.write_all(&masked_frame(0x01, &e[..1])).unwrap();
+    s.write_all(&masked_frame(0x00, &[e[1], b'{'])).unwrap();
+    s.write_all(&masked_frame(0x00, &[0xce])).unwrap();
+    s.write_all(&masked_frame(0x00, b"x")).unwrap();
     assert_eq!(close_code(&mut s), 1007);
     // Within one frame that has not fully arrived: the header promises 2,000 bytes;
     // the first 30 hold the bad sequence. The close comes without the other 1,970.
@@ -124,14 +104,14 @@ fn invalid_utf8_fails_before_the_message_is_complete() {
     let mut payload = b"valid text first, then ".to_vec();
     payload.extend_from_slice(&bad);
     payload.resize(2000, b'x');
-    let whole = frame(0x81, &payload);
+    let whole = masked_frame(0x81, &payload);
     s.write_all(&whole[..8 + 30]).unwrap();
     assert_eq!(close_code(&mut s), 1007);
     // The same split arriving across several reads, with a valid text: no close; the
     // message completes and is answered (it is not a valid protocol frame: bad_frame).
     let mut s = open(&server, "writer");
     let text = format!("{{\"op\":\"x\",\"pad\":\"{}\"}}", "é".repeat(600));
-    let whole = frame(0x81, text.as_bytes());
+    let whole = masked_frame(0x81, text.as_bytes());
     for piece in whole.chunks(97) {
         s.write_all(piece).unwrap();
         s.flush().unwrap();
@@ -252,7 +232,7 @@ fn permessage_deflate_is_negotiated_and_used_both_ways() {
     let send = format!(r#"{{"op":"send","client_msg_id":"z1","to":"yuri","body":"{body}"}}"#);
     let z = deflate(send.as_bytes());
     assert!(z.len() < send.len() / 4);
-    a.write_all(&frame(0xc1, &z)).unwrap();
+    a.write_all(&masked_frame(0xc1, &z)).unwrap();
     let (compressed, ack) = read_message(&mut a);
     assert!(compressed && String::from_utf8_lossy(&ack).contains(r#""op":"ack""#), "{}", String::from_utf8_lossy(&ack));
     let (b0, msg) = read_frame(&mut b);
@@ -262,16 +242,16 @@ fn permessage_deflate_is_negotiated_and_used_both_ways() {
     let send = format!(r#"{{"op":"send","client_msg_id":"z2","to":"yuri","body":"{body}"}}"#);
     let z = deflate(send.as_bytes());
     let (one, two) = z.split_at(z.len() / 2);
-    a.write_all(&frame(0x41, one)).unwrap();
-    a.write_all(&frame(0x80, two)).unwrap();
+    a.write_all(&masked_frame(0x41, one)).unwrap();
+    a.write_all(&masked_frame(0x80, two)).unwrap();
     let (_, ack) = read_message(&mut a);
     assert!(String::from_utf8_lossy(&ack).contains(r#""client_msg_id":"z2""#));
     let (_, msg) = read_frame(&mut b);
     let msg = String::from_utf8_lossy(&msg);
     assert!(msg.contains(r#""op":"msg""#) && msg.contains(r#""seq":2"#) && msg.contains(&body), "{msg}");
     // RSV1 on a continuation frame is a protocol error.
-    a.write_all(&frame(0x41, one)).unwrap();
-    a.write_all(&frame(0xc0, two)).unwrap();
+    a.write_all(&masked_frame(0x41, one)).unwrap();
+    a.write_all(&masked_frame(0xc0, two)).unwrap();
     assert_eq!(close_code(&mut a), 1002);
     // A decompression bomb: 100 KB on the wire would inflate to 64 MB; the limit
     // (max_frame) closes it with 1009, and the server stays small.
@@ -280,17 +260,17 @@ fn permessage_deflate_is_negotiated_and_used_both_ways() {
     let rss = rss_bytes(server.pid());
     let bomb = deflate(&vec![b'a'; 64 << 20]);
     assert!(bomb.len() < 200_000, "{}", bomb.len());
-    c.write_all(&frame(0xc1, &bomb[..bomb.len().min(65_000)])).unwrap();
+    c.write_all(&masked_frame(0xc1, &bomb[..bomb.len().min(65_000)])).unwrap();
     assert_eq!(close_code(&mut c), 1009);
     assert!(rss_bytes(server.pid()) < rss + (8 << 20), "inflating a bomb grew the server by 8 MB or more");
     // Not valid deflate data: 1007.
     let (mut d, _) = upgrade_offering(&server, "wade", "permessage-deflate");
     let _ = read_message(&mut d);
-    d.write_all(&frame(0xc1, &[0xff, 0xff, 0xff, 0xff])).unwrap();
+    d.write_all(&masked_frame(0xc1, &[0xff, 0xff, 0xff, 0xff])).unwrap();
     assert_eq!(close_code(&mut d), 1007);
     // The others are unaffected.
     let mut e = open(&server, "vera");
-    e.write_all(&frame(0x81, br#"{"op":"send","client_msg_id":"v1","to":"yuri","body":"still here"}"#)).unwrap();
+    e.write_all(&masked_frame(0x81, br#"{"op":"send","client_msg_id":"v1","to":"yuri","body":"still here"}"#)).unwrap();
     let (_, ack) = read_frame(&mut e);
     assert!(String::from_utf8_lossy(&ack).contains(r#""op":"ack""#));
 }
@@ -311,7 +291,7 @@ fn server_window_bits_are_honoured_and_compression_is_off_unless_enabled() {
     assert!(!head.to_ascii_lowercase().contains("sec-websocket-extensions"), "{head}");
     let (b0, _) = read_frame(&mut b);
     assert_eq!(b0, 0x81);
-    b.write_all(&frame(0xc1, &deflate(b"{}"))).unwrap();
+    b.write_all(&masked_frame(0xc1, &deflate(b"{}"))).unwrap();
     assert_eq!(close_code(&mut b), 1002);
 }
 

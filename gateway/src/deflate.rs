@@ -120,6 +120,18 @@ impl std::fmt::Debug for Codec {
 const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
 
 impl Codec {
+    /// Appends `payload` to `out` as one compressed final frame (RSV1 set).
+    pub fn write_frame(
+        &mut self,
+        out: &mut Vec<u8>,
+        opcode: tungstenite::protocol::frame::coding::OpCode,
+        payload: &[u8],
+    ) {
+        let mut z = Vec::with_capacity(payload.len() / 2 + 16);
+        self.compress(payload, &mut z);
+        crate::ws::write_deflated_frame(out, opcode, &z);
+    }
+
     /// Compresses `data` as one message and appends the result to `out`.
     pub fn compress(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let c = self.compress.get_or_insert_with(|| Box::new(Compress::new(Compression::fast(), false)));

@@ -485,14 +485,13 @@ impl Shard {
                     ws::write_frame_with(&mut out, data_opcode(enc), |o| enc.encode_server(&frame, o));
                     out
                 });
-                let payload_len = ws::own_payload(bytes).len();
-                if conn.deflate.compresses(payload_len) {
+                // Connections without compression never look past the encoded frame.
+                let payload = if conn.deflate.on() { ws::own_payload(bytes) } else { &[] };
+                if conn.deflate.compresses(payload.len()) {
                     let codec = &mut self.deflate;
                     let z = deflated[enc as usize].get_or_insert_with(|| {
-                        let mut z = Vec::with_capacity(payload_len / 2 + 16);
-                        codec.compress(ws::own_payload(bytes), &mut z);
-                        let mut out = Vec::with_capacity(z.len() + 10);
-                        ws::write_deflated_frame(&mut out, data_opcode(enc), &z);
+                        let mut out = Vec::with_capacity(payload.len() / 2 + 26);
+                        codec.write_frame(&mut out, data_opcode(enc), payload);
                         out
                     });
                     conn.out.extend_from_slice(z);

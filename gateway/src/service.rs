@@ -1145,9 +1145,7 @@ impl Shard {
     fn send_data(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) {
         let Some(conn) = self.conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else { return };
         if conn.deflate.compresses(payload.len()) {
-            let mut z = Vec::with_capacity(payload.len() / 2 + 16);
-            self.deflate.compress(payload, &mut z);
-            ws::write_deflated_frame(&mut conn.out, opcode, &z);
+            self.deflate.write_frame(&mut conn.out, opcode, payload);
         } else {
             ws::write_frame(&mut conn.out, opcode, payload);
         }

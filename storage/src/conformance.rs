@@ -6,7 +6,7 @@ use std::path::Path;
 
 use wire::frame::ConvId;
 
-use crate::model::{ConvKind, ConvMeta, GroupMeta, StoredMessage, Write};
+use crate::model::{dedupe_key, ConvKind, ConvMeta, GroupMeta, StoredMessage, UserRecord, Write};
 use crate::Store;
 
 fn msg(i: u64) -> StoredMessage {
@@ -80,4 +80,24 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
     assert!(s.user_convs("carol").unwrap().is_empty());
     assert_eq!(s.user_convs("bob").unwrap(), vec![a, g]);
     assert_eq!(s.conv_meta(g).unwrap(), Some(group(&["alice", "bob"])));
+
+    // The dedupe index: newest seq and (sender, client_msg_id) keys, no bodies; group
+    // events (no client key) are not in it.
+    let t = s.conv_tail(a, 4).unwrap();
+    assert_eq!(t.last_seq, 10);
+    assert_eq!(t.recent.iter().map(|e| e.0).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+    assert_eq!(t.recent[3].1.key, dedupe_key("alice", "c10"));
+    assert_eq!((t.recent[3].1.message_id, t.recent[3].1.ts), (1010, 10));
+    let mut event = msg(11);
+    event.client_msg_id.clear();
+    s.commit(&[Write::Message { conv: a, seq: 11, msg: event }]).unwrap();
+    let t = s.conv_tail(a, 2).unwrap();
+    assert_eq!((t.last_seq, t.recent.iter().map(|e| e.0).collect::<Vec<_>>()), (11, vec![9, 10]));
+    assert_eq!(s.conv_tail(ConvId(77), 5).unwrap(), crate::model::Tail::default());
+    // User records.
+    assert_eq!(s.user_record("alice").unwrap(), UserRecord::default());
+    let r = UserRecord { last_seen: Some(5), hide_last_seen: true };
+    s.commit(&[Write::User { user: "alice".into(), record: r }]).unwrap();
+    assert_eq!(s.user_record("alice").unwrap(), r);
+    assert_eq!(s.user_record("alic").unwrap(), UserRecord::default());
 }

@@ -6,6 +6,9 @@
 //! - `convs`: `conv` -> postcard [`ConvMeta`].
 //! - `user_convs`: `user ++ 0xFF ++ conv` -> empty (0xFF never occurs in UTF-8, so a
 //!   user's prefix never matches another user's).
+//! - `dedupe`: `conv ++ seq` -> [`DedupeEntry`] (32 bytes), for each message with a client
+//!   idempotency key: what loading a conversation reads instead of message bodies.
+//! - `users`: `user` -> postcard [`UserRecord`] (last seen, privacy).
 //!
 //! A commit is one fjall write batch with `PersistMode::SyncData`: one fdatasync of the
 //! journal per batch, whatever its size. With the commit log in front ([`crate::log`]),
@@ -16,7 +19,7 @@ use std::path::Path;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use wire::frame::ConvId;
 
-use crate::model::{ConvMeta, StoredMessage, Write};
+use crate::model::{dedupe_key, ConvMeta, DedupeEntry, StoredMessage, Tail, UserRecord, Write};
 use crate::{Slice, Store, StoreError};
 
 /// One partition on local disk.
@@ -25,6 +28,8 @@ pub struct EmbeddedStore {
     msgs: Keyspace,
     convs: Keyspace,
     user_convs: Keyspace,
+    dedupe: Keyspace,
+    users: Keyspace,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -56,7 +61,9 @@ impl EmbeddedStore {
         let msgs = db.keyspace("msgs", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let convs = db.keyspace("convs", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let user_convs = db.keyspace("user_convs", KeyspaceCreateOptions::default).map_err(unavailable)?;
-        Ok(EmbeddedStore { db, msgs, convs, user_convs })
+        let dedupe = db.keyspace("dedupe", KeyspaceCreateOptions::default).map_err(unavailable)?;
+        let users = db.keyspace("users", KeyspaceCreateOptions::default).map_err(unavailable)?;
+        Ok(EmbeddedStore { db, msgs, convs, user_convs, dedupe, users })
     }
 }
 
@@ -83,11 +90,46 @@ impl EmbeddedStore {
                 Write::Message { conv, seq, msg } => {
                     let v = postcard::to_allocvec(msg).map_err(corrupt)?;
                     batch.insert(&self.msgs, msg_key(*conv, *seq).to_vec(), v);
+                    if !msg.client_msg_id.is_empty() {
+                        let e = DedupeEntry {
+                            key: dedupe_key(&msg.from, &msg.client_msg_id),
+                            message_id: msg.message_id,
+                            ts: msg.ts,
+                        };
+                        batch.insert(&self.dedupe, msg_key(*conv, *seq).to_vec(), encode_dedupe(&e).to_vec());
+                    }
+                }
+                Write::User { user, record } => {
+                    let v = postcard::to_allocvec(record).map_err(corrupt)?;
+                    batch.insert(&self.users, user.as_bytes().to_vec(), v);
                 }
             }
         }
         batch.commit().map_err(unavailable)
     }
+}
+
+fn encode_dedupe(e: &DedupeEntry) -> [u8; 32] {
+    let mut v = [0u8; 32];
+    v[..16].copy_from_slice(&e.key.to_be_bytes());
+    v[16..24].copy_from_slice(&e.message_id.to_be_bytes());
+    v[24..].copy_from_slice(&e.ts.to_be_bytes());
+    v
+}
+
+fn decode_dedupe(v: &[u8]) -> Result<DedupeEntry, StoreError> {
+    let v: &[u8; 32] = v.try_into().map_err(|_| corrupt("dedupe entry is not 32 bytes"))?;
+    let word = |r: std::ops::Range<usize>| u64::from_be_bytes(v[r].try_into().expect("8 bytes"));
+    Ok(DedupeEntry {
+        key: u128::from_be_bytes(v[..16].try_into().expect("16 bytes")),
+        message_id: word(16..24),
+        ts: word(24..32),
+    })
+}
+
+fn seq_of(k: &[u8]) -> Result<u64, StoreError> {
+    let b: [u8; 8] = k.get(16..24).and_then(|s| s.try_into().ok()).ok_or_else(|| corrupt("short key"))?;
+    Ok(u64::from_be_bytes(b))
 }
 
 impl Store for EmbeddedStore {
@@ -124,10 +166,8 @@ impl Store for EmbeddedStore {
                 has_more = true;
                 break;
             }
-            let seq_bytes: [u8; 8] =
-                k.get(16..24).and_then(|s| s.try_into().ok()).ok_or_else(|| corrupt("short key"))?;
             let msg: StoredMessage = postcard::from_bytes(&v).map_err(corrupt)?;
-            messages.push((u64::from_be_bytes(seq_bytes), msg));
+            messages.push((seq_of(&k)?, msg));
         }
         messages.reverse();
         Ok(Slice { messages, has_more })
@@ -143,6 +183,28 @@ impl Store for EmbeddedStore {
             out.push(ConvId(u128::from_be_bytes(id)));
         }
         Ok(out)
+    }
+
+    fn conv_tail(&self, conv: ConvId, limit: usize) -> Result<Tail, StoreError> {
+        let (lo, hi) = (msg_key(conv, 0), msg_key(conv, u64::MAX));
+        let last_seq = match self.msgs.range(lo..=hi).next_back() {
+            None => 0,
+            Some(item) => seq_of(&item.key().map_err(unavailable)?)?,
+        };
+        let mut recent = Vec::with_capacity(limit.min(1024));
+        for item in self.dedupe.range(lo..=hi).rev().take(limit) {
+            let (k, v) = item.into_inner().map_err(unavailable)?;
+            recent.push((seq_of(&k)?, decode_dedupe(&v)?));
+        }
+        recent.reverse();
+        Ok(Tail { last_seq, recent })
+    }
+
+    fn user_record(&self, user: &str) -> Result<UserRecord, StoreError> {
+        match self.users.get(user.as_bytes()).map_err(unavailable)? {
+            None => Ok(UserRecord::default()),
+            Some(v) => postcard::from_bytes(&v).map_err(corrupt),
+        }
     }
 }
 

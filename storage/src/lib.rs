@@ -9,6 +9,8 @@
 //! # Layout
 //! - [`model`]: the records ([`model::StoredMessage`], [`model::ConvMeta`]) and writes.
 //! - [`embedded`]: the default backend, one fjall database per shard partition.
+//! - [`memory`]: a backend in memory, for the shard core's deterministic simulation.
+//! - [`read`]: the reads a shard core asks for, as data, and how a store answers them.
 //! - [`layout`]: the data directory: partition paths and the recorded shard count.
 //! - [`log`]: the commit log's format and its replay at start-up.
 //! - [`conformance`]: the behaviour every backend must show, run against each one.
@@ -18,7 +20,9 @@ pub mod conformance;
 pub mod embedded;
 pub mod layout;
 pub mod log;
+pub mod memory;
 pub mod model;
+pub mod read;
 
 use wire::frame::ConvId;
 
@@ -80,4 +84,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The conversations (homed on this partition) that `user` is a member of.
     fn user_convs(&self, user: &str) -> Result<Vec<ConvId>, StoreError>;
+
+    /// The conversation's newest seq and the dedupe index of (up to) its newest `limit`
+    /// messages with a client idempotency key. Reads no message body.
+    fn conv_tail(&self, conv: ConvId, limit: usize) -> Result<model::Tail, StoreError>;
+
+    /// What the user's home keeps about `user` (default when never written).
+    fn user_record(&self, user: &str) -> Result<model::UserRecord, StoreError>;
 }

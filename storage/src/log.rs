@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use wire::frame::ConvId;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::model::{ConvMeta, StoredMessage, Write};
+use crate::model::{ConvMeta, StoredMessage, UserRecord, Write};
 use crate::{Store, StoreError};
 
 /// The log file's name inside a partition directory.
@@ -58,6 +58,7 @@ enum LogWrite<'a> {
     Conv { conv: u128, meta: &'a ConvMeta },
     Unindex { conv: u128, user: &'a str },
     Message { conv: u128, seq: u64, msg: &'a StoredMessage },
+    User { user: &'a str, record: UserRecord },
 }
 
 /// What a write is read back as; the same encoding as [`LogWrite`].
@@ -66,6 +67,7 @@ enum OwnedLogWrite {
     Conv { conv: u128, meta: ConvMeta },
     Unindex { conv: u128, user: String },
     Message { conv: u128, seq: u64, msg: StoredMessage },
+    User { user: String, record: UserRecord },
 }
 
 impl<'a> From<&'a Write> for LogWrite<'a> {
@@ -74,6 +76,7 @@ impl<'a> From<&'a Write> for LogWrite<'a> {
             Write::Conv { conv, meta } => LogWrite::Conv { conv: conv.0, meta },
             Write::Unindex { conv, user } => LogWrite::Unindex { conv: conv.0, user },
             Write::Message { conv, seq, msg } => LogWrite::Message { conv: conv.0, seq: *seq, msg },
+            Write::User { user, record } => LogWrite::User { user, record: *record },
         }
     }
 }
@@ -84,6 +87,7 @@ impl From<OwnedLogWrite> for Write {
             OwnedLogWrite::Conv { conv, meta } => Write::Conv { conv: ConvId(conv), meta },
             OwnedLogWrite::Unindex { conv, user } => Write::Unindex { conv: ConvId(conv), user },
             OwnedLogWrite::Message { conv, seq, msg } => Write::Message { conv: ConvId(conv), seq, msg },
+            OwnedLogWrite::User { user, record } => Write::User { user, record },
         }
     }
 }

@@ -69,6 +69,13 @@ pub enum Write {
         /// The former member.
         user: String,
     },
+    /// Record a user's durable presence facts (last seen, privacy), at the user's home.
+    User {
+        /// The user id.
+        user: String,
+        /// What to keep.
+        record: UserRecord,
+    },
     /// Append a message.
     Message {
         /// The conversation.
@@ -78,4 +85,47 @@ pub enum Write {
         /// The message.
         msg: StoredMessage,
     },
+}
+
+/// What a user's home keeps about them across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// When the last device went offline (ms since the epoch); `None`: never seen.
+    pub last_seen: Option<u64>,
+    /// The user hides `last_seen` from others.
+    pub hide_last_seen: bool,
+}
+
+/// One entry of a conversation's dedupe index: enough to answer a resend with the
+/// original ack, without the message body (32 bytes stored, beside the message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupeEntry {
+    /// [`dedupe_key`] of the sender and the client's idempotency key.
+    pub key: u128,
+    /// The stored message's id.
+    pub message_id: u64,
+    /// Its acceptance time.
+    pub ts: u64,
+}
+
+/// The dedupe key of `(sender, client_msg_id)`: a 128-bit hash, so two different keys
+/// of one conversation collide with probability about 2^-128 per pair (user ids never
+/// contain NUL, so the concatenation is unambiguous).
+pub fn dedupe_key(sender: &str, client_msg_id: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(sender.as_bytes());
+    h.update(&[0]);
+    h.update(client_msg_id.as_bytes());
+    h.digest128()
+}
+
+/// A conversation's newest seq and the dedupe index of its newest messages (what a
+/// home shard loads; no message bodies).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tail {
+    /// The highest stored seq (0: none).
+    pub last_seq: u64,
+    /// `(seq, entry)` of the newest messages that carry a client idempotency key,
+    /// ascending.
+    pub recent: Vec<(u64, DedupeEntry)>,
 }

@@ -1,0 +1,162 @@
+//! A store in memory: the same behaviour as the embedded backend (it passes
+//! [`crate::conformance`]), nothing on disk. The shard core's simulation uses it as the
+//! durable state a crashed shard replays from; it is not a serving backend.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use wire::frame::ConvId;
+
+use crate::model::{dedupe_key, ConvMeta, DedupeEntry, StoredMessage, Tail, UserRecord, Write};
+use crate::{Slice, Store, StoreError};
+
+#[derive(Default, Clone)]
+struct Data {
+    msgs: BTreeMap<(ConvId, u64), StoredMessage>,
+    convs: HashMap<ConvId, ConvMeta>,
+    user_convs: BTreeSet<(String, ConvId)>,
+    users: HashMap<String, UserRecord>,
+}
+
+/// One partition in memory.
+#[derive(Default)]
+pub struct MemStore {
+    data: Mutex<Data>,
+}
+
+impl MemStore {
+    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
+        // A panic while holding the lock leaves data that is still consistent: every
+        // write below is applied to a copy and swapped in whole.
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Messages stored in `conv`, ascending by seq (for the simulation's checks).
+    pub fn messages(&self, conv: ConvId) -> Vec<(u64, StoredMessage)> {
+        let d = self.data();
+        d.msgs.range((conv, 0)..=(conv, u64::MAX)).map(|((_, s), m)| (*s, m.clone())).collect()
+    }
+
+    /// Every conversation with stored messages.
+    pub fn convs(&self) -> Vec<ConvId> {
+        let d = self.data();
+        let mut v: Vec<ConvId> = d.msgs.keys().map(|k| k.0).collect();
+        v.dedup();
+        v
+    }
+}
+
+impl Store for MemStore {
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut d = self.data();
+        let mut next = d.clone();
+        for w in writes {
+            match w {
+                Write::Conv { conv, meta } => {
+                    for u in &meta.members {
+                        next.user_convs.insert((u.clone(), *conv));
+                    }
+                    next.convs.insert(*conv, meta.clone());
+                }
+                Write::Unindex { conv, user } => {
+                    next.user_convs.remove(&(user.clone(), *conv));
+                }
+                Write::Message { conv, seq, msg } => {
+                    next.msgs.insert((*conv, *seq), msg.clone());
+                }
+                Write::User { user, record } => {
+                    next.users.insert(user.clone(), *record);
+                }
+            }
+        }
+        *d = next;
+        Ok(())
+    }
+
+    fn conv_meta(&self, conv: ConvId) -> Result<Option<ConvMeta>, StoreError> {
+        Ok(self.data().convs.get(&conv).cloned())
+    }
+
+    fn newest(&self, conv: ConvId, after: u64, before: u64, limit: usize) -> Result<Slice, StoreError> {
+        if before <= after.saturating_add(1) {
+            return Ok(Slice::default());
+        }
+        let d = self.data();
+        let range = d.msgs.range((conv, after + 1)..(conv, before));
+        let mut messages: Vec<(u64, StoredMessage)> =
+            range.rev().take(limit + 1).map(|((_, s), m)| (*s, m.clone())).collect();
+        let has_more = messages.len() > limit;
+        messages.truncate(limit);
+        messages.reverse();
+        Ok(Slice { messages, has_more })
+    }
+
+    fn user_convs(&self, user: &str) -> Result<Vec<ConvId>, StoreError> {
+        let d = self.data();
+        Ok(d.user_convs.iter().filter(|(u, _)| u == user).map(|(_, c)| *c).collect())
+    }
+
+    fn conv_tail(&self, conv: ConvId, limit: usize) -> Result<Tail, StoreError> {
+        let d = self.data();
+        let range = || d.msgs.range((conv, 0)..=(conv, u64::MAX));
+        let last_seq = range().next_back().map_or(0, |((_, s), _)| *s);
+        let mut recent: Vec<(u64, DedupeEntry)> = range()
+            .rev()
+            .filter(|(_, m)| !m.client_msg_id.is_empty())
+            .take(limit)
+            .map(|((_, s), m)| {
+                (*s, DedupeEntry { key: dedupe_key(&m.from, &m.client_msg_id), message_id: m.message_id, ts: m.ts })
+            })
+            .collect();
+        recent.reverse();
+        Ok(Tail { last_seq, recent })
+    }
+
+    fn user_record(&self, user: &str) -> Result<UserRecord, StoreError> {
+        Ok(self.data().users.get(user).copied().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conformance() {
+        // Reopening "the same directory" must see earlier commits: one store per path.
+        let stores: std::sync::Mutex<Vec<(std::path::PathBuf, std::sync::Arc<super::MemStore>)>> = Default::default();
+        crate::conformance::run(|dir| {
+            let mut s = stores.lock().unwrap();
+            let store = match s.iter().find(|(p, _)| p == dir) {
+                Some((_, st)) => st.clone(),
+                None => {
+                    let st = std::sync::Arc::new(super::MemStore::default());
+                    s.push((dir.to_path_buf(), st.clone()));
+                    st
+                }
+            };
+            Box::new(Shared(store))
+        });
+    }
+
+    struct Shared(std::sync::Arc<super::MemStore>);
+
+    impl crate::Store for Shared {
+        fn commit(&self, w: &[crate::model::Write]) -> Result<(), crate::StoreError> {
+            self.0.commit(w)
+        }
+        fn conv_meta(&self, c: wire::frame::ConvId) -> Result<Option<crate::model::ConvMeta>, crate::StoreError> {
+            self.0.conv_meta(c)
+        }
+        fn newest(&self, c: wire::frame::ConvId, a: u64, b: u64, l: usize) -> Result<crate::Slice, crate::StoreError> {
+            self.0.newest(c, a, b, l)
+        }
+        fn user_convs(&self, u: &str) -> Result<Vec<wire::frame::ConvId>, crate::StoreError> {
+            self.0.user_convs(u)
+        }
+        fn conv_tail(&self, c: wire::frame::ConvId, l: usize) -> Result<crate::model::Tail, crate::StoreError> {
+            self.0.conv_tail(c, l)
+        }
+        fn user_record(&self, u: &str) -> Result<crate::model::UserRecord, crate::StoreError> {
+            self.0.user_record(u)
+        }
+    }
+}

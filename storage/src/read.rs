@@ -1,0 +1,87 @@
+//! The reads a shard core asks for, as plain data ([`ReadReq`]), and what they come back
+//! as ([`ReadDone`]). The core never calls a store: it emits a request, and whoever
+//! owns the store (the gateway's blocking pool, or the simulation) runs [`execute`] and
+//! hands the answer back as an event. Every backend answers the same requests.
+
+use wire::frame::{ConvId, SyncPoint};
+
+use crate::model::{ConvMeta, Tail, UserRecord};
+use crate::{Slice, Store, StoreError};
+
+/// A read for a shard's own partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadReq {
+    /// A conversation's metadata, newest seq and dedupe index (no bodies).
+    Conv {
+        /// The conversation.
+        conv: ConvId,
+        /// Dedupe entries to read.
+        dedupe: usize,
+    },
+    /// A page of a conversation, newest first: `limit` messages with seq below `before`.
+    Page {
+        /// The conversation.
+        conv: ConvId,
+        /// Exclusive upper bound.
+        before: u64,
+        /// At most this many.
+        limit: usize,
+    },
+    /// A device's sync: for each of `user`'s conversations in this partition, the
+    /// newest `per_conv` messages after the device's last seen seq.
+    Sync {
+        /// The user.
+        user: String,
+        /// The device's last seen seqs.
+        points: Vec<SyncPoint>,
+        /// Messages per conversation.
+        per_conv: usize,
+    },
+    /// A user's durable presence facts.
+    User {
+        /// The user.
+        user: String,
+    },
+}
+
+/// What a [`ReadReq`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadDone {
+    /// For [`ReadReq::Conv`].
+    Conv {
+        /// Metadata (`None`: no such conversation).
+        meta: Option<ConvMeta>,
+        /// Newest seq and dedupe index.
+        tail: Tail,
+    },
+    /// For [`ReadReq::Page`].
+    Page(Slice),
+    /// For [`ReadReq::Sync`]: one slice per conversation with newer messages.
+    Sync(Vec<(ConvId, Slice)>),
+    /// For [`ReadReq::User`].
+    User(UserRecord),
+}
+
+/// Answers `req` from `store` (blocking: run it off a shard's reactor).
+pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError> {
+    Ok(match req {
+        ReadReq::Conv { conv, dedupe } => {
+            let meta = store.conv_meta(*conv)?;
+            let tail = if meta.is_some() { store.conv_tail(*conv, *dedupe)? } else { Tail::default() };
+            ReadDone::Conv { meta, tail }
+        }
+        ReadReq::Page { conv, before, limit } => ReadDone::Page(store.newest(*conv, 0, *before, *limit)?),
+        ReadReq::Sync { user, points, per_conv } => {
+            let mut pages = Vec::new();
+            for conv in store.user_convs(user)? {
+                let after = points.iter().find(|p| p.conv == conv).map_or(0, |p| p.seq);
+                let slice = store.newest(conv, after, u64::MAX, *per_conv)?;
+                if !slice.messages.is_empty() {
+                    pages.push((conv, slice));
+                }
+            }
+            ReadDone::Sync(pages)
+        }
+        ReadReq::User { user } => ReadDone::User(store.user_record(user)?),
+    })
+}

@@ -38,9 +38,11 @@ pub struct ConnId {
     pub gen: u32,
 }
 
-/// A connection anywhere on this host.
+/// A connection anywhere: its host, shard and slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnRef {
+    /// The host that owns the socket (`host_id`; one host today).
+    pub host: u8,
     /// The shard that owns the socket.
     pub shard: ShardId,
     /// The connection on that shard.

@@ -9,10 +9,11 @@
 //! - [`ids`]: id newtypes, `home()`, DM ids and the time-ordered message id generator.
 //! - [`runtime`]: starts N pinned executors and hands each its [`runtime::ShardCtx`].
 //! - [`mesh`]: the N×(N−1) SPSC channels, batched per loop turn.
-//! - [`conv`]: a conversation's home-shard state: next seq, members, dedupe window.
+//! - [`core`]: the I/O-free shard core: every shard-local table and business rule,
+//!   driven by events and answering with effects.
 #![forbid(unsafe_code)]
 
-pub mod conv;
+pub mod core;
 pub mod ids;
 pub mod mesh;
 pub mod runtime;

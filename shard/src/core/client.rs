@@ -1,0 +1,182 @@
+//! A client's frames on its connection's shard (its user's home): rate limits and
+//! shape checks, then a route to the home of what the frame concerns.
+
+use wire::error::ErrorCode;
+use wire::frame::{ClientFrame, ConvId, GroupAction, PresenceState, Target};
+
+use super::limits::TokenBucket;
+use super::{error_frame, Core, GroupReq, MsgRoute, PresenceRoute, Route, SendReq};
+use crate::ids::{dm_conv, home_of_conv, home_of_user, ConnId, ShardId};
+
+/// Which per-user limit a frame counts against.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Send,
+    Typing,
+    History,
+    Presence,
+}
+
+impl Core {
+    pub(super) fn on_client_frame(&mut self, id: ConnId, frame: ClientFrame) {
+        let Some(conn) = self.conns.get(id) else { return };
+        let (user, device) = (conn.user.clone(), conn.device.to_string());
+        let from = self.conn_ref(id);
+        let shards = self.shards;
+        match frame {
+            ClientFrame::Hello { sync } => {
+                if sync.len() > self.cfg.max_sync_convs {
+                    let msg = format!("at most {} conversations per hello", self.cfg.max_sync_convs);
+                    return self.frame(id, error_frame(ErrorCode::BadValue, msg, None, None));
+                }
+                if self.limited(id, &user, Limit::History, None) {
+                    return;
+                }
+                if !self.conns.start_sync(id, shards as u16) {
+                    let msg = "a sync is already running".to_owned();
+                    return self.frame(id, error_frame(ErrorCode::BadValue, msg, None, None));
+                }
+                for k in 0..shards {
+                    let r = MsgRoute::Sync { from, user: user.to_string(), points: sync.clone() };
+                    self.send_route(ShardId(k as u16), Route::Msg(r));
+                }
+            }
+            ClientFrame::Send(send) => {
+                let ref_id = Some(send.client_msg_id.clone());
+                if self.limited(id, &user, Limit::Send, ref_id.clone()) {
+                    return;
+                }
+                let max_body = self.cfg.max_body;
+                if send.body.len() > max_body {
+                    let msg = format!("body of {} bytes exceeds max_body ({max_body})", send.body.len());
+                    return self.frame(id, error_frame(ErrorCode::BodyTooLarge, msg, ref_id, None));
+                }
+                let (conv, dm_peer) = match &send.target {
+                    Target::User(peer) => (dm_conv(&user, peer), Some(peer.clone())),
+                    Target::Conv(c) => (*c, None),
+                };
+                let req = SendReq { from, user: user.to_string(), device, conv, dm_peer, send };
+                self.send_route(home_of_conv(conv, shards), Route::Msg(MsgRoute::Send(req)));
+            }
+            ClientFrame::History(req) => {
+                if self.limited(id, &user, Limit::History, req.req_id.clone()) {
+                    return;
+                }
+                let home = home_of_conv(req.conv, shards);
+                self.send_route(home, Route::Msg(MsgRoute::History { from, user: user.to_string(), req }));
+            }
+            ClientFrame::PresenceSub { users } => {
+                if self.limited(id, &user, Limit::Presence, None) {
+                    return;
+                }
+                self.subscribe(id, users);
+            }
+            ClientFrame::PresenceUnsub { users } => {
+                if self.limited(id, &user, Limit::Presence, None) {
+                    return;
+                }
+                self.unsubscribe(id, users);
+            }
+            ClientFrame::PresenceSet { state, hide_last_seen } => {
+                if self.limited(id, &user, Limit::Presence, None) {
+                    return;
+                }
+                self.set_presence(id, state == PresenceState::Away, hide_last_seen);
+            }
+            ClientFrame::Typing { conv, typing } => {
+                if self.limited(id, &user, Limit::Typing, None) {
+                    return;
+                }
+                let r = MsgRoute::Typing { from, user: user.to_string(), conv, typing };
+                self.send_route(home_of_conv(conv, shards), Route::Msg(r));
+            }
+            ClientFrame::Group(op) => {
+                // Group changes are stored like messages and share the send budget.
+                if op.action != GroupAction::Info && self.limited(id, &user, Limit::Send, op.req_id.clone()) {
+                    return;
+                }
+                let conv = match op.conv {
+                    Some(c) => c,
+                    None => ConvId(1 << 127 | self.ids.next(self.now) as u128),
+                };
+                let req = GroupReq { from, user: user.to_string(), device, conv, op };
+                self.send_route(home_of_conv(conv, shards), Route::Msg(MsgRoute::Group(req)));
+            }
+        }
+    }
+
+    /// Takes one token from the user's `limit`; when none is left, answers the
+    /// connection with `rate_limited` (and the wait) and returns true.
+    fn limited(&mut self, id: ConnId, user: &str, limit: Limit, ref_id: Option<String>) -> bool {
+        let c = &self.cfg;
+        let (rate, burst, what) = match limit {
+            Limit::Send => (c.send_rate, c.send_burst, "messages"),
+            Limit::Typing => (c.typing_rate, c.typing_burst, "typing frames"),
+            Limit::History => (c.history_rate, c.history_burst, "history or sync requests"),
+            Limit::Presence => (c.presence_rate, c.presence_burst, "presence frames"),
+        };
+        let now = self.now;
+        let Some(u) = self.users.get_mut(user) else { return false };
+        let b: &mut TokenBucket = match limit {
+            Limit::Send => &mut u.buckets.send,
+            Limit::Typing => &mut u.buckets.typing,
+            Limit::History => &mut u.buckets.history,
+            Limit::Presence => &mut u.buckets.presence,
+        };
+        match b.take(rate, burst, now) {
+            Ok(()) => false,
+            Err(wait_ms) => {
+                let msg = format!("more than {rate} {what} per second; retry in {wait_ms} ms");
+                self.frame(id, error_frame(ErrorCode::RateLimited, msg, ref_id, Some(wait_ms)));
+                true
+            }
+        }
+    }
+
+    /// Watch `users` from connection `id`: at most `max_presence_subs` per connection.
+    fn subscribe(&mut self, id: ConnId, users: Vec<String>) {
+        let max = self.cfg.max_presence_subs;
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let subs = conn.subs.get_or_insert_with(Default::default);
+        let mut new = Vec::new();
+        for u in users {
+            if !subs.iter().any(|s| **s == *u) && !new.contains(&u) {
+                new.push(u);
+            }
+        }
+        if subs.len() + new.len() > max {
+            let msg = format!("a connection watches at most {max} users (max_presence_subs)");
+            return self.frame(id, error_frame(ErrorCode::LimitExceeded, msg, None, None));
+        }
+        subs.extend(new.iter().map(|u| Box::from(u.as_str())));
+        self.route_presence(id, new, true);
+    }
+
+    /// Stop watching `users` from connection `id`.
+    fn unsubscribe(&mut self, id: ConnId, users: Vec<String>) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let Some(subs) = conn.subs.as_mut() else { return };
+        let gone: Vec<String> = users.into_iter().filter(|u| subs.iter().any(|s| **s == **u)).collect();
+        subs.retain(|s| !gone.iter().any(|g| **g == **s));
+        if subs.is_empty() {
+            conn.subs = None;
+        }
+        self.route_presence(id, gone, false);
+    }
+
+    /// A subscription change to each watched user's home shard.
+    pub(super) fn route_presence(&mut self, id: ConnId, users: Vec<String>, subscribe: bool) {
+        let from = self.conn_ref(id);
+        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shards];
+        for u in users {
+            by_shard[home_of_user(&u, self.shards).index()].push(u);
+        }
+        for (k, users) in by_shard.into_iter().enumerate() {
+            if !users.is_empty() {
+                let r =
+                    if subscribe { PresenceRoute::Sub { from, users } } else { PresenceRoute::Unsub { from, users } };
+                self.send_route(ShardId(k as u16), Route::Presence(r));
+            }
+        }
+    }
+}

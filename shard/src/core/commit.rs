@@ -1,0 +1,92 @@
+//! The group-commit queue of a shard: accepted messages and group events wait here for
+//! the next commit; at most one commit is in flight, so commits finish in order, and
+//! nothing is acknowledged before the commit holding it is durable.
+//!
+//! Bounds: `max_commit_queue` accepted messages wait (a send past it is refused with a
+//! retryable `unavailable`); duplicate acks waiting for their original to become
+//! durable are bounded by the same count (each waits on a queued original).
+
+use storage::model::{ConvMeta, StoredMessage, Write};
+use wire::frame::{Ack, GroupInfo, Message};
+
+use crate::ids::ConnRef;
+
+/// An accepted message (or group event) on its way to storage.
+#[derive(Debug)]
+pub struct Pending {
+    /// Who gets the ack (or `group_info`).
+    pub from: ConnRef,
+    /// The message, with its seq.
+    pub msg: Message,
+    /// Metadata to write first (a DM's first message, a group event).
+    pub meta: Option<ConvMeta>,
+    /// Former members to drop from the user index, who also get this event.
+    pub removed: Vec<String>,
+    /// For a group event: the `group_info` the requester gets instead of an ack.
+    pub info: Option<GroupInfo>,
+}
+
+/// The stored form of a message.
+pub fn stored(m: &Message) -> StoredMessage {
+    StoredMessage {
+        message_id: m.message_id,
+        from: m.from.clone(),
+        from_device: m.from_device.clone(),
+        client_msg_id: m.client_msg_id.clone(),
+        ts: m.ts,
+        kind: m.kind.tag(),
+        body: m.body.clone(),
+    }
+}
+
+/// A shard's group commits.
+#[derive(Debug, Default)]
+pub struct CommitQueue {
+    /// Accepted, waiting for the next commit, in acceptance order.
+    pub queued: Vec<Pending>,
+    /// The batch being committed.
+    pub in_flight: Option<Vec<Pending>>,
+    /// Duplicate acks waiting for their original to become durable.
+    pub deferred: Vec<(ConnRef, Ack)>,
+    /// User records to write with the next commit.
+    pub user_writes: Vec<Write>,
+}
+
+impl CommitQueue {
+    /// Nothing queued or being written.
+    pub fn is_idle(&self) -> bool {
+        self.queued.is_empty() && self.in_flight.is_none() && self.user_writes.is_empty()
+    }
+
+    /// Messages waiting.
+    pub fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Work waits and no commit runs.
+    pub fn wants_commit(&self) -> bool {
+        self.in_flight.is_none() && (!self.queued.is_empty() || !self.user_writes.is_empty())
+    }
+
+    /// Moves everything queued into the in-flight batch and returns its writes (in
+    /// acceptance order: metadata before the message that needs it).
+    pub fn take(&mut self) -> Option<Vec<Write>> {
+        if !self.wants_commit() {
+            return None;
+        }
+        let batch = std::mem::take(&mut self.queued);
+        let mut writes = Vec::with_capacity(batch.len() + self.user_writes.len());
+        for p in &batch {
+            if let Some(meta) = &p.meta {
+                writes.push(Write::Conv { conv: p.msg.conv, meta: meta.clone() });
+            }
+            for user in &p.removed {
+                writes.push(Write::Unindex { conv: p.msg.conv, user: user.clone() });
+            }
+            writes.push(Write::Message { conv: p.msg.conv, seq: p.msg.seq, msg: stored(&p.msg) });
+        }
+        writes.append(&mut self.user_writes);
+        self.in_flight = Some(batch);
+        Some(writes)
+    }
+}

@@ -1,0 +1,536 @@
+//! The life of a message at its conversation's home, and fan-out on every shard.
+//!
+//! 1. A `send` arrives as [`SendReq`] at `home(conv)`. The conversation is loaded on
+//!    first use (its metadata, newest seq and dedupe index; requests wait meanwhile,
+//!    `max_waiters` of them); an id known not to exist is answered from the negative
+//!    cache without a read.
+//! 2. Membership is checked here, at the owner; a DM is created by its first message.
+//! 3. A resend of a remembered `(sender, client_msg_id)` gets the original ack (only
+//!    once the original is durable); a new message gets the next dense `seq` and a
+//!    message id, and joins the commit queue ([`super::commit`]).
+//! 4. One commit at a time: the gateway takes the batch ([`Core::take_commit`]) and
+//!    reports ([`Core::commit_done`]). Only then: ack the sender, then one `Deliver` per
+//!    destination shard carrying the recipients homed there.
+//! 5. If the commit fails, nothing in it is acked; its conversations are dropped from
+//!    memory (reloaded from storage on next use, so seqs stay dense) and every sender
+//!    gets a retryable `internal` error, including those queued behind it.
+
+use std::sync::Arc;
+
+use storage::model::{dedupe_key, ConvKind, ConvMeta, StoredMessage, Write};
+use storage::read::{ReadDone, ReadReq};
+use storage::{Slice, StoreError};
+use wire::error::ErrorCode;
+use wire::frame::{Ack, ConvId, Message, MsgKind, Page, ServerFrame};
+
+use super::commit::Pending;
+use super::convs::{by_home_shard, Conv, Slot, Waiting};
+use super::dedupe::Accepted;
+use super::{busy, storage_failed, Core, Effect, MsgRoute, ReadFor, Route, SendReq};
+use crate::ids::{dm_conv, home_of_user, ConnId, ConnRef, ShardId};
+
+fn not_member() -> (ErrorCode, String) {
+    (ErrorCode::NotMember, "no such conversation, or you are not a member".into())
+}
+
+fn message(conv: ConvId, seq: u64, s: StoredMessage) -> Message {
+    Message {
+        conv,
+        seq,
+        message_id: s.message_id,
+        from: s.from,
+        from_device: s.from_device,
+        ts: s.ts,
+        kind: MsgKind::from_tag(s.kind).unwrap_or(MsgKind::Data),
+        body: s.body,
+        client_msg_id: s.client_msg_id,
+    }
+}
+
+fn page(conv: ConvId, req_id: Option<String>, slice: Slice) -> Page {
+    Page {
+        req_id,
+        conv,
+        messages: slice.messages.into_iter().map(|(seq, m)| message(conv, seq, m)).collect(),
+        has_more: slice.has_more,
+    }
+}
+
+impl Waiting {
+    /// Who asked, and the id their error carries.
+    fn asker(&self) -> (ConnRef, Option<String>) {
+        match self {
+            Waiting::Send(r) => (r.from, Some(r.send.client_msg_id.clone())),
+            Waiting::Group(r) => (r.from, r.op.req_id.clone()),
+            Waiting::History { from, req, .. } => (*from, req.req_id.clone()),
+            Waiting::Typing { from, .. } => (*from, None),
+        }
+    }
+
+    /// Can this request bring conversation `conv` into being?
+    fn creates(&self, conv: ConvId) -> bool {
+        match self {
+            Waiting::Send(r) => r.dm_peer.as_deref().is_some_and(|p| dm_conv(&r.user, p) == conv),
+            Waiting::Group(r) => r.op.action == wire::frame::GroupAction::Create,
+            _ => false,
+        }
+    }
+}
+
+impl Core {
+    pub(super) fn on_msg_route(&mut self, r: MsgRoute) {
+        match r {
+            MsgRoute::Send(req) => self.at_conv(req.conv, Waiting::Send(req)),
+            MsgRoute::Group(req) => self.at_conv(req.conv, Waiting::Group(req)),
+            MsgRoute::History { from, user, req } => self.at_conv(req.conv, Waiting::History { from, user, req }),
+            MsgRoute::Typing { from, user, conv, typing } => self.at_conv(conv, Waiting::Typing { from, user, typing }),
+            MsgRoute::Sync { from, user, points } => {
+                let req = ReadReq::Sync { user, points, per_conv: self.cfg.sync_per_conv as usize };
+                if !self.read(req, ReadFor::Sync { from }) {
+                    let (code, msg) = busy("storage reads");
+                    self.reply_error(from, code, msg, None);
+                    self.send_route(from.shard, Route::Conn(super::ConnRoute::SyncDone { to: from, convs: 0 }));
+                }
+            }
+            MsgRoute::Deliver { msg, recipients, except } => self.deliver(msg, &recipients, except),
+            MsgRoute::TypingDeliver { conv, from, typing, recipients } => {
+                let frame = ServerFrame::Typing { conv, from, typing };
+                for r in &recipients {
+                    for id in self.users.conns_of(r).to_vec() {
+                        self.frame(id, frame.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, w: &Waiting, (code, msg): (ErrorCode, String)) {
+        let (to, ref_id) = w.asker();
+        self.reply_error(to, code, msg, ref_id);
+    }
+
+    /// Handles `w` once `conv` is in memory (loading it first if needed).
+    fn at_conv(&mut self, conv: ConvId, w: Waiting) {
+        let max = self.cfg.max_waiters;
+        match self.convs.slot_mut(conv) {
+            Some(Slot::Ready(_)) => return self.handle(conv, w),
+            Some(Slot::Loading(queue)) if queue.len() < max => return queue.push(w),
+            Some(Slot::Loading(_)) => return self.refuse(&w, busy("conversation load queue")),
+            None => {}
+        }
+        if self.convs.known_missing(conv) && !w.creates(conv) {
+            return self.refuse(&w, not_member());
+        }
+        let dedupe = self.cfg.dedupe_window;
+        if self.read(ReadReq::Conv { conv, dedupe }, ReadFor::Conv(conv)) {
+            self.convs.start_loading(conv, vec![w]);
+        } else {
+            self.refuse(&w, busy("storage reads"));
+        }
+    }
+
+    pub(super) fn on_conv_loaded(&mut self, conv: ConvId, r: Result<ReadDone, StoreError>) {
+        let Some(queue) = self.convs.take_loading(conv) else { return };
+        let (meta, tail) = match r {
+            Ok(ReadDone::Conv { meta, tail }) => (meta, tail),
+            Ok(_) => (None, Default::default()),
+            Err(e) => {
+                let err = storage_failed(&e);
+                for w in &queue {
+                    self.refuse(w, err.clone());
+                }
+                return;
+            }
+        };
+        if meta.is_none() && !queue.iter().any(|w| w.creates(conv)) {
+            self.convs.remember_missing(conv);
+            for w in &queue {
+                self.refuse(w, not_member());
+            }
+            return;
+        }
+        let mut c = Conv::new(Vec::new(), tail.last_seq, self.cfg.dedupe_window);
+        if let Some(m) = meta {
+            c.exists = true;
+            c.members = m.members.into_iter().map(Box::from).collect();
+            c.created = m.created;
+            c.group = match m.kind {
+                ConvKind::Direct => None,
+                ConvKind::Group(g) => Some(g),
+            };
+        }
+        for (seq, e) in tail.recent {
+            c.dedupe.insert(e.key, Accepted { seq, message_id: e.message_id, ts: e.ts });
+        }
+        self.convs.insert_ready(conv, c);
+        for w in queue {
+            self.handle(conv, w);
+        }
+        // A creation that was refused leaves nothing behind.
+        if self.convs.ready(conv).is_some_and(|c| !c.exists && c.in_flight == 0) {
+            self.convs.remove(conv);
+            self.convs.remember_missing(conv);
+        }
+    }
+
+    fn handle(&mut self, conv: ConvId, w: Waiting) {
+        match w {
+            Waiting::Send(req) => self.accept_send(req),
+            Waiting::Group(req) => self.accept_group(req),
+            Waiting::History { from, user, req } => {
+                let member = self.convs.ready(conv).is_some_and(|c| c.exists && c.is_member(&user));
+                if !member {
+                    let (code, msg) = not_member();
+                    return self.reply_error(from, code, msg, req.req_id);
+                }
+                let limit = req.limit.unwrap_or(self.cfg.history_default).clamp(1, self.cfg.history_max) as usize;
+                let read = ReadReq::Page { conv, before: req.before_seq.unwrap_or(u64::MAX), limit };
+                if !self.read(read, ReadFor::History { from, conv, req_id: req.req_id.clone() }) {
+                    let (code, msg) = busy("storage reads");
+                    self.reply_error(from, code, msg, req.req_id);
+                }
+            }
+            Waiting::Typing { from, user, typing } => self.on_typing(from, &user, conv, typing),
+        }
+    }
+
+    fn accept_send(&mut self, req: SendReq) {
+        let now = self.now;
+        if self.commit.queued_len() >= self.cfg.max_commit_queue {
+            let (code, msg) = busy("commit queue");
+            return self.reply_error(req.from, code, msg, Some(req.send.client_msg_id));
+        }
+        let Some(c) = self.convs.ready(req.conv) else { return };
+        let mut create = None;
+        if !c.exists {
+            // Only a DM can come into being by a send, and only between its two users.
+            let is_dm = req.dm_peer.as_deref().is_some_and(|p| dm_conv(&req.user, p) == req.conv);
+            if let (true, Some(peer)) = (is_dm, &req.dm_peer) {
+                let mut members = vec![req.user.clone(), peer.clone()];
+                members.sort();
+                members.dedup();
+                c.members = members.iter().map(|m| Box::from(m.as_str())).collect();
+                c.members_changed();
+                c.exists = true;
+                c.created = now;
+                create = Some(ConvMeta { kind: ConvKind::Direct, members, created: now });
+            }
+        }
+        if !c.exists || !c.is_member(&req.user) {
+            let (code, msg) = not_member();
+            return self.reply_error(req.from, code, msg, Some(req.send.client_msg_id));
+        }
+        let key = dedupe_key(&req.user, &req.send.client_msg_id);
+        if let Some(a) = c.dedupe.get(key) {
+            let ack = Ack {
+                client_msg_id: req.send.client_msg_id,
+                conv: req.conv,
+                seq: a.seq,
+                message_id: a.message_id,
+                ts: a.ts,
+                duplicate: true,
+            };
+            if a.seq <= c.durable_seq {
+                self.reply(req.from, ServerFrame::Ack(ack));
+            } else {
+                self.commit.deferred.push((req.from, ack));
+            }
+            return;
+        }
+        // Sending a message ends the sender's typing indicator.
+        let was_typing = c.typists.iter().position(|t| *t.0 == *req.user);
+        if let Some(i) = was_typing {
+            c.typists.swap_remove(i);
+        }
+        let message_id = self.ids.next(now);
+        let Some(c) = self.convs.ready(req.conv) else { return };
+        c.last_seq += 1;
+        c.in_flight += 1;
+        let seq = c.last_seq;
+        c.dedupe.insert(key, Accepted { seq, message_id, ts: now });
+        let msg = Message {
+            conv: req.conv,
+            seq,
+            message_id,
+            from: req.user,
+            from_device: req.device,
+            ts: now,
+            kind: req.send.kind,
+            body: req.send.body,
+            client_msg_id: req.send.client_msg_id,
+        };
+        if create.is_some() {
+            self.convs.created(req.conv);
+        }
+        if was_typing.is_some() {
+            self.relay_typing(msg.conv, &msg.from, false);
+        }
+        self.commit.queued.push(Pending { from: req.from, msg, meta: create, removed: Vec::new(), info: None });
+    }
+
+    // ---- group commit ----
+
+    /// Work waits for a commit and none is running.
+    pub fn wants_commit(&self) -> bool {
+        self.commit.wants_commit() || (self.commit.in_flight.is_none() && !self.users.unsaved.is_empty())
+    }
+
+    /// Starts a commit: the writes of everything queued, to be made durable as one
+    /// batch and reported with [`Core::commit_done`]. `None`: nothing to commit, or a
+    /// commit is running.
+    pub fn take_commit(&mut self) -> Option<Vec<Write>> {
+        if self.commit.in_flight.is_some() {
+            return None;
+        }
+        self.queue_user_records();
+        self.commit.take()
+    }
+
+    /// The commit started by [`Core::take_commit`] is durable (`Ok`) or failed.
+    pub fn commit_done(&mut self, r: Result<(), StoreError>, now: u64) {
+        self.now = now;
+        let Some(batch) = self.commit.in_flight.take() else { return };
+        match r {
+            Ok(()) => self.committed(batch),
+            Err(e) => self.commit_failed(batch, &e),
+        }
+        self.release_deferred();
+        self.settle();
+    }
+
+    fn committed(&mut self, batch: Vec<Pending>) {
+        let shards = self.shards;
+        for p in batch {
+            let Some(c) = self.convs.ready(p.msg.conv) else { continue };
+            c.durable_seq = c.durable_seq.max(p.msg.seq);
+            c.in_flight = c.in_flight.saturating_sub(1);
+            // A group event goes to the members when it was stored, which may differ
+            // from the current ones (later changes are already applied in memory).
+            let fanout: Vec<Arc<[Box<str>]>> = match &p.meta {
+                Some(meta) if p.info.is_some() => {
+                    by_home_shard(meta.members.iter().chain(&p.removed).map(String::as_str), shards)
+                }
+                _ => c.fanout(shards).to_vec(),
+            };
+            let reply = match p.info {
+                Some(mut info) => {
+                    info.seq = p.msg.seq;
+                    ServerFrame::GroupInfo(info)
+                }
+                None => ServerFrame::Ack(Ack {
+                    client_msg_id: p.msg.client_msg_id.clone(),
+                    conv: p.msg.conv,
+                    seq: p.msg.seq,
+                    message_id: p.msg.message_id,
+                    ts: p.msg.ts,
+                    duplicate: false,
+                }),
+            };
+            self.reply(p.from, reply);
+            for (k, recipients) in fanout.into_iter().enumerate() {
+                if !recipients.is_empty() {
+                    let r = MsgRoute::Deliver { msg: p.msg.clone(), recipients, except: Some(p.from) };
+                    self.send_route(ShardId(k as u16), Route::Msg(r));
+                }
+            }
+        }
+    }
+
+    fn release_deferred(&mut self) {
+        if self.commit.deferred.is_empty() {
+            return;
+        }
+        for (to, ack) in std::mem::take(&mut self.commit.deferred) {
+            match self.convs.ready(ack.conv) {
+                Some(c) if ack.seq > c.durable_seq => self.commit.deferred.push((to, ack)),
+                Some(_) => self.reply(to, ServerFrame::Ack(ack)),
+                // The conversation was dropped after a failed commit: the original is
+                // not stored; the client retries.
+                None => {
+                    let msg = "storage failed; retry".to_owned();
+                    self.reply_error(to, ErrorCode::Internal, msg, Some(ack.client_msg_id));
+                }
+            }
+        }
+    }
+
+    fn commit_failed(&mut self, batch: Vec<Pending>, e: &StoreError) {
+        let (code, msg) = storage_failed(e);
+        let mut failed: Vec<ConvId> = batch.iter().map(|p| p.msg.conv).collect();
+        failed.sort();
+        failed.dedup();
+        // Messages queued behind the failed ones in the same conversations hold seqs
+        // past the gap: fail them too, and reload those conversations from storage.
+        let queued = std::mem::take(&mut self.commit.queued);
+        let (behind, keep): (Vec<_>, Vec<_>) =
+            queued.into_iter().partition(|p| failed.binary_search(&p.msg.conv).is_ok());
+        self.commit.queued = keep;
+        for conv in &failed {
+            self.convs.remove(*conv);
+        }
+        for p in batch.into_iter().chain(behind) {
+            let ref_id = match p.info {
+                Some(info) => info.req_id,
+                None => Some(p.msg.client_msg_id),
+            };
+            self.reply_error(p.from, code, msg.clone(), ref_id);
+        }
+    }
+
+    /// Refuses everything queued (retryable): nothing can be made durable now (the
+    /// gateway's commit log cannot checkpoint).
+    pub fn refuse_queued(&mut self, e: &StoreError, now: u64) {
+        self.now = now;
+        let queued = std::mem::take(&mut self.commit.queued);
+        if !queued.is_empty() {
+            self.commit_failed(queued, e);
+        }
+        self.release_deferred();
+        self.settle();
+    }
+
+    /// Writes a stored message to every connected device of `recipients` (homed here).
+    fn deliver(&mut self, msg: Message, recipients: &[Box<str>], except: Option<ConnRef>) {
+        let mut to = Vec::new();
+        for user in recipients {
+            for &id in self.users.conns_of(user) {
+                if except.is_none_or(|e| e.shard != self.me || e.conn != id) {
+                    to.push(id);
+                }
+            }
+        }
+        if !to.is_empty() {
+            self.out.push(Effect::Deliver { frame: ServerFrame::Msg(msg), to });
+        }
+    }
+
+    // ---- typing (ephemeral, never stored) ----
+
+    /// At the conversation's home: relay a typing change to the other members, at most
+    /// one `typing: true` per user per conversation per second.
+    fn on_typing(&mut self, from: ConnRef, user: &str, conv: ConvId, typing: bool) {
+        let (now, ttl) = (self.now, self.cfg.typing_ttl_ms);
+        let Some(c) = self.convs.ready(conv) else { return };
+        if !c.exists || !c.is_member(user) {
+            let (code, msg) = not_member();
+            return self.reply_error(from, code, msg, None);
+        }
+        let pos = c.typists.iter().position(|t| *t.0 == *user);
+        let relay = match (typing, pos) {
+            (true, Some(i)) => {
+                let t = &mut c.typists[i];
+                t.2 = now + ttl;
+                if now.saturating_sub(t.1) >= 1000 {
+                    t.1 = now;
+                    true
+                } else {
+                    false
+                }
+            }
+            (true, None) => {
+                c.typists.push((Box::from(user), now, now + ttl));
+                if !self.convs.typing.contains(&conv) {
+                    self.convs.typing.push(conv);
+                }
+                true
+            }
+            (false, Some(i)) => {
+                c.typists.swap_remove(i);
+                true
+            }
+            (false, None) => false,
+        };
+        if relay {
+            self.relay_typing(conv, user, typing);
+        }
+    }
+
+    /// Sends a typing change to the other members, one route per destination shard.
+    fn relay_typing(&mut self, conv: ConvId, user: &str, typing: bool) {
+        let Some(c) = self.convs.ready(conv) else { return };
+        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shards];
+        for m in c.members.iter().filter(|m| ***m != *user) {
+            by_shard[home_of_user(m, self.shards).index()].push(m.to_string());
+        }
+        for (k, recipients) in by_shard.into_iter().enumerate() {
+            if !recipients.is_empty() {
+                let r = MsgRoute::TypingDeliver { conv, from: user.to_owned(), typing, recipients };
+                self.send_route(ShardId(k as u16), Route::Msg(r));
+            }
+        }
+    }
+
+    /// Ends typing indicators not refreshed within the TTL.
+    pub(super) fn expire_typing(&mut self) {
+        if self.convs.typing.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let mut expired = Vec::new();
+        for conv in std::mem::take(&mut self.convs.typing) {
+            let Some(c) = self.convs.ready(conv) else { continue };
+            c.typists.retain(|t| {
+                let live = t.2 > now;
+                if !live {
+                    expired.push((conv, t.0.to_string()));
+                }
+                live
+            });
+            if !c.typists.is_empty() {
+                self.convs.typing.push(conv);
+            }
+        }
+        for (conv, user) in expired {
+            self.relay_typing(conv, &user, false);
+        }
+    }
+
+    // ---- history and sync ----
+
+    pub(super) fn on_history_read(
+        &mut self,
+        from: ConnRef,
+        conv: ConvId,
+        req_id: Option<String>,
+        r: Result<ReadDone, StoreError>,
+    ) {
+        match r {
+            Ok(ReadDone::Page(slice)) => self.reply(from, ServerFrame::HistoryPage(page(conv, req_id, slice))),
+            Ok(_) => {}
+            Err(e) => {
+                let (code, msg) = storage_failed(&e);
+                self.reply_error(from, code, msg, req_id);
+            }
+        }
+    }
+
+    pub(super) fn on_sync_read(&mut self, from: ConnRef, r: Result<ReadDone, StoreError>) {
+        let sent = match r {
+            Ok(ReadDone::Sync(pages)) => {
+                let n = pages.len() as u32;
+                for (conv, slice) in pages {
+                    self.reply(from, ServerFrame::SyncPage(page(conv, None, slice)));
+                }
+                n
+            }
+            Ok(_) => 0,
+            Err(e) => {
+                let (code, msg) = storage_failed(&e);
+                self.reply_error(from, code, msg, None);
+                0
+            }
+        };
+        self.send_route(from.shard, Route::Conn(super::ConnRoute::SyncDone { to: from, convs: sent }));
+    }
+
+    pub(super) fn on_sync_done(&mut self, id: ConnId, convs: u32) {
+        let Some((left, total)) = self.conns.sync_mut(id) else { return };
+        *total += convs;
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            let total = *total;
+            self.conns.end_sync(id);
+            self.frame(id, ServerFrame::Synced { convs: total });
+        }
+    }
+}

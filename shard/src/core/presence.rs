@@ -1,0 +1,240 @@
+//! Connections, users and presence, at each user's home shard.
+//!
+//! A user is online while any device is connected and not away, away when every
+//! connected device set itself away, offline when the last device closes (last seen is
+//! recorded then, durably, with the privacy flag). Watchers (connections on any shard)
+//! subscribe at the home; a subscription belongs to the watching connection and ends
+//! with it. Changes are coalesced: the home publishes at most once per presence
+//! window, one route per destination shard, and each destination sends one `presence`
+//! frame per connection per window. A device that flaps within a window and ends it in
+//! its starting state publishes nothing.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use storage::model::{UserRecord, Write};
+use storage::read::{ReadDone, ReadReq};
+use storage::StoreError;
+use wire::frame::{PresenceState, PresenceUpdate, ServerFrame};
+
+use super::limits::TokenBucket;
+use super::users::{Buckets, ConnState, User};
+use super::{Core, Effect, PresenceRoute, ReadFor, Refused, Route, CLOSE_REPLACED};
+use crate::ids::{ConnId, ConnRef, ShardId};
+
+impl Core {
+    fn fresh_buckets(&self) -> Buckets {
+        let (c, now) = (&self.cfg, self.now);
+        Buckets {
+            send: TokenBucket::full(c.send_burst, now),
+            typing: TokenBucket::full(c.typing_burst, now),
+            history: TokenBucket::full(c.history_burst, now),
+            presence: TokenBucket::full(c.presence_burst, now),
+        }
+    }
+
+    /// The entry of a user homed here, created (and its record read) if needed.
+    fn user_entry(&mut self, name: &str) -> Rc<str> {
+        let fresh = self.fresh_buckets();
+        let (key, new) = self.users.entry(name, &fresh);
+        if new && !self.read(ReadReq::User { user: name.to_owned() }, ReadFor::User(key.clone())) {
+            // No read slot: the record is taken as unknown (never seen, not hidden)
+            // rather than holding the entry; a later entry reads it again.
+            if let Some(u) = self.users.get_mut(name) {
+                u.loaded = true;
+            }
+        }
+        key
+    }
+
+    pub(super) fn open_conn(&mut self, id: ConnId, user: &str, device: &str) -> Result<(), Refused> {
+        let key = self.user_entry(user);
+        let older = self.conns.of_device(self.users.conns_of(user), device);
+        for old in older {
+            self.close_conn(old);
+            let reason = "replaced by a newer connection of this device";
+            self.out.push(Effect::Close { conn: old, code: CLOSE_REPLACED, reason });
+        }
+        let max = self.cfg.max_devices_per_user;
+        if self.users.conns_of(user).len() >= max {
+            self.users.evict_if_idle(user);
+            return Err(Refused::DeviceLimit(max));
+        }
+        let state = ConnState { gen: id.gen, user: key.clone(), device: device.into(), away: false, subs: None };
+        self.conns.insert(id, state);
+        if let Some(u) = self.users.get_mut(user) {
+            u.conns.push(id);
+        }
+        self.users.mark_dirty(&key);
+        Ok(())
+    }
+
+    pub(super) fn close_conn(&mut self, id: ConnId) {
+        let Some(c) = self.conns.remove(id) else { return };
+        if let Some(subs) = c.subs {
+            let names = subs.into_iter().map(String::from).collect();
+            self.route_presence(id, names, false);
+        }
+        let now = self.now;
+        let Some(u) = self.users.get_mut(&c.user) else { return };
+        u.conns.retain(|x| *x != id);
+        if u.conns.is_empty() {
+            u.record.last_seen = Some(now);
+            self.users.mark_unsaved(&c.user);
+        }
+        self.users.mark_dirty(&c.user);
+    }
+
+    pub(super) fn set_presence(&mut self, id: ConnId, away: bool, hide: Option<bool>) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        conn.away = away;
+        let key = conn.user.clone();
+        if let (Some(hide), Some(u)) = (hide, self.users.get_mut(&key)) {
+            if !u.loaded {
+                u.pending_hide = Some(hide);
+            } else if u.record.hide_last_seen != hide {
+                u.record.hide_last_seen = hide;
+                self.users.mark_unsaved(&key);
+            }
+        }
+        self.users.mark_dirty(&key);
+    }
+
+    pub(super) fn on_user_loaded(&mut self, key: Rc<str>, r: Result<ReadDone, StoreError>) {
+        let Some(u) = self.users.get_mut(&key) else { return };
+        let record = match r {
+            Ok(ReadDone::User(rec)) => rec,
+            // Unknown: answered as never seen (presence is best effort).
+            _ => UserRecord::default(),
+        };
+        u.loaded = true;
+        // A disconnect recorded before the read is newer than the stored one.
+        let last_seen = u.record.last_seen.max(record.last_seen);
+        let changed = u.record.last_seen.is_some() || u.pending_hide.is_some_and(|h| h != record.hide_last_seen);
+        u.record = UserRecord { last_seen, hide_last_seen: u.pending_hide.take().unwrap_or(record.hide_last_seen) };
+        let waiting = std::mem::take(&mut u.waiting);
+        if changed {
+            self.users.mark_unsaved(&key);
+        }
+        let update = self.update_of(&key);
+        for w in waiting {
+            self.reply(w, ServerFrame::Presence { updates: vec![update.clone()] });
+        }
+        self.users.evict_if_idle(&key);
+    }
+
+    /// The user's current state, from their connections.
+    fn presence_state(&self, u: &User) -> PresenceState {
+        let mut any = false;
+        for id in &u.conns {
+            if let Some(c) = self.conns.get(*id) {
+                if !c.away {
+                    return PresenceState::Online;
+                }
+                any = true;
+            }
+        }
+        if any {
+            PresenceState::Away
+        } else {
+            PresenceState::Offline
+        }
+    }
+
+    fn update_of(&self, name: &str) -> PresenceUpdate {
+        let Some(u) = self.users.get(name) else {
+            return PresenceUpdate { user: name.to_owned(), state: PresenceState::Offline, last_seen: None };
+        };
+        let state = self.presence_state(u);
+        let shown = state == PresenceState::Offline && !u.record.hide_last_seen;
+        PresenceUpdate { user: name.to_owned(), state, last_seen: if shown { u.record.last_seen } else { None } }
+    }
+
+    /// Publishes every change since the last window; queues changed records.
+    pub(super) fn publish_presence(&mut self) {
+        let dirty = std::mem::take(&mut self.users.dirty);
+        let mut by_shard: Vec<Vec<(ConnId, PresenceUpdate)>> = vec![Vec::new(); self.shards];
+        for name in dirty {
+            let update = self.update_of(&name);
+            let Some(u) = self.users.get_mut(&name) else { continue };
+            u.dirty = false;
+            if update.state != u.published {
+                u.published = update.state;
+                for sub in &u.subscribers {
+                    by_shard[sub.shard.index()].push((sub.conn, update.clone()));
+                }
+            }
+            self.users.evict_if_idle(&name);
+        }
+        for (k, items) in by_shard.into_iter().enumerate() {
+            if !items.is_empty() {
+                let r = PresenceRoute::Deliver { home: self.me, items };
+                self.send_route(ShardId(k as u16), Route::Presence(r));
+            }
+        }
+        self.queue_user_records();
+    }
+
+    /// Queues the records changed since the last commit (written with the next one).
+    pub(super) fn queue_user_records(&mut self) {
+        for name in std::mem::take(&mut self.users.unsaved) {
+            let Some(u) = self.users.get_mut(&name) else { continue };
+            if !u.loaded {
+                // Written once the stored record has been merged in.
+                self.users.unsaved.push(name);
+                continue;
+            }
+            u.unsaved = false;
+            let record = u.record;
+            self.commit.user_writes.push(Write::User { user: name.to_string(), record });
+            self.users.evict_if_idle(&name);
+        }
+    }
+
+    pub(super) fn on_presence_route(&mut self, r: PresenceRoute) {
+        match r {
+            PresenceRoute::Sub { from, users } => {
+                let mut updates = Vec::with_capacity(users.len());
+                for name in users {
+                    let key = self.user_entry(&name);
+                    let Some(u) = self.users.get_mut(&key) else { continue };
+                    if !u.subscribers.contains(&from) {
+                        u.subscribers.push(from);
+                    }
+                    if u.loaded {
+                        updates.push(self.update_of(&key));
+                    } else {
+                        u.waiting.push(from);
+                    }
+                }
+                if !updates.is_empty() {
+                    self.reply(from, ServerFrame::Presence { updates });
+                }
+            }
+            PresenceRoute::Unsub { from, users } => {
+                for name in users {
+                    if let Some(u) = self.users.get_mut(name.as_str()) {
+                        u.subscribers.retain(|s| *s != from);
+                        u.waiting.retain(|s| *s != from);
+                        self.users.evict_if_idle(&name);
+                    }
+                }
+            }
+            PresenceRoute::Deliver { home, items } => {
+                let mut per_conn: HashMap<ConnId, Vec<PresenceUpdate>> = HashMap::new();
+                for (conn, update) in items {
+                    per_conn.entry(conn).or_default().push(update);
+                }
+                for (conn, updates) in per_conn {
+                    if self.conns.get(conn).is_some() {
+                        self.frame(conn, ServerFrame::Presence { updates });
+                    } else {
+                        let users = updates.into_iter().map(|u| u.user).collect();
+                        let from = ConnRef { host: self.cfg.host_id, shard: self.me, conn };
+                        self.send_route(home, Route::Presence(PresenceRoute::Unsub { from, users }));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! What shard cores send each other, split by the service that handles it. Every route
+//! is plain data with one owner: no descriptor, no pointer into another shard's memory,
+//! user ids as strings. So a route can later cross hosts over a bus unchanged (a
+//! connection reference carries its host). The socket handoff after an upgrade is not a
+//! core route: the gateway carries it beside these.
+
+use std::sync::Arc;
+
+use wire::frame::{ConvId, GroupOp, History, Message, PresenceUpdate, Send, ServerFrame, SyncPoint};
+
+use crate::ids::{ConnId, ConnRef, ShardId};
+
+/// A message between shard cores.
+#[derive(Debug)]
+pub enum Route {
+    /// For a conversation's home, or fan-out from it.
+    Msg(MsgRoute),
+    /// For a user's home (subscriptions), or presence updates from it.
+    Presence(PresenceRoute),
+    /// For the shard that owns a connection.
+    Conn(ConnRoute),
+}
+
+/// The message path.
+#[derive(Debug)]
+pub enum MsgRoute {
+    /// A new message for its conversation's home.
+    Send(SendReq),
+    /// A `group` request for the group's home.
+    Group(GroupReq),
+    /// A history request for the conversation's home.
+    History {
+        /// The asking connection.
+        from: ConnRef,
+        /// Its user (membership is checked at the conversation's home).
+        user: String,
+        /// The request.
+        req: History,
+    },
+    /// A `hello` sync: sent to every shard, each replays the user's conversations it homes.
+    Sync {
+        /// The asking connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The device's last seen seqs.
+        points: Vec<SyncPoint>,
+    },
+    /// A typing change for the conversation's home.
+    Typing {
+        /// The typing connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The conversation.
+        conv: ConvId,
+        /// Started (true) or stopped.
+        typing: bool,
+    },
+    /// A stored message for the connected devices of `recipients` (all homed on the
+    /// receiving shard): one route per destination shard, never one per recipient.
+    Deliver {
+        /// The message.
+        msg: Message,
+        /// User ids homed on the receiving shard (shared by the conversation's
+        /// deliveries until its membership changes).
+        recipients: Arc<[Box<str>]>,
+        /// The sending connection, which gets an ack instead.
+        except: Option<ConnRef>,
+    },
+    /// A typing change for the online devices of `recipients` (homed on the receiving shard).
+    TypingDeliver {
+        /// The conversation.
+        conv: ConvId,
+        /// Who is typing.
+        from: String,
+        /// Started (true) or stopped.
+        typing: bool,
+        /// Members homed on the receiving shard (not the typist).
+        recipients: Vec<String>,
+    },
+}
+
+/// Presence.
+#[derive(Debug)]
+pub enum PresenceRoute {
+    /// Watch `users` (all homed on the receiving shard).
+    Sub {
+        /// The watching connection.
+        from: ConnRef,
+        /// Watched users.
+        users: Vec<String>,
+    },
+    /// Stop watching (also sent when the watching connection closes).
+    Unsub {
+        /// The watching connection.
+        from: ConnRef,
+        /// Users no longer watched.
+        users: Vec<String>,
+    },
+    /// Presence updates for watching connections on the receiving shard.
+    Deliver {
+        /// The users' home shard (told about connections that are gone).
+        home: ShardId,
+        /// `(connection, update)`; several per connection are merged into one frame.
+        items: Vec<(ConnId, PresenceUpdate)>,
+    },
+}
+
+/// Answers for one connection.
+#[derive(Debug)]
+pub enum ConnRoute {
+    /// A frame (acks, errors, pages).
+    Frame {
+        /// The connection.
+        to: ConnRef,
+        /// The frame.
+        frame: ServerFrame,
+    },
+    /// One shard finished its part of a sync, having sent `convs` pages.
+    SyncDone {
+        /// The asking connection.
+        to: ConnRef,
+        /// Pages sent by that shard.
+        convs: u32,
+    },
+}
+
+/// A `send` on its way to the conversation's home shard.
+#[derive(Debug)]
+pub struct SendReq {
+    /// The sending connection (on the sender's home shard).
+    pub from: ConnRef,
+    /// Sender's user id (authenticated; never taken from the frame).
+    pub user: String,
+    /// Sender's device id.
+    pub device: String,
+    /// The conversation.
+    pub conv: ConvId,
+    /// For `to` sends: the other user, so the DM can be created on first use.
+    pub dm_peer: Option<String>,
+    /// The frame.
+    pub send: Send,
+}
+
+/// A `group` request on its way to the group's home shard.
+#[derive(Debug)]
+pub struct GroupReq {
+    /// The asking connection.
+    pub from: ConnRef,
+    /// Its user (authenticated).
+    pub user: String,
+    /// Its device.
+    pub device: String,
+    /// The group (for `create`: the id chosen by the asking shard).
+    pub conv: ConvId,
+    /// The request.
+    pub op: GroupOp,
+}

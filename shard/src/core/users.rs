@@ -1,0 +1,281 @@
+//! Users homed on this shard, and the state of each connection on it.
+//!
+//! A user's entry exists while the user has a connected device or a watcher (a
+//! presence subscription), and until their durable record (last seen, privacy) has been
+//! read and any change written: then it is evicted. So the table holds at most the
+//! users with a connection here plus those watched by some connection, and watchers are
+//! capped per connection (`max_presence_subs`).
+//!
+//! A connection's entry holds its user, device, away flag and the users it watches; it
+//! lives exactly as long as the gateway's socket ([`super::Core::conn_opened`] to
+//! [`super::Core::conn_closed`]).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use storage::model::UserRecord;
+use wire::frame::PresenceState;
+
+use super::limits::TokenBucket;
+use crate::ids::{ConnId, ConnRef};
+
+/// One connection's core state.
+#[derive(Debug)]
+pub struct ConnState {
+    /// Generation of the gateway's slot.
+    pub gen: u32,
+    /// The user (shared with the user table's key).
+    pub user: Rc<str>,
+    /// The device id.
+    pub device: Box<str>,
+    /// The device set itself away.
+    pub away: bool,
+    /// Users this connection watches (`None`: none). Bound: `max_presence_subs`.
+    pub subs: Option<Box<Vec<Box<str>>>>,
+}
+
+/// Connections on this shard, indexed by the gateway's slot (slots are dense, so a
+/// vector costs one entry per slot and no hashing).
+#[derive(Debug, Default)]
+pub struct ConnTable {
+    slots: Vec<Option<ConnState>>,
+    /// Connections with a `hello` sync running: shards still to answer, pages so far.
+    syncs: HashMap<ConnId, (u16, u32)>,
+    live: usize,
+}
+
+impl ConnTable {
+    /// The state of `id`, if registered (and not a stale reference to its slot).
+    pub fn get(&self, id: ConnId) -> Option<&ConnState> {
+        self.slots.get(id.slot as usize)?.as_ref().filter(|c| c.gen == id.gen)
+    }
+
+    /// Mutable state of `id`.
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut ConnState> {
+        self.slots.get_mut(id.slot as usize)?.as_mut().filter(|c| c.gen == id.gen)
+    }
+
+    /// Registers `id`.
+    pub fn insert(&mut self, id: ConnId, state: ConnState) {
+        let i = id.slot as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace(state).is_none() {
+            self.live += 1;
+        }
+    }
+
+    /// Unregisters `id`, returning its state.
+    pub fn remove(&mut self, id: ConnId) -> Option<ConnState> {
+        self.get(id)?;
+        self.syncs.remove(&id);
+        self.live -= 1;
+        let c = self.slots[id.slot as usize].take();
+        // Give back the tail of the table after a large churn.
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+        }
+        if self.slots.capacity() > 64 && self.slots.len() < self.slots.capacity() / 4 {
+            self.slots.shrink_to(self.slots.len() * 2);
+        }
+        c
+    }
+
+    /// Registered connections.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// None registered.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Of `ids`, those of `device`.
+    pub fn of_device(&self, ids: &[ConnId], device: &str) -> Vec<ConnId> {
+        ids.iter().copied().filter(|&id| self.get(id).is_some_and(|c| &*c.device == device)).collect()
+    }
+
+    /// The running sync of `id`.
+    pub fn sync_mut(&mut self, id: ConnId) -> Option<&mut (u16, u32)> {
+        self.syncs.get_mut(&id)
+    }
+
+    /// Starts a sync of `id` expecting `shards` answers (false: one is running).
+    pub fn start_sync(&mut self, id: ConnId, shards: u16) -> bool {
+        if self.syncs.contains_key(&id) {
+            return false;
+        }
+        self.syncs.insert(id, (shards, 0));
+        true
+    }
+
+    /// Ends the sync of `id`.
+    pub fn end_sync(&mut self, id: ConnId) {
+        self.syncs.remove(&id);
+    }
+}
+
+/// The per-user rate limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Buckets {
+    /// `send` and group changes.
+    pub send: TokenBucket,
+    /// `typing`.
+    pub typing: TokenBucket,
+    /// `history` and `hello` syncs.
+    pub history: TokenBucket,
+    /// `presence_*`.
+    pub presence: TokenBucket,
+}
+
+/// A user homed on this shard.
+#[derive(Debug)]
+pub struct User {
+    /// Open connections. Invariant: each is registered in the [`ConnTable`] for this user.
+    pub conns: Vec<ConnId>,
+    /// Rate limits (meaningful while connected).
+    pub buckets: Buckets,
+    /// The durable facts (valid once `loaded`).
+    pub record: UserRecord,
+    /// `record` was read from the store.
+    pub loaded: bool,
+    /// A privacy change made before the record was read (applied when it is).
+    pub pending_hide: Option<bool>,
+    /// `record` changed and must be written.
+    pub unsaved: bool,
+    /// Connections watching this user.
+    pub subscribers: Vec<ConnRef>,
+    /// Watchers that subscribed before the record was read: answered when it is.
+    pub waiting: Vec<ConnRef>,
+    /// The state watchers were last told.
+    pub published: PresenceState,
+    /// Listed in the table's dirty list (presence may have changed).
+    pub dirty: bool,
+}
+
+impl User {
+    fn new(burst: &Buckets) -> User {
+        User {
+            conns: Vec::new(),
+            buckets: *burst,
+            record: UserRecord::default(),
+            loaded: false,
+            pending_hide: None,
+            unsaved: false,
+            subscribers: Vec::new(),
+            waiting: Vec::new(),
+            published: PresenceState::Offline,
+            dirty: false,
+        }
+    }
+
+    /// Nothing keeps this entry: no connection, no watcher, record read and saved,
+    /// no presence change to publish.
+    pub fn evictable(&self) -> bool {
+        self.conns.is_empty()
+            && self.subscribers.is_empty()
+            && self.waiting.is_empty()
+            && self.loaded
+            && !self.unsaved
+            && !self.dirty
+    }
+}
+
+/// Users homed on this shard.
+#[derive(Debug, Default)]
+pub struct UserTable {
+    users: HashMap<Rc<str>, User>,
+    /// Users whose presence may have changed since the last window.
+    pub dirty: Vec<Rc<str>>,
+    /// Users whose record must be written at the next commit.
+    pub unsaved: Vec<Rc<str>>,
+}
+
+impl UserTable {
+    /// The entry of `name`.
+    pub fn get(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
+    /// The mutable entry of `name`.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut User> {
+        self.users.get_mut(name)
+    }
+
+    /// The shared key of `name`, creating the entry (`true`: it is new and its record
+    /// must be read).
+    pub fn entry(&mut self, name: &str, fresh: &Buckets) -> (Rc<str>, bool) {
+        if let Some((k, _)) = self.users.get_key_value(name) {
+            return (k.clone(), false);
+        }
+        let k: Rc<str> = Rc::from(name);
+        self.users.insert(k.clone(), User::new(fresh));
+        (k, true)
+    }
+
+    /// The connections of `name` (empty when unknown).
+    pub fn conns_of(&self, name: &str) -> &[ConnId] {
+        self.users.get(name).map_or(&[], |u| &u.conns)
+    }
+
+    /// Lists `name` for the next presence window.
+    pub fn mark_dirty(&mut self, name: &Rc<str>) {
+        if let Some(u) = self.users.get_mut(&**name) {
+            if !u.dirty {
+                u.dirty = true;
+                self.dirty.push(name.clone());
+            }
+        }
+    }
+
+    /// Lists `name`'s record for the next commit.
+    pub fn mark_unsaved(&mut self, name: &Rc<str>) {
+        if let Some(u) = self.users.get_mut(&**name) {
+            if !u.unsaved {
+                u.unsaved = true;
+                self.unsaved.push(name.clone());
+            }
+        }
+    }
+
+    /// Drops `name` if nothing keeps it.
+    pub fn evict_if_idle(&mut self, name: &str) {
+        if self.users.get(name).is_some_and(User::evictable) {
+            self.users.remove(name);
+        }
+    }
+
+    /// Users in memory.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// No user in memory.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_table_checks_generations_and_shrinks() {
+        let mut t = ConnTable::default();
+        let state = |gen| ConnState { gen, user: Rc::from("u"), device: "d".into(), away: false, subs: None };
+        for slot in 0..1000 {
+            t.insert(ConnId { slot, gen: 1 }, state(1));
+        }
+        assert_eq!(t.len(), 1000);
+        assert!(t.get(ConnId { slot: 5, gen: 2 }).is_none(), "stale generation");
+        assert!(t.remove(ConnId { slot: 5, gen: 2 }).is_none());
+        for slot in 0..1000 {
+            assert!(t.remove(ConnId { slot, gen: 1 }).is_some());
+        }
+        assert!(t.is_empty());
+        assert!(t.slots.capacity() <= 64, "table gave its memory back: {}", t.slots.capacity());
+    }
+}

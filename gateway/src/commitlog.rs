@@ -26,7 +26,6 @@ use storage::log::{encode_header, encode_record, new_generation, HEADER_LEN, REC
 use storage::model::Write;
 use storage::StoreError;
 
-use crate::messaging::Pending;
 use crate::service::Shard;
 
 /// Writes waiting for the store that start an apply at once.
@@ -74,6 +73,10 @@ pub struct CommitLog {
     apply_failure_logged: Option<std::time::Instant>,
     /// Reads waiting for the store to apply batch `.0`.
     reads: Vec<(u64, AfterApplied)>,
+    /// An append is being written.
+    appending: bool,
+    /// A batch that did not fit, waiting for the checkpoint to append it.
+    held: Option<Vec<Write>>,
 }
 
 impl CommitLog {
@@ -108,12 +111,14 @@ impl CommitLog {
             apply_failures: 0,
             apply_failure_logged: None,
             reads: Vec::new(),
+            appending: false,
+            held: None,
         })
     }
 
     /// Nothing is being logged, applied or checkpointed (drain waits for this).
     pub fn is_idle(&self) -> bool {
-        !self.checkpointing && !self.applying && self.pending.is_empty()
+        !self.checkpointing && !self.applying && self.pending.is_empty() && self.held.is_none()
     }
 
     /// The encoded record for `writes`, padded to `align`.
@@ -168,16 +173,16 @@ enum Place {
 }
 
 impl Shard {
-    /// Makes `batch` (its `writes`) durable through the commit log; `on_committed` follows.
-    pub(crate) fn log_commit(&mut self, batch: Vec<Pending>, writes: Vec<Write>) {
+    /// Makes a commit's `writes` durable through the commit log; `on_committed` follows.
+    pub(crate) fn log_commit(&mut self, writes: Vec<Write>) {
         let Some(log) = self.log.as_mut() else {
             // Not called without a log; refuse rather than drop the batch if it were.
             let e = StoreError::Unavailable("no commit log".into());
-            return self.on_committed(batch, Err(e));
+            return self.on_committed(&writes, Err(e));
         };
         let bytes = match log.record(&writes) {
             Ok(b) => b,
-            Err(e) => return self.on_committed(batch, Err(e)),
+            Err(e) => return self.on_committed(&writes, Err(e)),
         };
         let len = bytes.len() as u64;
         // A batch committed past the log must not be older than anything in it (replay
@@ -194,30 +199,37 @@ impl Shard {
                 log.pos += len;
                 log.number += 1;
                 let (file, buf) = (log.file.clone(), log.dma(&bytes));
-                self.convs.in_flight = true;
+                log.appending = true;
                 self.after(async move { file.write_at(buf, pos).await }, move |s, r| {
                     let r = match r {
                         Ok(n) if n as u64 == len => Ok(()),
                         Ok(n) => Err(StoreError::Unavailable(format!("commit log: short write ({n} of {len} bytes)"))),
                         Err(e) => Err(StoreError::Unavailable(format!("commit log: {e}"))),
                     };
-                    s.on_logged(batch, writes, r)
+                    s.on_logged(writes, r)
                 });
             }
             Place::Later => {
+                // The commit stays in flight: appended after the checkpoint.
                 log.restart = true;
-                let behind = std::mem::take(&mut self.convs.queued);
-                self.convs.queued = batch;
-                self.convs.queued.extend(behind);
+                log.held = Some(writes);
                 self.checkpoint();
             }
             Place::TooLarge => {
                 // Rare (a huge group's metadata in a small log): commit it durably to the
                 // store itself. The log is empty and everything before it applied.
-                self.convs.in_flight = true;
                 self.stats().log_bypasses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let store = self.store.clone();
-                self.read_store(move || store.commit(&writes), move |s, r| s.on_committed(batch, r));
+                self.read_store(
+                    move || {
+                        let r = store.commit(&writes);
+                        Ok((writes, r))
+                    },
+                    move |s, r| match r {
+                        Ok((writes, r)) => s.on_committed(&writes, r),
+                        Err(e) => s.on_committed(&[], Err(e)),
+                    },
+                );
             }
         }
     }
@@ -233,20 +245,25 @@ impl Shard {
         }
     }
 
-    fn on_logged(&mut self, batch: Vec<Pending>, writes: Vec<Write>, r: Result<(), StoreError>) {
+    fn on_logged(&mut self, writes: Vec<Write>, r: Result<(), StoreError>) {
+        let ok = r.is_ok();
         if let Some(log) = self.log.as_mut() {
-            match r {
-                Ok(()) => {
-                    log.appended += 1;
-                    log.pending.extend(writes);
-                }
+            log.appending = false;
+            if ok {
+                // Counted before the acks go out, so a read asked for after them waits
+                // for these writes to reach the store.
+                log.appended += 1;
+            } else {
                 // Whatever reached the disk of this record must never be read back after
                 // a later record: the next append starts a new generation.
-                Err(_) => log.restart = true,
+                log.restart = true;
             }
         }
+        self.on_committed(&writes, r);
+        if let (true, Some(log)) = (ok, self.log.as_mut()) {
+            log.pending.extend(writes);
+        }
         self.kick_apply(false);
-        self.on_committed(batch, r);
     }
 
     /// Hands logged writes to the store when enough wait, when they have waited
@@ -355,9 +372,8 @@ impl Shard {
     /// Starts or continues a checkpoint that `restart` asks for: once no append runs and
     /// the store has applied everything, flush the store and write a new header.
     pub(crate) fn checkpoint(&mut self) {
-        let in_flight = self.convs.in_flight;
         let Some(log) = self.log.as_mut() else { return };
-        if !log.restart || log.flushing || in_flight {
+        if !log.restart || log.flushing || log.appending {
             return;
         }
         log.checkpointing = true;
@@ -392,7 +408,11 @@ impl Shard {
                 log.number = 0;
                 log.pos = HEADER_LEN;
                 log.restart = false;
+                let held = log.held.take();
                 self.stats().log_checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(writes) = held {
+                    self.log_commit(writes);
+                }
             }
             Err(e) => {
                 // Nothing queued can be made durable now: fail it (retryable); the next
@@ -403,11 +423,12 @@ impl Shard {
         }
     }
 
-    /// Answers every queued send `internal` (retryable): nothing can be made durable now.
+    /// Answers the held batch and every queued send `internal` (retryable): nothing can
+    /// be made durable now.
     fn refuse_queued(&mut self, e: &StoreError) {
-        let queued = std::mem::take(&mut self.convs.queued);
-        if !queued.is_empty() {
-            self.on_commit_failed(queued, e);
+        if let Some(held) = self.log.as_mut().and_then(|l| l.held.take()) {
+            self.on_committed(&held, Err(StoreError::Unavailable(e.to_string())));
         }
+        self.core.refuse_queued(e, shard::ids::now_ms());
     }
 }

@@ -110,6 +110,32 @@ pub struct Config {
     pub presence_window_ms: u32,
     /// A typing indicator without refresh expires after this many seconds.
     pub typing_ttl_secs: u32,
+    /// `typing` frames per second a user may send (0 = unlimited); beyond: `rate_limited`.
+    pub typing_rate: u32,
+    /// `typing` frames a user may send in a burst above `typing_rate`.
+    pub typing_burst: u32,
+    /// `history` requests and `hello` syncs per second per user (0 = unlimited).
+    pub history_rate: u32,
+    /// History requests and syncs a user may make in a burst above `history_rate`.
+    pub history_burst: u32,
+    /// `presence_sub`, `presence_unsub` and `presence_set` frames per second per user
+    /// (0 = unlimited).
+    pub presence_rate: u32,
+    /// Presence frames a user may send in a burst above `presence_rate`.
+    pub presence_burst: u32,
+    /// Users one connection may watch (`presence_sub`); beyond: `limit_exceeded`.
+    pub max_presence_subs: usize,
+    /// MiB of memory (estimated) per shard for loaded conversations; idle ones beyond
+    /// it are evicted (and reloaded from storage on next use).
+    pub conv_memory_mib: usize,
+    /// Conversation ids per shard remembered as missing, so asking again costs no read.
+    pub negative_cache: usize,
+    /// Requests that may wait for one conversation to load; beyond: `unavailable`.
+    pub max_waiters: usize,
+    /// Storage reads in flight per shard; beyond: `unavailable` (retryable).
+    pub max_reads: usize,
+    /// Accepted messages per shard waiting for a commit; beyond: `unavailable`.
+    pub max_commit_queue: usize,
     /// Seconds over which a drain (SIGTERM) spreads its 1012 closes.
     pub drain_secs: u32,
     /// Seconds a closing connection (close frame or refusal queued) may take to read it
@@ -173,6 +199,18 @@ impl Default for Config {
             retry_after_secs: 5,
             presence_window_ms: 2000,
             typing_ttl_secs: 6,
+            typing_rate: 5,
+            typing_burst: 10,
+            history_rate: 20,
+            history_burst: 40,
+            presence_rate: 20,
+            presence_burst: 40,
+            max_presence_subs: 1024,
+            conv_memory_mib: 256,
+            negative_cache: 65_536,
+            max_waiters: 1024,
+            max_reads: 4096,
+            max_commit_queue: 16_384,
             drain_secs: 10,
             closing_grace_secs: 5,
             permessage_deflate: false,
@@ -226,6 +264,11 @@ impl Config {
         anyhow::ensure!(self.max_outbound >= self.max_frame, "max_outbound must be at least max_frame");
         anyhow::ensure!(self.presence_window_ms >= 50, "presence_window_ms must be at least 50");
         anyhow::ensure!(self.typing_ttl_secs >= 1, "typing_ttl_secs must be at least 1");
+        anyhow::ensure!(self.max_presence_subs >= 1, "max_presence_subs must be at least 1");
+        anyhow::ensure!(self.conv_memory_mib >= 1, "conv_memory_mib must be at least 1");
+        anyhow::ensure!(self.max_waiters >= 1, "max_waiters must be at least 1");
+        anyhow::ensure!(self.max_reads >= 1, "max_reads must be at least 1");
+        anyhow::ensure!(self.max_commit_queue >= 1, "max_commit_queue must be at least 1");
         anyhow::ensure!(
             self.commit_log_mib == 0 || self.commit_log_mib.saturating_mul(1 << 20) >= 8 * self.max_frame as u64,
             "commit_log_mib must be 0 (off) or hold 8 frames of max_frame bytes"
@@ -241,6 +284,36 @@ impl Config {
             (None, None, true) => crate::tls::dev_cert(&self.data_dir).map(Some),
             (None, None, false) => Ok(None),
             _ => anyhow::bail!("tls_cert and tls_key go together"),
+        }
+    }
+
+    /// What the shard core enforces.
+    pub fn core(&self) -> shard::core::CoreConfig {
+        shard::core::CoreConfig {
+            host_id: self.host_id,
+            max_body: self.max_body,
+            max_sync_convs: self.max_sync_convs,
+            history_default: self.history_default,
+            history_max: self.history_max,
+            sync_per_conv: self.sync_per_conv,
+            max_group_members: self.max_group_members,
+            dedupe_window: self.dedupe_window,
+            max_devices_per_user: self.max_devices_per_user,
+            send_rate: self.send_rate,
+            send_burst: self.send_burst,
+            typing_rate: self.typing_rate,
+            typing_burst: self.typing_burst,
+            history_rate: self.history_rate,
+            history_burst: self.history_burst,
+            presence_rate: self.presence_rate,
+            presence_burst: self.presence_burst,
+            max_presence_subs: self.max_presence_subs,
+            typing_ttl_ms: u64::from(self.typing_ttl_secs) * 1000,
+            conv_memory: self.conv_memory_mib << 20,
+            negative_cache: self.negative_cache,
+            max_waiters: self.max_waiters,
+            max_reads: self.max_reads,
+            max_commit_queue: self.max_commit_queue,
         }
     }
 

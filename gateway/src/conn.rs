@@ -1,11 +1,10 @@
 //! A connection's entry in its shard's slab, and the tokens that name its operations.
 //!
 //! This struct is the per-connection memory budget: it holds no buffer while idle
-//! (`inbuf`, `frag` and `out` are empty `Vec`s, which own no heap memory) and no strings
-//! but the device id; the user id is one shared `Rc<str>` per user.
+//! (`inbuf`, `frag` and `out` are empty `Vec`s, which own no heap memory) and no
+//! strings; the user and device live in the shard core's connection table.
 
-use std::os::fd::RawFd;
-use std::rc::Rc;
+use std::os::fd::OwnedFd;
 
 use shard::ids::ConnId;
 use tungstenite::protocol::frame::coding::Data;
@@ -24,18 +23,14 @@ pub enum Phase {
 
 /// One connection.
 pub struct Conn {
-    /// The socket. Invariant: owned by this entry until `close` or handoff.
-    pub fd: RawFd,
+    /// The socket (closed when the entry is dropped, unless handed off).
+    pub fd: OwnedFd,
     /// Generation: tokens and ConnRefs carrying another generation are stale.
     pub gen: u32,
     /// Stage.
     pub phase: Phase,
     /// Negotiated encoding.
     pub encoding: Encoding,
-    /// The user (set once authenticated; shared with the shard's user table).
-    pub user: Option<Rc<str>>,
-    /// The device id.
-    pub device: Box<str>,
     /// Bytes of an incomplete request or frame. Empty (no allocation) when idle.
     pub inbuf: Vec<u8>,
     /// A fragmented message being reassembled, and its opcode.
@@ -60,15 +55,13 @@ pub struct Conn {
     pub read_armed: bool,
     /// Close once `out` is flushed.
     pub close_after_flush: bool,
-    /// A `hello` sync is running: shards still to answer, conversations replayed so far.
-    pub sync: Option<(u16, u32)>,
     /// Shard clock (s) of the last bytes received (handshake: of the accept; closing:
     /// of the start of the close). Drives heartbeats and timeouts in the sweep.
     pub last_seen: u32,
     /// Shard clock (s) of the last ping sent since `last_seen` (0: none).
     pub pinged_at: u32,
-    /// The device set itself away.
-    pub away: bool,
+    /// Counted in the host's connections (`max_connections`) until closed.
+    pub counted: bool,
     /// Frames received in the second `frames_at` (frame-rate limit).
     pub frames: u16,
     /// Shard clock second `frames` counts for.
@@ -88,14 +81,12 @@ impl Conn {
     }
 
     /// A freshly accepted socket.
-    pub fn accepted(fd: RawFd, gen: u32, now: u32) -> Conn {
+    pub fn accepted(fd: OwnedFd, gen: u32, now: u32) -> Conn {
         Conn {
             fd,
             gen,
             phase: Phase::Handshake,
             encoding: Encoding::Json,
-            user: None,
-            device: Box::from(""),
             inbuf: Vec::new(),
             frag: Vec::new(),
             frag_op: None,
@@ -107,10 +98,9 @@ impl Conn {
             write_armed: false,
             read_armed: false,
             close_after_flush: false,
-            sync: None,
             last_seen: now,
             pinged_at: 0,
-            away: false,
+            counted: false,
             frames: 0,
             frames_at: 0,
             fragments: 0,

@@ -1,27 +1,25 @@
 //! The Switchboard gateway: what runs on each shard, and the `switchboard` command.
 //!
-//! Each shard accepts on its own SO_REUSEPORT listener, speaks HTTP upgrade and
-//! WebSocket over its own io_uring ring (no per-connection task, future or read buffer),
-//! authenticates, and hands the socket to its user's home shard. Messages go to their
-//! conversation's home shard, are stored with group commit, acked, and fanned out
-//! with one mesh route per destination shard.
+//! The edge around each shard's core (`shard::core`): each shard accepts on its own
+//! SO_REUSEPORT listener, speaks HTTP upgrade and WebSocket over its own io_uring ring
+//! (no per-connection task, future or read buffer), authenticates, and hands the socket
+//! to its user's home shard. Decoded frames go to the core, which owns every business
+//! rule; its effects come back here as socket writes, mesh routes, storage reads and
+//! group commits. No membership, dedupe, seq, permission or presence rule lives in
+//! this crate.
 //!
 //! # Layout
 //! - [`admin`]: health, readiness, Prometheus metrics and the drain command.
 //! - [`cli`]: the `switchboard` subcommands (`serve`, `token`).
 //! - [`config`]: configuration and every limit.
 //! - [`server`]: starts storage, listeners and shards.
-//! - [`service`]: a shard's event loop, connections, upgrade and WebSocket handling.
-//! - [`messaging`]: the message path: conversations, group commit, fan-out, history,
-//!   sync, typing.
+//! - [`service`]: a shard's event loop, connections, upgrade and WebSocket handling,
+//!   and carrying out the core's effects (frames, deliveries, routes, reads, commits).
 //! - [`commitlog`]: the shard's commit log (group commits written on its own ring) and
 //!   the writes on their way to the store.
-//! - [`groups`]: group creation and membership changes, at the group's home shard.
 //! - [`plan`]: the capacity planner (`switchboard plan`).
-//! - [`presence`]: presence, owned by each user's home shard.
-//! - [`limits`]: token buckets.
 //! - [`revocation`]: revoked devices, persisted and broadcast to the shards.
-//! - [`route`]: what shards send each other.
+//! - [`route`]: what travels on the mesh: core routes, and socket handoffs.
 //! - [`conn`]: a connection's slab entry and ring tokens.
 //! - [`reactor`]: the per-shard io_uring ring and socket syscalls (the only `unsafe`).
 //! - [`tls`]: WSS with rustls: configuration, development certificate, socket writer.
@@ -40,11 +38,7 @@ pub mod config;
 pub mod conn;
 pub mod deflate;
 pub mod fuzzing;
-pub mod groups;
-pub mod limits;
-pub mod messaging;
 pub mod plan;
-pub mod presence;
 #[allow(unsafe_code)]
 pub mod reactor;
 pub mod revocation;

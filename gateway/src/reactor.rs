@@ -14,7 +14,7 @@
 //! buffer is full is a one-shot `POLLOUT` armed.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
 use glommio::io::BufferedFile;
@@ -134,9 +134,11 @@ pub async fn wait(wake: &BufferedFile) {
 
 /// Sends as much of `buf` as the socket takes now: `Ok(n)` bytes sent (possibly 0 when
 /// the socket buffer is full), `Err` when the connection is broken.
-pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is a live slice for the duration of the call and `len` is its length.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `fd` is an open descriptor for the duration of the borrow; `buf` is a live
+    // slice for the duration of the call and `len` is its length.
+    let n =
+        unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n >= 0 {
         return Ok(n as usize);
     }
@@ -160,9 +162,10 @@ pub enum Recv {
 }
 
 /// Reads what the socket has into `buf`.
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> Recv {
-    // SAFETY: `buf` is a live, exclusively borrowed slice and `len` is its length.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Recv {
+    // SAFETY: `fd` is an open descriptor for the duration of the borrow; `buf` is a
+    // live, exclusively borrowed slice and `len` is its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     if n > 0 {
         return Recv::Data(n as usize);
     }
@@ -176,12 +179,13 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> Recv {
 }
 
 /// Turns Nagle off (NOTES.md: p50 7 ms with it on) on a freshly accepted socket.
-pub fn set_nodelay(fd: RawFd) {
+pub fn set_nodelay(fd: BorrowedFd<'_>) {
     let one: libc::c_int = 1;
-    // SAFETY: `one` outlives the call and the length passed is its size.
+    // SAFETY: `fd` is open for the duration of the borrow; `one` outlives the call and
+    // the length passed is its size.
     unsafe {
         libc::setsockopt(
-            fd,
+            fd.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_NODELAY,
             (&one as *const libc::c_int).cast(),
@@ -190,14 +194,22 @@ pub fn set_nodelay(fd: RawFd) {
     }
 }
 
-/// Shuts a socket down and closes it. The fd number must not be used afterwards.
-pub fn close(fd: RawFd) {
-    // SAFETY: the caller owns `fd` and gives it up here; shutdown first so the peer
-    // sees the FIN even while a cancelled poll still holds a file reference.
+/// Shuts a socket down and closes it (dropping the descriptor closes it).
+pub fn close(fd: OwnedFd) {
+    // SAFETY: `fd` is open until it is dropped below. Shutdown first so the peer sees
+    // the FIN even while a cancelled poll still holds a file reference.
     unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-        libc::close(fd);
+        libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
     }
+    drop(fd);
+}
+
+/// Takes ownership of the descriptor an accept completion returned (`raw >= 0`).
+pub fn accepted(raw: RawFd) -> OwnedFd {
+    debug_assert!(raw >= 0);
+    // SAFETY: a successful accept completion hands the shard a new descriptor that
+    // nothing else refers to; this is the only place it is wrapped, once per completion.
+    unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
 /// Returns memory this thread freed to the OS (mimalloc: process delayed cross-thread

@@ -14,9 +14,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Close code for a revoked device's connections.
-pub const CLOSE_REVOKED: u16 = 4003;
-
 /// One revocation: tokens of `(user, device)` issued at or before `revoked_at` are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revoke {

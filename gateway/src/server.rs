@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -50,12 +50,12 @@ fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Binds `n` listeners on one port (the first picks it when `addr` has port 0).
-pub fn listeners(addr: SocketAddr, n: usize) -> anyhow::Result<(SocketAddr, Vec<RawFd>)> {
+pub fn listeners(addr: SocketAddr, n: usize) -> anyhow::Result<(SocketAddr, Vec<OwnedFd>)> {
     let first = listener(addr)?;
     let bound = first.local_addr()?.as_socket().context("listener has no inet address")?;
-    let mut fds = vec![first.into_raw_fd()];
+    let mut fds = vec![OwnedFd::from(first)];
     for _ in 1..n {
-        fds.push(listener(bound)?.into_raw_fd());
+        fds.push(OwnedFd::from(listener(bound)?));
     }
     Ok((bound, fds))
 }
@@ -106,6 +106,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let (bound, fds) = listeners(cfg.listen, shards)?;
     let drain = Arc::new(Drain::new(shards));
     let stats: Arc<Vec<crate::admin::ShardStats>> = Arc::new((0..shards).map(|_| Default::default()).collect());
+    let host_conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let revoked = crate::revocation::load(&cfg.data_dir)?;
     let (revoke_txs, revoke_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
     let desk = crate::admin::RevokeDesk { data_dir: cfg.data_dir.clone(), list: revoked.clone(), shards: revoke_txs };
@@ -143,6 +144,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             ready: ready_tx.clone(),
             drain: drain.clone(),
             stats: stats.clone(),
+            host_conns: host_conns.clone(),
         })
         .collect();
     drop(ready_tx);

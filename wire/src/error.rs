@@ -159,6 +159,12 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// Service restart (graceful drain).
     pub const RESTART: u16 = 1012;
+    /// Application: an older connection of a device that connected again.
+    pub const REPLACED: u16 = 4000;
+    /// Application: the device was revoked (`POST /revoke`); sign in again.
+    pub const REVOKED: u16 = 4003;
+    /// Application: no frame or pong within `idle_timeout_secs`.
+    pub const IDLE: u16 = 4408;
 
     /// Whether a peer may send `code` in a close frame (RFC 6455 7.4 and the IANA
     /// registry): the defined codes 1000-1003 and 1007-1014, and 3000-4999 for

@@ -46,11 +46,6 @@ use convs::ConvTable;
 pub use route::{ConnRoute, GroupReq, MsgRoute, PresenceRoute, Route, SendReq};
 use users::{ConnTable, UserTable};
 
-/// WebSocket close code for an older connection of a device that connected again.
-pub const CLOSE_REPLACED: u16 = 4000;
-/// WebSocket close code for a revoked device.
-pub const CLOSE_REVOKED: u16 = 4001;
-
 /// The limits and windows the core enforces (all configurable, see the gateway's config).
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -279,6 +274,11 @@ impl Core {
         self.out.drain(..)
     }
 
+    /// Effects wait to be taken.
+    pub fn has_effects(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// A reference to connection `conn` of this shard.
     pub fn conn_ref(&self, conn: ConnId) -> ConnRef {
         ConnRef { host: self.cfg.host_id, shard: self.me, conn }
@@ -365,7 +365,7 @@ impl Core {
         self.now = now;
         for conn in self.conns.of_device(self.users.conns_of(user), device) {
             self.close_conn(conn);
-            self.out.push(Effect::Close { conn, code: CLOSE_REVOKED, reason: "device revoked" });
+            self.out.push(Effect::Close { conn, code: wire::error::close::REVOKED, reason: "device revoked" });
         }
         self.settle();
     }

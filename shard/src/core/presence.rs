@@ -19,7 +19,7 @@ use wire::frame::{PresenceState, PresenceUpdate, ServerFrame};
 
 use super::limits::TokenBucket;
 use super::users::{Buckets, ConnState, User};
-use super::{Core, Effect, PresenceRoute, ReadFor, Refused, Route, CLOSE_REPLACED};
+use super::{Core, Effect, PresenceRoute, ReadFor, Refused, Route};
 use crate::ids::{ConnId, ConnRef, ShardId};
 
 impl Core {
@@ -53,7 +53,7 @@ impl Core {
         for old in older {
             self.close_conn(old);
             let reason = "replaced by a newer connection of this device";
-            self.out.push(Effect::Close { conn: old, code: CLOSE_REPLACED, reason });
+            self.out.push(Effect::Close { conn: old, code: wire::error::close::REPLACED, reason });
         }
         let max = self.cfg.max_devices_per_user;
         if self.users.conns_of(user).len() >= max {

@@ -449,3 +449,6 @@ fn storage_failed(e: &StoreError) -> (ErrorCode, String) {
     tracing::error!("storage: {e}");
     (ErrorCode::Internal, "storage is unavailable; retry later (the message was not stored)".into())
 }
+
+#[cfg(test)]
+mod tests;

@@ -68,12 +68,33 @@ pub struct ShardStats {
     pub log_checkpoints: AtomicU64,
     /// Group commits larger than the whole commit log, written to the store directly.
     pub log_bypasses: AtomicU64,
+    /// Conversations in memory (loaded or loading), set every tick.
+    pub convs: AtomicU64,
+    /// Estimated bytes of loaded conversations (against `conv_memory_mib`).
+    pub conv_bytes: AtomicU64,
+    /// Conversations evicted since start.
+    pub convs_evicted: AtomicU64,
+    /// Users in memory.
+    pub users: AtomicU64,
+    /// Conversation ids in the negative cache.
+    pub negative: AtomicU64,
+    /// Storage reads in flight.
+    pub reads: AtomicU64,
+    /// Messages waiting for a group commit.
+    pub queued: AtomicU64,
+    /// `mesh_backlog[k]`: batches towards shard k waiting for room in the channel.
+    pub mesh_backlog: Vec<AtomicU64>,
 }
 
 /// Upper bounds (µs) of the commit-duration histogram's buckets.
 pub const COMMIT_BUCKETS_US: [u64; 10] = [250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000];
 
 impl ShardStats {
+    /// Figures of one shard among `shards`.
+    pub fn new(shards: usize) -> ShardStats {
+        ShardStats { mesh_backlog: (0..shards).map(|_| AtomicU64::new(0)).collect(), ..Default::default() }
+    }
+
     /// Adds one to a counter (its shard is the only writer).
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
@@ -94,7 +115,7 @@ type Series = (&'static str, &'static str, &'static str, fn(&ShardStats) -> &Ato
 
 fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
     let mut out = String::new();
-    let series: [Series; 14] = [
+    let series: [Series; 21] = [
         ("switchboard_connections", "gauge", "Open connections.", |s| &s.connections),
         ("switchboard_accepted_total", "counter", "Sockets accepted.", |s| &s.accepted),
         ("switchboard_upgrades_refused_total", "counter", "Upgrades refused (401, 503, ...).", |s| &s.refused),
@@ -122,6 +143,13 @@ fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
         }),
         ("switchboard_tls_handshakes_total", "counter", "WSS connections upgraded.", |s| &s.tls_handshakes),
         ("switchboard_tls_resumed_total", "counter", "WSS handshakes that resumed a session.", |s| &s.tls_resumed),
+        ("switchboard_conversations", "gauge", "Conversations in memory.", |s| &s.convs),
+        ("switchboard_conversation_bytes", "gauge", "Estimated bytes of loaded conversations.", |s| &s.conv_bytes),
+        ("switchboard_conversations_evicted_total", "counter", "Idle conversations evicted.", |s| &s.convs_evicted),
+        ("switchboard_users", "gauge", "Users in memory (connected or watched).", |s| &s.users),
+        ("switchboard_negative_cache", "gauge", "Conversation ids remembered as missing.", |s| &s.negative),
+        ("switchboard_storage_reads", "gauge", "Storage reads in flight.", |s| &s.reads),
+        ("switchboard_commit_queue", "gauge", "Messages waiting for a group commit.", |s| &s.queued),
     ];
     for (name, kind, help, get) in series {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -143,11 +171,32 @@ fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
         let sum = s.commit_us.load(Ordering::Relaxed) as f64 / 1e6;
         out.push_str(&format!("{name}_sum{{shard=\"{k}\"}} {sum}\n{name}_count{{shard=\"{k}\"}} {count}\n"));
     }
+    let name = "switchboard_mesh_backlog";
+    out.push_str(&format!(
+        "# HELP {name} Batches waiting for room in the mesh channel to another shard.\n# TYPE {name} gauge\n"
+    ));
+    for (k, s) in stats.iter().enumerate() {
+        for (to, b) in s.mesh_backlog.iter().enumerate().filter(|(to, _)| *to != k) {
+            out.push_str(&format!("{name}{{shard=\"{k}\",to=\"{to}\"}} {}\n", b.load(Ordering::Relaxed)));
+        }
+    }
+    let name = "switchboard_process_resident_bytes";
+    out.push_str(&format!(
+        "# HELP {name} Resident memory of the process.\n# TYPE {name} gauge\n{name} {}\n",
+        resident_bytes()
+    ));
     let draining = u8::from(drain.requested.load(Ordering::Relaxed));
     out.push_str(&format!(
         "# HELP switchboard_draining 1 while draining.\n# TYPE switchboard_draining gauge\nswitchboard_draining {draining}\n"
     ));
     out
+}
+
+/// Resident set size from `/proc/self/statm` (0 where unavailable).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
 }
 
 fn respond(s: TcpStream, status: &str, body: &str, content_type: &str) {

@@ -136,6 +136,9 @@ pub struct Config {
     pub max_reads: usize,
     /// Accepted messages per shard waiting for a commit; beyond: `unavailable`.
     pub max_commit_queue: usize,
+    /// Batches a shard may have waiting for room in the mesh channel to one peer; beyond,
+    /// it stops reading its clients until the peer catches up.
+    pub mesh_backlog: usize,
     /// Seconds over which a drain (SIGTERM) spreads its 1012 closes.
     pub drain_secs: u32,
     /// Seconds a closing connection (close frame or refusal queued) may take to read it
@@ -211,6 +214,7 @@ impl Default for Config {
             max_waiters: 1024,
             max_reads: 4096,
             max_commit_queue: 16_384,
+            mesh_backlog: 256,
             drain_secs: 10,
             closing_grace_secs: 5,
             permessage_deflate: false,
@@ -269,6 +273,7 @@ impl Config {
         anyhow::ensure!(self.max_waiters >= 1, "max_waiters must be at least 1");
         anyhow::ensure!(self.max_reads >= 1, "max_reads must be at least 1");
         anyhow::ensure!(self.max_commit_queue >= 1, "max_commit_queue must be at least 1");
+        anyhow::ensure!(self.mesh_backlog >= 2, "mesh_backlog must be at least 2");
         anyhow::ensure!(
             self.commit_log_mib == 0 || self.commit_log_mib.saturating_mul(1 << 20) >= 8 * self.max_frame as u64,
             "commit_log_mib must be 0 (off) or hold 8 frames of max_frame bytes"

@@ -62,6 +62,8 @@ pub struct Conn {
     pub pinged_at: u32,
     /// Counted in the host's connections (`max_connections`) until closed.
     pub counted: bool,
+    /// Listed in the shard's paused reads (mesh back-pressure).
+    pub paused: bool,
     /// Frames received in the second `frames_at` (frame-rate limit).
     pub frames: u16,
     /// Shard clock second `frames` counts for.
@@ -101,6 +103,7 @@ impl Conn {
             last_seen: now,
             pinged_at: 0,
             counted: false,
+            paused: false,
             frames: 0,
             frames_at: 0,
             fragments: 0,

@@ -105,7 +105,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let (bound, fds) = listeners(cfg.listen, shards)?;
     let drain = Arc::new(Drain::new(shards));
-    let stats: Arc<Vec<crate::admin::ShardStats>> = Arc::new((0..shards).map(|_| Default::default()).collect());
+    let stats: Arc<Vec<crate::admin::ShardStats>> =
+        Arc::new((0..shards).map(|_| crate::admin::ShardStats::new(shards)).collect());
     let host_conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let revoked = crate::revocation::load(&cfg.data_dir)?;
     let (revoke_txs, revoke_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();

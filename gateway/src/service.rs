@@ -169,6 +169,8 @@ pub struct Shard {
     inbox: VecDeque<Box<Handoff>>,
     /// Connections with bytes to send this turn.
     pub(crate) dirty: Vec<ConnId>,
+    /// Open connections not read while the mesh is backlogged (each listed once).
+    paused: Vec<ConnId>,
     /// The mesh.
     mesh: Rc<Mesh<Envelope>>,
     /// Read buffer shared by all connections (taken out while in use).
@@ -214,7 +216,8 @@ pub async fn run(ctx: ShardCtx<Envelope>, setup: ShardSetup) {
     };
     let shard = Rc::new_cyclic(|this: &Weak<RefCell<Shard>>| {
         let w = this.clone();
-        let mesh = Mesh::connect(ctx.mesh, move |_from, batch| {
+        let w2 = this.clone();
+        let on_batch = move |_from, batch: Vec<Envelope>| {
             if let Some(s) = w.upgrade() {
                 let mut s = s.borrow_mut();
                 for r in batch {
@@ -222,7 +225,15 @@ pub async fn run(ctx: ShardCtx<Envelope>, setup: ShardSetup) {
                 }
                 s.finish_turn();
             }
-        });
+        };
+        let on_space = move || {
+            if let Some(s) = w2.upgrade() {
+                let mut s = s.borrow_mut();
+                s.resume_reads();
+                s.finish_turn();
+            }
+        };
+        let mesh = Mesh::connect(ctx.mesh, setup.cfg.mesh_backlog, on_batch, on_space);
         let scratch_len = setup.cfg.max_frame + 16 * 1024;
         RefCell::new(Shard {
             me,
@@ -255,6 +266,7 @@ pub async fn run(ctx: ShardCtx<Envelope>, setup: ShardSetup) {
             commit_timer: false,
             inbox: VecDeque::new(),
             dirty: Vec::new(),
+            paused: Vec::new(),
             mesh,
             scratch: vec![0; scratch_len],
             deflate: crate::deflate::Codec::default(),
@@ -312,6 +324,8 @@ impl Shard {
         let per_sec = (1000 / TICK.as_millis() as u64).max(1);
         let window_ticks = (self.cfg.presence_window_ms as u64 / TICK.as_millis() as u64).max(1);
         self.core.tick(now_ms(), self.ticks.is_multiple_of(window_ticks));
+        self.resume_reads();
+        self.publish_counts();
         if self.ticks.is_multiple_of(per_sec) {
             self.sweep();
             if self.churn != self.churn_seen {
@@ -332,6 +346,25 @@ impl Shard {
         }
         if let Some(per_tick) = self.draining {
             self.drain_step(per_tick);
+        }
+    }
+
+    /// Table sizes and mesh backlogs for the metrics endpoint.
+    fn publish_counts(&self) {
+        let (c, st) = (self.core.counts(), self.stats());
+        for (gauge, v) in [
+            (&st.convs, c.convs),
+            (&st.conv_bytes, c.conv_bytes),
+            (&st.users, c.users),
+            (&st.negative, c.negative),
+            (&st.reads, c.reads),
+            (&st.queued, c.queued),
+        ] {
+            gauge.store(v as u64, Ordering::Relaxed);
+        }
+        st.convs_evicted.store(c.evicted, Ordering::Relaxed);
+        for (k, b) in st.mesh_backlog.iter().enumerate() {
+            b.store(self.mesh.backlog(ShardId(k as u16)) as u64, Ordering::Relaxed);
         }
     }
 
@@ -517,7 +550,16 @@ impl Shard {
                 // shut down (or an error is pending), one short read empties it, and
                 // bytes arriving later fire the poll again.
                 let ended = c.result < 0 || c.result & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i32 != 0;
-                self.on_readable(id, ended);
+                if conn.phase == Phase::Open && self.mesh.backlogged() {
+                    // Back-pressure: a peer shard is behind; new work waits in the
+                    // socket (and then in the client) rather than in memory here.
+                    if !conn.paused {
+                        conn.paused = true;
+                        self.paused.push(id);
+                    }
+                } else {
+                    self.on_readable(id, ended);
+                }
                 if let Some(conn) = self.conn_mut(id) {
                     if !conn.read_armed && conn.phase != Phase::Closing {
                         conn.read_armed = true;
@@ -575,6 +617,18 @@ impl Shard {
         // One-shot while handshaking: after the upgrade nothing is armed, so the socket
         // can move to another shard.
         self.ring.poll(raw, READ_EVENTS, false, token(Op::Read, id));
+    }
+
+    /// Reads the connections paused by back-pressure, while the mesh has room.
+    fn resume_reads(&mut self) {
+        while !self.mesh.backlogged() {
+            let Some(id) = self.paused.pop() else { return };
+            if let Some(c) = self.conn_mut(id) {
+                c.paused = false;
+                // Read to the end: the poll that fired may have reported a shutdown.
+                self.on_readable(id, true);
+            }
+        }
     }
 
     /// Reads what the socket holds. `ended`: the peer may have shut down, so read until

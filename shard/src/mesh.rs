@@ -6,10 +6,18 @@
 //! [`Mesh::flush`] once per turn; FIFO per channel is what keeps a conversation's order
 //! from its home shard to every recipient shard.
 //!
+//! Bounded with back-pressure: each channel holds `capacity` batches; batches a full
+//! channel cannot take yet wait on the sending shard, counted per peer
+//! ([`Mesh::backlog`]). Past `backlog_limit` batches towards any peer the mesh reports
+//! [`Mesh::backlogged`], and the shard stops reading its clients' sockets (the only
+//! source of new work) until the peer catches up and `on_space` is called: a slow shard
+//! slows its producers' intake instead of growing their memory. Batches from peers are
+//! always received, so two shards backlogged towards each other still drain.
+//!
 //! Ownership: [`MeshEnds`] is `Send` and built on the main thread; [`Mesh`] is the
 //! connected, `!Send` form that lives on its shard.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use glommio::channels::local_channel::{self, LocalSender};
@@ -57,6 +65,10 @@ pub struct Mesh<M> {
     outbox: RefCell<Vec<Vec<M>>>,
     /// Hand-off to each peer's sender task (which awaits channel space, keeping FIFO).
     senders: Vec<Option<LocalSender<Vec<M>>>>,
+    /// Batches handed to each peer's sender task and not yet in the channel.
+    backlog: Rc<Vec<Cell<usize>>>,
+    /// Backlog (batches towards one peer) past which the mesh is backlogged.
+    backlog_limit: usize,
 }
 
 impl<M: Send + 'static> Mesh<M> {
@@ -65,18 +77,34 @@ impl<M: Send + 'static> Mesh<M> {
     /// and calls `on_batch(from, batch)`. Each task connects its own end: glommio's
     /// `connect()` waits for the peer's end, so connecting them one after another on
     /// every shard would deadlock; batches pushed meanwhile wait in the local channel.
-    pub fn connect(ends: MeshEnds<M>, on_batch: impl Fn(ShardId, Vec<M>) + 'static) -> Rc<Mesh<M>> {
+    /// `on_space` is called when a backlogged peer has taken enough to fall back to
+    /// half of `backlog_limit`.
+    pub fn connect(
+        ends: MeshEnds<M>,
+        backlog_limit: usize,
+        on_batch: impl Fn(ShardId, Vec<M>) + 'static,
+        on_space: impl Fn() + 'static,
+    ) -> Rc<Mesh<M>> {
         let on_batch = Rc::new(on_batch);
+        let on_space = Rc::new(on_space);
         let n = ends.to.len();
+        let backlog: Rc<Vec<Cell<usize>>> = Rc::new((0..n).map(|_| Cell::new(0)).collect());
         let mut senders = Vec::with_capacity(n);
-        for tx in ends.to {
+        for (k, tx) in ends.to.into_iter().enumerate() {
             senders.push(tx.map(|tx| {
+                // Holds at most the backlog: the shard stops producing past the limit.
                 let (ltx, lrx) = local_channel::new_unbounded::<Vec<M>>();
+                let (backlog, on_space) = (backlog.clone(), on_space.clone());
                 glommio::spawn_local(async move {
                     let tx = tx.connect().await;
                     while let Some(batch) = lrx.recv().await {
                         if tx.send(batch).await.is_err() {
                             break; // peer gone: the host is shutting down
+                        }
+                        let left = backlog[k].get().saturating_sub(1);
+                        backlog[k].set(left);
+                        if left == backlog_limit / 2 {
+                            on_space();
                         }
                     }
                 })
@@ -96,7 +124,8 @@ impl<M: Send + 'static> Mesh<M> {
                 .detach();
             }
         }
-        Rc::new(Mesh { me: ends.me, outbox: RefCell::new((0..n).map(|_| Vec::new()).collect()), senders })
+        let outbox = RefCell::new((0..n).map(|_| Vec::new()).collect());
+        Rc::new(Mesh { me: ends.me, outbox, senders, backlog, backlog_limit: backlog_limit.max(2) })
     }
 
     /// This shard.
@@ -123,10 +152,22 @@ impl<M: Send + 'static> Mesh<M> {
                 continue;
             }
             if let Some(Some(tx)) = self.senders.get(k) {
-                // An unbounded local channel only refuses after its receiver is gone,
-                // which happens only while the executor is shutting down.
-                let _ = tx.try_send(std::mem::take(out));
+                // A local channel only refuses after its receiver is gone, which happens
+                // only while the executor is shutting down.
+                if tx.try_send(std::mem::take(out)).is_ok() {
+                    self.backlog[k].set(self.backlog[k].get() + 1);
+                }
             }
         }
+    }
+
+    /// Batches towards shard `to` waiting for room in its channel.
+    pub fn backlog(&self, to: ShardId) -> usize {
+        self.backlog.get(to.index()).map_or(0, Cell::get)
+    }
+
+    /// Some peer's backlog passed the limit: stop taking new work from clients.
+    pub fn backlogged(&self) -> bool {
+        self.backlog.iter().any(|b| b.get() > self.backlog_limit)
     }
 }

@@ -89,14 +89,16 @@ mod tests {
                 let next: Rc<Vec<Cell<u32>>> = Rc::new((0..ctx.shards).map(|_| Cell::new(0)).collect());
                 let ok = Rc::new(Cell::new(true));
                 let received = Rc::new(Cell::new(0u32));
+                let max_backlog = Rc::new(Cell::new(0usize));
                 let (n2, ok2, r2) = (next.clone(), ok.clone(), received.clone());
-                let mesh = Mesh::connect(ctx.mesh, move |from, batch| {
+                let on_batch = move |from: ShardId, batch: Vec<(u16, u32)>| {
                     for (src, i) in batch {
                         ok2.set(ok2.get() && src == from.0 && n2[from.index()].get() == i);
                         n2[from.index()].set(i + 1);
                         r2.set(r2.get() + 1);
                     }
-                });
+                };
+                let mesh = Mesh::connect(ctx.mesh, 8, on_batch, || {});
                 for i in 0..10_000u32 {
                     for k in 0..ctx.shards {
                         if k != me.index() {
@@ -107,13 +109,23 @@ mod tests {
                         mesh.flush();
                         glommio::yield_if_needed().await;
                     }
+                    // Back-pressure: wait for the peers while the backlog is over its limit.
+                    while mesh.backlogged() {
+                        max_backlog.set(
+                            max_backlog
+                                .get()
+                                .max((0..ctx.shards).map(|k| mesh.backlog(ShardId(k as u16))).max().unwrap_or(0)),
+                        );
+                        glommio::timer::sleep(std::time::Duration::from_micros(100)).await;
+                    }
                 }
                 mesh.flush();
                 let want = 10_000 * (ctx.shards as u32 - 1);
                 while received.get() < want {
                     glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
                 }
-                done_tx.send((me.0, ok.get())).unwrap();
+                // The backlog never grew past its limit plus one turn's batch.
+                done_tx.send((me.0, ok.get() && max_backlog.get() <= 9)).unwrap();
                 // Stay alive until every peer is done receiving from us.
                 glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
             }

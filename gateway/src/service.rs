@@ -182,7 +182,7 @@ pub struct Shard {
     inflated: Vec<u8>,
     /// Connections opened, adopted or closed since start (drives memory release).
     churn: u64,
-    /// `churn` when memory was last released.
+    /// `churn` plus the core's table sizes when memory was last released.
     churn_seen: u64,
     /// Failed accepts since start (EMFILE and friends).
     accept_failures: u64,
@@ -328,8 +328,11 @@ impl Shard {
         self.publish_counts();
         if self.ticks.is_multiple_of(per_sec) {
             self.sweep();
-            if self.churn != self.churn_seen {
-                self.churn_seen = self.churn;
+            // Connections or core tables came and went: give freed pages back.
+            let c = self.core.counts();
+            let churn = self.churn + (c.users + c.convs + c.reads) as u64;
+            if churn != self.churn_seen {
+                self.churn_seen = churn;
                 reactor::release_freed_memory();
             }
         }

@@ -314,10 +314,14 @@ impl ConvTable {
             }
         }
         self.evicted += gone as u64;
-        if self.slots.capacity() > 64 && self.slots.len() < self.slots.capacity() / 4 {
-            self.slots.shrink_to_fit();
-        }
         gone
+    }
+
+    /// Gives back the memory of a table that shrank a lot.
+    pub fn compact(&mut self) {
+        if self.slots.capacity() > 64 && self.slots.len() < self.slots.capacity() / 4 {
+            self.slots.shrink_to(self.slots.len() * 2);
+        }
     }
 }
 

@@ -357,6 +357,11 @@ impl Core {
         }
         self.expire_typing();
         self.convs.evict(self.cfg.conv_memory);
+        self.convs.compact();
+        self.users.compact();
+        if self.reads.capacity() > 64 && self.reads.len() < self.reads.capacity() / 4 {
+            self.reads.shrink_to(self.reads.len() * 2);
+        }
         self.settle();
     }
 

@@ -247,6 +247,19 @@ impl UserTable {
         }
     }
 
+    /// Gives back the memory of a table that shrank a lot (after a burst of watched
+    /// names or a connection storm): a hash map keeps its largest capacity otherwise.
+    pub fn compact(&mut self) {
+        if self.users.capacity() > 64 && self.users.len() < self.users.capacity() / 4 {
+            self.users.shrink_to(self.users.len() * 2);
+        }
+        for list in [&mut self.dirty, &mut self.unsaved] {
+            if list.capacity() > 64 && list.len() < list.capacity() / 4 {
+                list.shrink_to(list.len() * 2);
+            }
+        }
+    }
+
     /// Users in memory.
     pub fn len(&self) -> usize {
         self.users.len()

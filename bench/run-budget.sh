@@ -21,7 +21,7 @@ port=9700
 start() { # start TOML_LINES [serve flags...]
   local toml=$1; shift
   tmp=$(mktemp -d)
-  printf 'send_rate = 0\nmax_frames_per_sec = 1000000\nadmin_listen = "127.0.0.1:0"\nhandshake_rate = 0\n%s\n%s\n' "$toml" "${EXTRA_TOML:-}" > "$tmp/c.toml"
+  printf 'send_rate = 0\nmax_frames_per_sec = 65535\nadmin_listen = "127.0.0.1:0"\nhandshake_rate = 0\n%s\n%s\n' "$toml" "${EXTRA_TOML:-}" > "$tmp/c.toml"
   port=$((port + 1))
   RUST_LOG=warn "$sb" serve --listen 127.0.0.1:$port --shards 2 --config "$tmp/c.toml" --data-dir "$tmp/d" "$@" > "$tmp/log" 2>&1 &
   pid=$!

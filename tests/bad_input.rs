@@ -199,3 +199,46 @@ fn per_connection_limits_close_with_1008_and_long_urls_get_414() {
     assert!(resp.starts_with("HTTP/1.1 414"), "{resp}");
     still_serving(&server, "limits");
 }
+
+/// Found by an independent client: errors for frames refused by validation carry the
+/// frame's `client_msg_id` or `req_id`, so a client with requests in flight can match them.
+#[test]
+fn validation_errors_carry_the_requests_id() {
+    let server = Server::start(1);
+    let mut c = server.connect("vic", "d", Encoding::Json);
+    let cases: &[(&str, ErrorCode, Option<&str>)] = &[
+        (
+            r#"{"op":"send","client_msg_id":"both","to":"x","conv":"0000000000000000000000000000002a","body":"b"}"#,
+            ErrorCode::BadValue,
+            Some("both"),
+        ),
+        (r#"{"op":"send","client_msg_id":"badconv","conv":"zz","body":"b"}"#, ErrorCode::BadValue, Some("badconv")),
+        (
+            r#"{"op":"send","client_msg_id":"badkind","to":"x","body":"b","kind":"video"}"#,
+            ErrorCode::BadValue,
+            Some("badkind"),
+        ),
+        (
+            r#"{"op":"send","client_msg_id":"b64","to":"x","body":"***","kind":"data"}"#,
+            ErrorCode::BadValue,
+            Some("b64"),
+        ),
+        (r#"{"op":"group","req_id":"g1","action":"add","members":["x"]}"#, ErrorCode::MissingField, Some("g1")),
+        (
+            r#"{"op":"group","req_id":"g2","action":"add","conv":"8000000000000000000000000000002a","members":[]}"#,
+            ErrorCode::MissingField,
+            Some("g2"),
+        ),
+        (r#"{"op":"group","req_id":"g4","action":"create","name":"\u0001"}"#, ErrorCode::BadValue, Some("g4")),
+        (r#"{"op":"group","req_id":"g3","action":"dance"}"#, ErrorCode::BadValue, Some("g3")),
+        (r#"{"op":"history","req_id":"h1","conv":"nope"}"#, ErrorCode::BadValue, Some("h1")),
+        // No usable id: none is invented.
+        (r#"{"op":"teleport","req_id":"t1"}"#, ErrorCode::UnknownOp, Some("t1")),
+        (r#"{"op":"send","client_msg_id":7,"to":"x","body":"b"}"#, ErrorCode::BadFrame, None),
+    ];
+    for (text, code, ref_id) in cases {
+        c.ws.send(WsMessage::text(*text)).unwrap();
+        let e = expect_error(&mut c, *code);
+        assert_eq!(e.ref_id.as_deref(), *ref_id, "{text}");
+    }
+}

@@ -61,11 +61,39 @@ fn connection_caps_refuse_with_503_and_retry_after() {
 
 #[test]
 fn handshake_rate_limit_refuses_the_excess_with_503() {
-    let server = Server::start_with(1, "handshake_rate = 1\nhandshake_burst = 2");
+    let server = Server::start_with(1, "handshake_rate = 1\nhandshake_burst = 2\nretry_after_secs = 9");
     let token = server.token("hs", None);
-    let statuses: Vec<String> = (0..4).map(|_| upgrade_response(server.addr, &token)[..12].to_owned()).collect();
-    assert_eq!(statuses.iter().filter(|s| s.ends_with("101")).count(), 2, "{statuses:?}");
-    assert!(statuses[2..].iter().all(|s| s.ends_with("503")), "{statuses:?}");
+    let responses: Vec<String> = (0..4).map(|_| upgrade_response(server.addr, &token)).collect();
+    assert_eq!(responses.iter().filter(|s| s.starts_with("HTTP/1.1 101")).count(), 2, "{responses:?}");
+    for r in &responses[2..] {
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        // Found by an independent client: this was always 1, whatever the config said.
+        assert!(r.contains("Retry-After: 9\r\n") && r.contains("handshake_rate"), "{r}");
+    }
+}
+
+/// Found by an independent client: `max_connections = 4` on 2 shards admitted 5 to 10,
+/// because each shard checked its own count. It is one count for the host.
+#[test]
+fn max_connections_holds_for_the_whole_host() {
+    let server = Server::start_with(2, "max_connections = 4");
+    let mut held = Vec::new();
+    // Ten users, spread over both shards by the kernel and by their homes.
+    for i in 0..10 {
+        match upgrade_response_keep(server.addr, &server.token(&format!("host-cap-{i}"), None)) {
+            Ok(s) => held.push(s),
+            Err(r) => assert!(r.starts_with("HTTP/1.1 503") && r.contains("connection_limit"), "{r}"),
+        }
+    }
+    assert_eq!(held.len(), 4, "exactly max_connections are open at once");
+    // Closing one makes room for one (once the server has seen the close).
+    drop(held.pop());
+    let token = server.token("host-cap-late", None);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while upgrade_response_keep(server.addr, &token).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the freed place was never given back");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -154,7 +182,10 @@ fn slow_handshakes_are_closed() {
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: slow\r\n").unwrap(); // and never finish
     let t0 = std::time::Instant::now();
     wait_for_eof(&mut s);
-    assert!(t0.elapsed() >= std::time::Duration::from_millis(500), "{:?}", t0.elapsed());
+    // Never before the configured second; within the sweep's second and a beat after.
+    let took = t0.elapsed();
+    assert!(took >= std::time::Duration::from_secs(1), "closed early: {took:?}");
+    assert!(took <= std::time::Duration::from_secs(4), "closed late: {took:?}");
     let _ok = server.connect("after-slowloris", "d", Encoding::Json);
 }
 
@@ -166,7 +197,20 @@ fn idle_connections_are_pinged() {
         tungstenite::Message::Ping(_) => {}
         other => panic!("expected a ping, got {other:?}"),
     }
-    // tungstenite answered the ping: the connection stays up past idle_timeout.
+    // tungstenite answers every ping (on each read): keep reading past idle_timeout, then
+    // the connection still works.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(7);
+    c.ws.get_mut().set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    while std::time::Instant::now() < until {
+        match c.ws.read() {
+            Ok(tungstenite::Message::Ping(_)) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("the connection died while answering pings: {e}"),
+        }
+        let _ = c.ws.flush();
+    }
+    c.ws.get_mut().set_read_timeout(Some(DEADLINE)).unwrap();
     c.send(&send_to("nobody-home", "alive", "still here"));
     assert!(matches!(c.recv(), ServerFrame::Ack(_)));
 }

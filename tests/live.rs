@@ -205,3 +205,35 @@ fn typing_expires_without_a_refresh() {
     assert_eq!(typing(&mut b), ("uma".into(), false));
     assert!(t0.elapsed() >= std::time::Duration::from_millis(500), "expired too early: {:?}", t0.elapsed());
 }
+
+/// Found by an independent client: a user already online when someone starts watching
+/// must still go offline for that watcher when they disconnect.
+#[test]
+fn a_user_online_before_the_watch_goes_offline_for_the_watcher() {
+    let server = Server::start_with(2, FAST);
+    let mut users = Vec::new();
+    // Several users, so both shards' homes are covered.
+    for u in ["early-a", "early-b", "early-c", "early-d"] {
+        users.push(server.connect(u, "d", Encoding::Json));
+    }
+    // The homes publish "online" (seen by a first watcher) before the late one watches.
+    let mut first = watch(&server, "first-watcher", &["early-a", "early-b", "early-c", "early-d"]);
+    until_all(&mut first, PresenceState::Online);
+    let mut w = watch(&server, "late-watcher", &["early-a", "early-b", "early-c", "early-d"]);
+    until_all(&mut w, PresenceState::Online);
+    drop(users);
+    let offline = until_all(&mut w, PresenceState::Offline);
+    assert!(offline.iter().all(|u| u.last_seen.is_some()), "{offline:?}");
+}
+
+/// Reads presence frames until each of the four `early-*` users was last reported in
+/// `state`; returns those updates.
+fn until_all(c: &mut Client, state: PresenceState) -> Vec<PresenceUpdate> {
+    let mut last = std::collections::HashMap::new();
+    while last.len() < 4 || last.values().any(|u: &PresenceUpdate| u.state != state) {
+        for u in presence(c) {
+            last.insert(u.user.clone(), u);
+        }
+    }
+    last.into_values().collect()
+}

@@ -201,7 +201,7 @@ fn big_body(tag: &str) -> String {
 fn wss_split_records_large_messages_and_a_reader_that_falls_behind() {
     // The slow reader may fall behind by more than the default 1 MiB: this test wants
     // it served, not closed.
-    let server = Server::start_with(1, "tls_dev = true\nmax_frames_per_sec = 100000\nmax_outbound = 33554432");
+    let server = Server::start_with(1, "tls_dev = true\nmax_frames_per_sec = 65535\nmax_outbound = 33554432");
     let cfg = client_config(&server.dir.join("dev-cert.pem"), &rustls::version::TLS13);
     // The reader's receive buffer is pinned small, so the server's socket fills and
     // ciphertext waits in the session until the reader catches up.
@@ -257,7 +257,7 @@ fn a_wss_reader_that_stops_reading_is_closed_at_max_outbound() {
     // closing_grace_secs (5 s by default): with that, the reader sometimes found the
     // socket ended before the 1008 close (reproduced every time with a 1 s grace).
     // This test is about the close frame, so the grace outlasts the test.
-    let toml = "tls_dev = true\nmax_frames_per_sec = 100000\nmax_outbound = 65536\nclosing_grace_secs = 120";
+    let toml = "tls_dev = true\nmax_frames_per_sec = 65535\nmax_outbound = 65536\nclosing_grace_secs = 120";
     let server = Server::start_with(1, toml);
     let cfg = client_config(&server.dir.join("dev-cert.pem"), &rustls::version::TLS13);
     let mut reader = connect_on(small_rcvbuf(&server), &server, &cfg, "tls-stalled", Encoding::Json);

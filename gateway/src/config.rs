@@ -242,7 +242,10 @@ impl Config {
         anyhow::ensure!(self.max_body <= self.max_frame, "max_body must not exceed max_frame");
         anyhow::ensure!(self.max_handshake >= 512, "max_handshake must be at least 512 bytes");
         anyhow::ensure!(self.max_url >= 64, "max_url must be at least 64 bytes");
-        anyhow::ensure!(self.max_frames_per_sec >= 1, "max_frames_per_sec must be at least 1");
+        anyhow::ensure!(
+            (1..=65_535).contains(&self.max_frames_per_sec),
+            "max_frames_per_sec must be between 1 and 65535 (a connection counts its frames in 16 bits)"
+        );
         anyhow::ensure!(self.max_fragments >= 1, "max_fragments must be at least 1");
         anyhow::ensure!(self.history_max >= 1, "history_max must be at least 1");
         anyhow::ensure!(

@@ -384,10 +384,12 @@ impl Shard {
         for (slot, c) in self.conns.iter_mut() {
             let id = ConnId { slot: slot as u32, gen: c.gen };
             let quiet = now.saturating_sub(c.last_seen);
+            // The clock counts whole seconds: `>` makes every timeout at least its
+            // configured length (and at most one second and a beat more), never early.
             match c.phase {
-                Phase::Handshake if quiet >= hs => to_close.push(id),
-                Phase::Closing if quiet >= grace => to_close.push(id),
-                Phase::Open if quiet >= idle => to_idle.push(id),
+                Phase::Handshake if quiet > hs => to_close.push(id),
+                Phase::Closing if quiet > grace => to_close.push(id),
+                Phase::Open if quiet > idle => to_idle.push(id),
                 Phase::Open if quiet >= ping && now.saturating_sub(c.pinged_at) >= ping => {
                     c.pinged_at = now;
                     to_ping.push(id);
@@ -757,7 +759,8 @@ impl Shard {
         }
         let (rate, burst) = (self.cfg.handshake_rate, self.cfg.handshake_burst);
         if let Err(wait_ms) = self.handshakes.take(rate, burst, now_ms()) {
-            let secs = wait_ms.div_ceil(1000).max(1);
+            // The configured back-off, or longer when the bucket needs longer to refill.
+            let secs = wait_ms.div_ceil(1000).max(retry);
             return self.refuse(id, &Refusal::busy("handshake_rate", "too many new connections; retry later", secs));
         }
         let claims = match req.token.as_deref().map(|t| self.verifier.verify(t)) {
@@ -1030,7 +1033,7 @@ impl Shard {
         }
         match encoding.decode_client(payload) {
             Ok(frame) => self.core.client_frame(id, frame, now_ms()),
-            Err(e) => self.send_error(id, e.code(), e.to_string(), None),
+            Err(e) => self.send_error(id, e.code(), e.to_string(), encoding.ref_id(payload)),
         }
     }
 

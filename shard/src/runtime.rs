@@ -82,8 +82,12 @@ mod tests {
             spin_before_park: std::time::Duration::ZERO,
         };
         let (done_tx, done_rx) = std::sync::mpsc::channel::<(u16, bool)>();
+        // Shards that have received everything; each stays alive until all have, so no
+        // peer's channel closes while it still sends.
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         run::<(u16, u32), _, _, _>(&cfg, vec![(); 3], move |ctx: ShardCtx<(u16, u32)>, ()| {
             let done_tx = done_tx.clone();
+            let finished = finished.clone();
             async move {
                 let me = ctx.id;
                 let next: Rc<Vec<Cell<u32>>> = Rc::new((0..ctx.shards).map(|_| Cell::new(0)).collect());
@@ -121,13 +125,19 @@ mod tests {
                 }
                 mesh.flush();
                 let want = 10_000 * (ctx.shards as u32 - 1);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
                 while received.get() < want {
+                    assert!(std::time::Instant::now() < deadline, "received {} of {want}", received.get());
                     glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
                 }
                 // The backlog never grew past its limit plus one turn's batch.
                 done_tx.send((me.0, ok.get() && max_backlog.get() <= 9)).unwrap();
-                // Stay alive until every peer is done receiving from us.
-                glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while finished.load(std::sync::atomic::Ordering::SeqCst) < ctx.shards {
+                    assert!(std::time::Instant::now() < deadline, "a peer never finished receiving");
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
             }
         })
         .unwrap();

@@ -43,7 +43,7 @@ commit_log_mib = 0
 # thousands of frames a second from one connection.
 max_frame = 16777216
 max_body = 49152
-max_frames_per_sec = 1000000
+max_frames_per_sec = 65535
 max_fragments = 1000000
 max_outbound = 67108864
 handshake_rate = 0

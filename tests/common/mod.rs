@@ -55,7 +55,7 @@ impl Server {
         }
         // Tests burst hundreds of frames on purpose; the limits tests set their own.
         if !toml.contains("max_frames_per_sec") {
-            defaults.push_str("max_frames_per_sec = 100000\n");
+            defaults.push_str("max_frames_per_sec = 65535\n");
         }
         std::fs::write(&cfg, format!("{defaults}{toml}\n")).unwrap();
         let mut child = Command::new(BIN)
@@ -347,7 +347,21 @@ pub fn wait_for_eof(s: &mut TcpStream) {
 }
 
 /// The raw HTTP response to an upgrade attempt (status line, headers, body).
+/// Upgrades and keeps the connection (`Ok`), or returns the refusal's response text.
+pub fn upgrade_response_keep(addr: SocketAddr, token: &str) -> Result<TcpStream, String> {
+    let r = upgrade_response_on(addr, token);
+    if r.0.starts_with("HTTP/1.1 101") {
+        Ok(r.1)
+    } else {
+        Err(r.0)
+    }
+}
+
 pub fn upgrade_response(addr: SocketAddr, token: &str) -> String {
+    upgrade_response_on(addr, token).0
+}
+
+fn upgrade_response_on(addr: SocketAddr, token: &str) -> (String, TcpStream) {
     use std::io::Read;
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -366,7 +380,7 @@ pub fn upgrade_response(addr: SocketAddr, token: &str) -> String {
             Err(_) => break,
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    (String::from_utf8_lossy(&out).into_owned(), s)
 }
 
 /// The sum over shards of a metric from the admin endpoint's `/metrics`.

@@ -94,6 +94,20 @@ fn frame_name(t: g::Frame) -> String {
     t.variant_name().map(str::to_owned).unwrap_or_else(|| format!("#{}", t.0))
 }
 
+/// The id an `error` frame about this (refused) frame should carry: a send's
+/// `client_msg_id`, or a history or group request's `req_id`, when the buffer verifies
+/// and the id is valid.
+pub fn ref_id(payload: &[u8]) -> Option<String> {
+    let env = envelope(payload).ok()?;
+    let id = match env.frame_type() {
+        g::Frame::Send => env.frame_as_send()?.client_msg_id(),
+        g::Frame::History => env.frame_as_history()?.req_id(),
+        g::Frame::GroupOp => env.frame_as_group_op()?.req_id(),
+        _ => None,
+    }?;
+    check::client_id("ref_id", id).ok().map(|()| id.to_owned())
+}
+
 /// Decodes one client frame from a binary frame's payload.
 pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
     let env = envelope(payload)?;
@@ -531,4 +545,33 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         }
         other => return Err(DecodeError::UnknownOp(frame_name(other))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_send_still_names_its_client_msg_id() {
+        // A send with both `to` and `conv`, which no ClientFrame can express.
+        let mut b = FlatBufferBuilder::with_capacity(256);
+        let cmid = b.create_string("fb-both");
+        let to = b.create_string("x");
+        let body = b.create_vector(b"hi");
+        let conv = g_conv(ConvId(42));
+        let args = g::SendArgs {
+            client_msg_id: Some(cmid),
+            to: Some(to),
+            conv: Some(&conv),
+            body: Some(body),
+            kind: g_kind(MsgKind::Text),
+        };
+        let o = g::Send::create(&mut b, &args).as_union_value();
+        let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: g::Frame::Send, frame: Some(o) });
+        b.finish(env, None);
+        let bytes = b.finished_data();
+        assert_eq!(decode_client(bytes).unwrap_err().code(), crate::error::ErrorCode::BadValue);
+        assert_eq!(ref_id(bytes).as_deref(), Some("fb-both"));
+        assert_eq!(ref_id(b"\x00\x01garbage"), None);
+    }
 }

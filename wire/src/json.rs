@@ -81,16 +81,46 @@ fn kind(s: Option<&str>) -> Result<MsgKind, DecodeError> {
     }
 }
 
-fn map_serde_error(e: serde_json::Error) -> DecodeError {
-    let text = e.to_string();
-    if let Some(rest) = text.strip_prefix("unknown variant `") {
-        let op = rest.split('`').next().unwrap_or_default();
-        return DecodeError::UnknownOp(op.to_owned());
+/// What a frame that failed to decode still tells: its op and the id its error should
+/// carry. Parsed only after a failure, so a good frame is parsed once.
+#[derive(Deserialize)]
+struct Head {
+    op: Option<serde_json::Value>,
+    client_msg_id: Option<serde_json::Value>,
+    req_id: Option<serde_json::Value>,
+}
+
+/// The client frame ops, as they appear in `op`.
+const CLIENT_OPS: [&str; 8] =
+    ["hello", "send", "history", "presence_sub", "presence_unsub", "presence_set", "typing", "group"];
+
+fn head(payload: &[u8]) -> Option<Head> {
+    serde_json::from_slice(payload).ok()
+}
+
+/// Classifies a frame serde refused by its structure, not by the error's text: no op,
+/// an op that is not a client frame, or else malformed (serde's message says where).
+fn decode_error(payload: &[u8], e: serde_json::Error) -> DecodeError {
+    match head(payload).map(|h| h.op) {
+        Some(None) => DecodeError::MissingField("op"),
+        Some(Some(serde_json::Value::String(op))) if !CLIENT_OPS.contains(&op.as_str()) => DecodeError::UnknownOp(op),
+        Some(Some(op)) if !op.is_string() => DecodeError::BadValue { field: "op", reason: "op is a string" },
+        _ => DecodeError::Malformed(e.to_string()),
     }
-    if text.starts_with("missing field `op`") {
-        return DecodeError::MissingField("op");
+}
+
+/// The id an `error` frame about this (refused) frame should carry: its `client_msg_id`
+/// (a send) or `req_id`, when the frame is a JSON object that has a valid one.
+pub fn ref_id(payload: &[u8]) -> Option<String> {
+    let h = head(payload)?;
+    let id = match h.op.as_ref().and_then(|o| o.as_str()) {
+        Some("send") => h.client_msg_id,
+        _ => h.req_id,
+    };
+    match id {
+        Some(serde_json::Value::String(id)) if check::client_id("ref_id", &id).is_ok() => Some(id),
+        _ => None,
     }
-    DecodeError::Malformed(text)
 }
 
 /// Decodes one client frame from a text frame's payload.
@@ -98,7 +128,7 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
     if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(DecodeError::Malformed("a frame is one JSON object".into()));
     }
-    let frame: JsonClient = serde_json::from_slice(payload).map_err(map_serde_error)?;
+    let frame: JsonClient = serde_json::from_slice(payload).map_err(|e| decode_error(payload, e))?;
     Ok(match frame {
         JsonClient::Hello { sync } => {
             let mut points = Vec::with_capacity(sync.len());
@@ -405,7 +435,7 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
 
 /// Decodes a server frame (for client libraries, tests and the load generator).
 pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
-    let v: serde_json::Value = serde_json::from_slice(payload).map_err(map_serde_error)?;
+    let v: serde_json::Value = serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     let s = |k: &'static str| v.get(k).and_then(|x| x.as_str()).ok_or(DecodeError::MissingField(k));
     let u = |k: &'static str| v.get(k).and_then(|x| x.as_u64()).ok_or(DecodeError::MissingField(k));
     let b = |k: &'static str| v.get(k).and_then(|x| x.as_bool()).ok_or(DecodeError::MissingField(k));
@@ -520,4 +550,24 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         }
         other => return Err(DecodeError::UnknownOp(other.to_owned())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn refused_frames_are_classified_by_structure_and_keep_their_id() {
+        let code = |t: &str| decode_client(t.as_bytes()).unwrap_err().code();
+        assert_eq!(code(r#"{"body":"no op"}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"op":"teleport"}"#), ErrorCode::UnknownOp);
+        assert_eq!(code(r#"{"op":5}"#), ErrorCode::BadValue);
+        assert_eq!(code(r#"{"op":"send","client_msg_id":5}"#), ErrorCode::BadFrame);
+        assert_eq!(ref_id(br#"{"op":"send","client_msg_id":"c9","to":"a","conv":"zz"}"#).as_deref(), Some("c9"));
+        assert_eq!(ref_id(br#"{"op":"group","req_id":"r1","action":"dance"}"#).as_deref(), Some("r1"));
+        let long = format!(r#"{{"op":"history","req_id":"{}"}}"#, "x".repeat(200));
+        assert_eq!(ref_id(long.as_bytes()), None, "an invalid id is not echoed");
+        assert_eq!(ref_id(b"{not json"), None);
+    }
 }

@@ -70,6 +70,15 @@ impl Encoding {
         }
     }
 
+    /// The `client_msg_id` or `req_id` of a frame [`Encoding::decode_client`] refused,
+    /// for the `ref_id` of its `error` frame (best effort: `None` when unreadable).
+    pub fn ref_id(self, payload: &[u8]) -> Option<String> {
+        match self {
+            Encoding::Json => json::ref_id(payload),
+            Encoding::FlatBuffers => fb::ref_id(payload),
+        }
+    }
+
     /// Appends the encoding of one server frame to `out`.
     pub fn encode_server(self, frame: &frame::ServerFrame, out: &mut Vec<u8>) {
         match self {

@@ -7,7 +7,9 @@
 //! with it. Changes are coalesced: the home publishes at most once per presence
 //! window, one route per destination shard, and each destination sends one `presence`
 //! frame per connection per window. A device that flaps within a window and ends it in
-//! its starting state publishes nothing.
+//! its starting state publishes nothing. A new watcher is answered with the published
+//! state (the live one reaches it with the next window), so every watcher sees the
+//! same sequence of states.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -116,7 +118,7 @@ impl Core {
         if changed {
             self.users.mark_unsaved(&key);
         }
-        let update = self.update_of(&key);
+        let update = self.update_of(&key, false);
         for w in waiting {
             self.reply(w, ServerFrame::Presence { updates: vec![update.clone()] });
         }
@@ -141,11 +143,12 @@ impl Core {
         }
     }
 
-    fn update_of(&self, name: &str) -> PresenceUpdate {
+    /// The user's state now (`live`), or as watchers were last told (`!live`).
+    fn update_of(&self, name: &str, live: bool) -> PresenceUpdate {
         let Some(u) = self.users.get(name) else {
             return PresenceUpdate { user: name.to_owned(), state: PresenceState::Offline, last_seen: None };
         };
-        let state = self.presence_state(u);
+        let state = if live { self.presence_state(u) } else { u.published };
         let shown = state == PresenceState::Offline && !u.record.hide_last_seen;
         PresenceUpdate { user: name.to_owned(), state, last_seen: if shown { u.record.last_seen } else { None } }
     }
@@ -155,7 +158,7 @@ impl Core {
         let dirty = std::mem::take(&mut self.users.dirty);
         let mut by_shard: Vec<Vec<(ConnId, PresenceUpdate)>> = vec![Vec::new(); self.shards];
         for name in dirty {
-            let update = self.update_of(&name);
+            let update = self.update_of(&name, true);
             let Some(u) = self.users.get_mut(&name) else { continue };
             u.dirty = false;
             if update.state != u.published {
@@ -201,8 +204,12 @@ impl Core {
                     if !u.subscribers.contains(&from) {
                         u.subscribers.push(from);
                     }
+                    // A new watcher is told the published state, not the live one: it
+                    // then sees exactly what every watcher sees at each window. (Told
+                    // a change the window has not published yet, it would miss the
+                    // change back if the window ends where it began.)
                     if u.loaded {
-                        updates.push(self.update_of(&key));
+                        updates.push(self.update_of(&key, false));
                     } else {
                         u.waiting.push(from);
                     }

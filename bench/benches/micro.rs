@@ -137,7 +137,7 @@ fn writes(n: usize, seq: &mut u64) -> Vec<storage::model::Write> {
             Write::Message {
                 conv: ConvId(1),
                 seq: *seq,
-                msg: StoredMessage {
+                msg: std::sync::Arc::new(StoredMessage {
                     message_id: *seq,
                     from: "alice".into(),
                     from_device: "d".into(),
@@ -145,7 +145,7 @@ fn writes(n: usize, seq: &mut u64) -> Vec<storage::model::Write> {
                     ts: *seq,
                     kind: 0,
                     body: vec![b'x'; 64],
-                },
+                }),
             }
         })
         .collect()

@@ -1253,7 +1253,7 @@ impl Shard {
                         }
                         self.send_frame(to, &frame);
                     }
-                    Effect::Deliver { frame, to } => self.deliver(&frame, &to),
+                    Effect::Deliver { conv, seq, msg, to } => self.deliver(&msg.msg_ref(conv, seq), &to),
                     Effect::Route { to, route } => self.mesh.push(to, Envelope::Core(route)),
                     Effect::Read { id, req } => {
                         let store = self.store.clone();
@@ -1270,7 +1270,7 @@ impl Shard {
 
     /// Writes a stored message to connections on this shard, encoding it at most once
     /// per encoding (and compressing it at most once per encoding).
-    fn deliver(&mut self, frame: &ServerFrame, to: &[ConnId]) {
+    fn deliver(&mut self, msg: &wire::frame::MsgRef<'_>, to: &[ConnId]) {
         let mut encoded: [Option<Vec<u8>>; 2] = [None, None];
         // Each message is compressed on its own, so every such connection gets the same bytes.
         let mut deflated: [Option<Vec<u8>>; 2] = [None, None];
@@ -1284,7 +1284,7 @@ impl Shard {
             let enc = conn.encoding;
             let bytes = encoded[enc as usize].get_or_insert_with(|| {
                 let mut out = Vec::with_capacity(128);
-                ws::write_frame_with(&mut out, data_opcode(enc), |o| enc.encode_server(frame, o));
+                ws::write_frame_with(&mut out, data_opcode(enc), |o| enc.encode_msg(msg, o));
                 out
             });
             // Connections without compression never look past the encoded frame.

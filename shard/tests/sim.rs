@@ -228,9 +228,9 @@ impl Sim {
         for e in effects {
             match e {
                 Effect::Frame { to, frame } => self.frame_for(k, to, frame),
-                Effect::Deliver { frame, to } => {
+                Effect::Deliver { conv, seq, msg, to } => {
                     for id in to {
-                        self.frame_for(k, id, frame.clone());
+                        self.delivered(k, id, conv, seq, &msg.from);
                     }
                 }
                 Effect::Route { to, route } => {
@@ -273,12 +273,7 @@ impl Sim {
                 dv.unacked.retain(|o| o.cmid != a.client_msg_id);
                 self.acked.insert((a.conv, a.seq), (dv.user.clone(), a.client_msg_id));
             }
-            ServerFrame::Msg(m) => {
-                let dv = &mut self.devices[d];
-                let last = dv.seen.entry(m.conv).or_insert(0);
-                assert!(m.seq > *last, "{}/{} saw seq {} after {}", dv.user, dv.device, m.seq, last);
-                *last = m.seq;
-            }
+
             ServerFrame::GroupInfo(g) if self.group.is_none() && g.seq > 0 => self.group = Some(g.conv),
             ServerFrame::Error(e) => {
                 // Retryable refusals keep the send for a later resend; others drop it.
@@ -291,6 +286,18 @@ impl Sim {
             }
             _ => {}
         }
+    }
+
+    /// A `msg` of `(conv, seq)` for connection `id` of shard `k`.
+    fn delivered(&mut self, k: usize, id: ConnId, conv: ConvId, seq: u64, from: &str) {
+        let Some(&d) = self.by_conn[k].get(&id.slot) else { return };
+        let dv = &mut self.devices[d];
+        if dv.conn != Some(id) {
+            return;
+        }
+        let last = dv.seen.entry(conv).or_insert(0);
+        assert!(seq > *last, "{}/{} saw seq {seq} after {last} (from {from})", dv.user, dv.device);
+        *last = seq;
     }
 
     fn step(&mut self) {

@@ -31,8 +31,8 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
         assert_eq!(s.conv_meta(a).unwrap(), None);
         let meta = ConvMeta { kind: ConvKind::Direct, members: vec!["alice".into(), "bob".into()], created: 1 };
         let mut writes = vec![Write::Conv { conv: a, meta: meta.clone() }];
-        writes.extend((1..=10).map(|i| Write::Message { conv: a, seq: i, msg: msg(i) }));
-        writes.push(Write::Message { conv: b, seq: 1, msg: msg(99) });
+        writes.extend((1..=10).map(|i| Write::Message { conv: a, seq: i, msg: msg(i).into() }));
+        writes.push(Write::Message { conv: b, seq: 1, msg: msg(99).into() });
         s.commit(&writes).unwrap();
         assert_eq!(s.conv_meta(a).unwrap(), Some(meta));
     }
@@ -90,7 +90,7 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
     assert_eq!((t.recent[3].1.message_id, t.recent[3].1.ts), (1010, 10));
     let mut event = msg(11);
     event.client_msg_id.clear();
-    s.commit(&[Write::Message { conv: a, seq: 11, msg: event }]).unwrap();
+    s.commit(&[Write::Message { conv: a, seq: 11, msg: event.into() }]).unwrap();
     let t = s.conv_tail(a, 2).unwrap();
     assert_eq!((t.last_seq, t.recent.iter().map(|e| e.0).collect::<Vec<_>>()), (11, vec![9, 10]));
     assert_eq!(s.conv_tail(ConvId(77), 5).unwrap(), crate::model::Tail::default());

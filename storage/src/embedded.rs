@@ -88,7 +88,7 @@ impl EmbeddedStore {
                     batch.remove(&self.user_convs, k);
                 }
                 Write::Message { conv, seq, msg } => {
-                    let v = postcard::to_allocvec(msg).map_err(corrupt)?;
+                    let v = postcard::to_allocvec(&**msg).map_err(corrupt)?;
                     batch.insert(&self.msgs, msg_key(*conv, *seq).to_vec(), v);
                     if !msg.client_msg_id.is_empty() {
                         let e = DedupeEntry {

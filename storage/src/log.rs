@@ -86,7 +86,7 @@ impl From<OwnedLogWrite> for Write {
         match w {
             OwnedLogWrite::Conv { conv, meta } => Write::Conv { conv: ConvId(conv), meta },
             OwnedLogWrite::Unindex { conv, user } => Write::Unindex { conv: ConvId(conv), user },
-            OwnedLogWrite::Message { conv, seq, msg } => Write::Message { conv: ConvId(conv), seq, msg },
+            OwnedLogWrite::Message { conv, seq, msg } => Write::Message { conv: ConvId(conv), seq, msg: msg.into() },
             OwnedLogWrite::User { user, record } => Write::User { user, record },
         }
     }
@@ -277,7 +277,7 @@ mod tests {
         Write::Message {
             conv: ConvId(conv),
             seq,
-            msg: StoredMessage {
+            msg: std::sync::Arc::new(StoredMessage {
                 message_id: seq,
                 from: "alice".into(),
                 from_device: "phone".into(),
@@ -285,7 +285,7 @@ mod tests {
                 ts: 1,
                 kind: 0,
                 body: body.to_vec(),
-            },
+            }),
         }
     }
 

@@ -62,7 +62,7 @@ impl Store for MemStore {
                     next.user_convs.remove(&(user.clone(), *conv));
                 }
                 Write::Message { conv, seq, msg } => {
-                    next.msgs.insert((*conv, *seq), msg.clone());
+                    next.msgs.insert((*conv, *seq), StoredMessage::clone(msg));
                 }
                 Write::User { user, record } => {
                     next.users.insert(user.clone(), *record);

@@ -22,6 +22,23 @@ pub struct StoredMessage {
     pub body: Vec<u8>,
 }
 
+impl StoredMessage {
+    /// This message as the `msg` frame of `(conv, seq)` is encoded from.
+    pub fn msg_ref(&self, conv: ConvId, seq: u64) -> wire::frame::MsgRef<'_> {
+        wire::frame::MsgRef {
+            conv,
+            seq,
+            message_id: self.message_id,
+            from: &self.from,
+            from_device: &self.from_device,
+            ts: self.ts,
+            kind: wire::frame::MsgKind::from_tag(self.kind).unwrap_or(wire::frame::MsgKind::Data),
+            body: &self.body,
+            client_msg_id: &self.client_msg_id,
+        }
+    }
+}
+
 /// What kind of conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConvKind {
@@ -82,8 +99,8 @@ pub enum Write {
         conv: ConvId,
         /// Its sequence number. Invariant: dense per conversation, assigned by the home shard.
         seq: u64,
-        /// The message.
-        msg: StoredMessage,
+        /// The message (shared with its deliveries: never copied to be stored).
+        msg: std::sync::Arc<StoredMessage>,
     },
 }
 

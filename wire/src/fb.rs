@@ -10,8 +10,8 @@ use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
 
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{
-    check, Ack, ClientFrame, ConvId, ErrorFrame, GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, Page,
-    PresenceState, PresenceUpdate, ServerFrame, SyncPoint, Target,
+    check, Ack, ClientFrame, ConvId, ErrorFrame, GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, MsgRef,
+    Page, PresenceState, PresenceUpdate, ServerFrame, SyncPoint, Target,
 };
 use crate::generated::switchboard::v_1 as g;
 
@@ -188,11 +188,11 @@ fn g_users<'a>(
     b.create_vector(&offs)
 }
 
-fn g_message<'a>(b: &mut FlatBufferBuilder<'a>, m: &Message) -> WIPOffset<g::Msg<'a>> {
-    let from = b.create_string(&m.from);
-    let from_device = b.create_string(&m.from_device);
-    let body = b.create_vector(&m.body);
-    let cmid = b.create_string(&m.client_msg_id);
+fn g_message<'a>(b: &mut FlatBufferBuilder<'a>, m: &MsgRef<'_>) -> WIPOffset<g::Msg<'a>> {
+    let from = b.create_string(m.from);
+    let from_device = b.create_string(m.from_device);
+    let body = b.create_vector(m.body);
+    let cmid = b.create_string(m.client_msg_id);
     let conv = g_conv(m.conv);
     g::Msg::create(
         b,
@@ -214,7 +214,7 @@ fn g_messages<'a>(
     b: &mut FlatBufferBuilder<'a>,
     ms: &[Message],
 ) -> WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<g::Msg<'a>>>> {
-    let offs: Vec<_> = ms.iter().map(|m| g_message(b, m)).collect();
+    let offs: Vec<_> = ms.iter().map(|m| g_message(b, &m.as_ref())).collect();
     b.create_vector(&offs)
 }
 
@@ -256,7 +256,7 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                 );
                 (g::Frame::Ack, o.as_union_value())
             }
-            ServerFrame::Msg(m) => (g::Frame::Msg, g_message(&mut b, m).as_union_value()),
+            ServerFrame::Msg(m) => (g::Frame::Msg, g_message(&mut b, &m.as_ref()).as_union_value()),
             ServerFrame::HistoryPage(p) => {
                 let req_id = p.req_id.as_deref().map(|r| b.create_string(r));
                 let messages = g_messages(&mut b, &p.messages);
@@ -343,6 +343,18 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             }
         };
         let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
+        b.finish(env, None);
+        out.extend_from_slice(b.finished_data());
+    })
+}
+
+/// Appends the FlatBuffers encoding of a `msg` frame to `out`.
+pub fn encode_msg(m: &MsgRef<'_>, out: &mut Vec<u8>) {
+    BUILDER.with(|cell| {
+        let mut b = cell.borrow_mut();
+        b.reset();
+        let off = g_message(&mut b, m).as_union_value();
+        let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: g::Frame::Msg, frame: Some(off) });
         b.finish(env, None);
         out.extend_from_slice(b.finished_data());
     })

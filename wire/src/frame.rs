@@ -307,6 +307,47 @@ pub struct Message {
     pub client_msg_id: String,
 }
 
+/// A `msg` frame's content, borrowed: what the server encodes a stored message from,
+/// so one shared copy serves every recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsgRef<'a> {
+    /// The conversation.
+    pub conv: ConvId,
+    /// Position in the conversation.
+    pub seq: u64,
+    /// Globally unique, time-ordered id.
+    pub message_id: u64,
+    /// Sender's user id.
+    pub from: &'a str,
+    /// Sender's device id.
+    pub from_device: &'a str,
+    /// Acceptance time, ms since the epoch.
+    pub ts: u64,
+    /// How to read the body.
+    pub kind: MsgKind,
+    /// Opaque body.
+    pub body: &'a [u8],
+    /// The sender's idempotency key.
+    pub client_msg_id: &'a str,
+}
+
+impl Message {
+    /// This message, borrowed.
+    pub fn as_ref(&self) -> MsgRef<'_> {
+        MsgRef {
+            conv: self.conv,
+            seq: self.seq,
+            message_id: self.message_id,
+            from: &self.from,
+            from_device: &self.from_device,
+            ts: self.ts,
+            kind: self.kind,
+            body: &self.body,
+            client_msg_id: &self.client_msg_id,
+        }
+    }
+}
+
 /// `ack`: the message is durably stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DecodeError;
 use crate::frame::{
-    check, ClientFrame, ConvId, GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, Page, PresenceState,
-    PresenceUpdate, ServerFrame, SyncPoint,
+    check, ClientFrame, ConvId, GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, MsgRef, Page,
+    PresenceState, PresenceUpdate, ServerFrame, SyncPoint,
 };
 
 #[derive(Deserialize)]
@@ -279,26 +279,26 @@ struct JsonPage<'a> {
     has_more: bool,
 }
 
-fn message(m: &Message) -> JsonMessage<'_> {
+fn message<'a>(m: &MsgRef<'a>) -> JsonMessage<'a> {
     let name = kind_name(m.kind);
-    let (kind, body) = match (m.kind, std::str::from_utf8(&m.body)) {
+    let (kind, body) = match (m.kind, std::str::from_utf8(m.body)) {
         (MsgKind::Text | MsgKind::System, Ok(text)) => (name, JsonBody::Text(text)),
         // Stored text and system bodies are always UTF-8 (checked on send, written by the
         // server); base64 keeps the codec total.
         (MsgKind::Text | MsgKind::System, Err(_)) | (MsgKind::Data, _) => {
-            (name, JsonBody::Base64(base64::engine::general_purpose::STANDARD.encode(&m.body)))
+            (name, JsonBody::Base64(base64::engine::general_purpose::STANDARD.encode(m.body)))
         }
     };
     JsonMessage {
         conv: m.conv.to_string(),
         seq: m.seq,
         message_id: m.message_id.to_string(),
-        from: &m.from,
-        from_device: &m.from_device,
+        from: m.from,
+        from_device: m.from_device,
         ts: m.ts,
         kind,
         body,
-        client_msg_id: &m.client_msg_id,
+        client_msg_id: m.client_msg_id,
     }
 }
 
@@ -314,7 +314,7 @@ fn page(p: &Page) -> JsonPage<'_> {
     JsonPage {
         req_id: p.req_id.as_deref(),
         conv: p.conv.to_string(),
-        messages: p.messages.iter().map(message).collect(),
+        messages: p.messages.iter().map(|m| message(&m.as_ref())).collect(),
         has_more: p.has_more,
     }
 }
@@ -333,7 +333,7 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             ts: a.ts,
             duplicate: a.duplicate,
         },
-        ServerFrame::Msg(m) => JsonServer::Msg(message(m)),
+        ServerFrame::Msg(m) => return encode_msg(&m.as_ref(), out),
         ServerFrame::HistoryPage(p) => JsonServer::HistoryPage(page(p)),
         ServerFrame::SyncPage(p) => JsonServer::SyncPage(page(p)),
         ServerFrame::Synced { convs } => JsonServer::Synced { convs: *convs },
@@ -363,6 +363,11 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
     };
     // Serializing plain structs of strings and integers into a Vec cannot fail.
     serde_json::to_writer(out, &j).expect("JSON encoding of a server frame is infallible");
+}
+
+/// Appends the JSON encoding of a `msg` frame to `out`.
+pub fn encode_msg(m: &MsgRef<'_>, out: &mut Vec<u8>) {
+    serde_json::to_writer(out, &JsonServer::Msg(message(m))).expect("JSON encoding of a msg frame is infallible");
 }
 
 /// Encodes a client frame (for client libraries, tests and the load generator).

@@ -79,6 +79,15 @@ impl Encoding {
         }
     }
 
+    /// Appends the encoding of a `msg` frame to `out` (the same bytes as
+    /// `encode_server(&ServerFrame::Msg(..))`, from a borrowed message).
+    pub fn encode_msg(self, m: &frame::MsgRef<'_>, out: &mut Vec<u8>) {
+        match self {
+            Encoding::Json => json::encode_msg(m, out),
+            Encoding::FlatBuffers => fb::encode_msg(m, out),
+        }
+    }
+
     /// Appends the encoding of one server frame to `out`.
     pub fn encode_server(self, frame: &frame::ServerFrame, out: &mut Vec<u8>) {
         match self {

@@ -166,6 +166,17 @@ proptest! {
         prop_assert_eq!(fb::decode_server(&out).unwrap(), f);
     }
 
+    /// A `msg` encoded from a borrowed message is byte for byte the `msg` frame.
+    #[test]
+    fn borrowed_messages_encode_like_msg_frames(m in message()) {
+        for enc in [wire::Encoding::Json, wire::Encoding::FlatBuffers] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            enc.encode_msg(&m.as_ref(), &mut a);
+            enc.encode_server(&ServerFrame::Msg(m.clone()), &mut b);
+            prop_assert_eq!(a, b);
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic_the_decoders(data in vec(any::<u8>(), 0..512)) {
         wire::fuzzing::json_client(&data);

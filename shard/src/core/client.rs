@@ -42,13 +42,13 @@ impl Core {
                 }
             }
             ClientFrame::Send(send) => {
-                let ref_id = Some(send.client_msg_id.clone());
-                if self.limited(id, &user, Limit::Send, ref_id.clone()) {
+                if self.limited(id, &user, Limit::Send, Some(&send.client_msg_id)) {
                     return;
                 }
                 let max_body = self.cfg.max_body;
                 if send.body.len() > max_body {
                     let msg = format!("body of {} bytes exceeds max_body ({max_body})", send.body.len());
+                    let ref_id = Some(send.client_msg_id);
                     return self.frame(id, error_frame(ErrorCode::BodyTooLarge, msg, ref_id, None));
                 }
                 let (conv, dm_peer) = match &send.target {
@@ -59,7 +59,7 @@ impl Core {
                 self.send_route(home_of_conv(conv, shards), Route::Msg(MsgRoute::Send(req)));
             }
             ClientFrame::History(req) => {
-                if self.limited(id, &user, Limit::History, req.req_id.clone()) {
+                if self.limited(id, &user, Limit::History, req.req_id.as_deref()) {
                     return;
                 }
                 let home = home_of_conv(req.conv, shards);
@@ -92,7 +92,7 @@ impl Core {
             }
             ClientFrame::Group(op) => {
                 // Group changes are stored like messages and share the send budget.
-                if op.action != GroupAction::Info && self.limited(id, &user, Limit::Send, op.req_id.clone()) {
+                if op.action != GroupAction::Info && self.limited(id, &user, Limit::Send, op.req_id.as_deref()) {
                     return;
                 }
                 let conv = match op.conv {
@@ -107,7 +107,7 @@ impl Core {
 
     /// Takes one token from the user's `limit`; when none is left, answers the
     /// connection with `rate_limited` (and the wait) and returns true.
-    fn limited(&mut self, id: ConnId, user: &str, limit: Limit, ref_id: Option<String>) -> bool {
+    fn limited(&mut self, id: ConnId, user: &str, limit: Limit, ref_id: Option<&str>) -> bool {
         let c = &self.cfg;
         let (rate, burst, what) = match limit {
             Limit::Send => (c.send_rate, c.send_burst, "messages"),
@@ -127,6 +127,7 @@ impl Core {
             Ok(()) => false,
             Err(wait_ms) => {
                 let msg = format!("more than {rate} {what} per second; retry in {wait_ms} ms");
+                let ref_id = ref_id.map(str::to_owned);
                 self.frame(id, error_frame(ErrorCode::RateLimited, msg, ref_id, Some(wait_ms)));
                 true
             }

@@ -6,8 +6,10 @@
 //! retryable `unavailable`); duplicate acks waiting for their original to become
 //! durable are bounded by the same count (each waits on a queued original).
 
+use std::sync::Arc;
+
 use storage::model::{ConvMeta, StoredMessage, Write};
-use wire::frame::{Ack, GroupInfo, Message};
+use wire::frame::{Ack, ConvId, GroupInfo};
 
 use crate::ids::ConnRef;
 
@@ -16,27 +18,18 @@ use crate::ids::ConnRef;
 pub struct Pending {
     /// Who gets the ack (or `group_info`).
     pub from: ConnRef,
-    /// The message, with its seq.
-    pub msg: Message,
+    /// The conversation.
+    pub conv: ConvId,
+    /// The message's seq.
+    pub seq: u64,
+    /// The message: one copy, shared by the write, the ack and every delivery.
+    pub msg: Arc<StoredMessage>,
     /// Metadata to write first (a DM's first message, a group event).
     pub meta: Option<ConvMeta>,
     /// Former members to drop from the user index, who also get this event.
     pub removed: Vec<String>,
     /// For a group event: the `group_info` the requester gets instead of an ack.
     pub info: Option<GroupInfo>,
-}
-
-/// The stored form of a message.
-pub fn stored(m: &Message) -> StoredMessage {
-    StoredMessage {
-        message_id: m.message_id,
-        from: m.from.clone(),
-        from_device: m.from_device.clone(),
-        client_msg_id: m.client_msg_id.clone(),
-        ts: m.ts,
-        kind: m.kind.tag(),
-        body: m.body.clone(),
-    }
 }
 
 /// A shard's group commits.
@@ -78,12 +71,12 @@ impl CommitQueue {
         let mut writes = Vec::with_capacity(batch.len() + self.user_writes.len());
         for p in &batch {
             if let Some(meta) = &p.meta {
-                writes.push(Write::Conv { conv: p.msg.conv, meta: meta.clone() });
+                writes.push(Write::Conv { conv: p.conv, meta: meta.clone() });
             }
             for user in &p.removed {
-                writes.push(Write::Unindex { conv: p.msg.conv, user: user.clone() });
+                writes.push(Write::Unindex { conv: p.conv, user: user.clone() });
             }
-            writes.push(Write::Message { conv: p.msg.conv, seq: p.msg.seq, msg: stored(&p.msg) });
+            writes.push(Write::Message { conv: p.conv, seq: p.seq, msg: p.msg.clone() });
         }
         writes.append(&mut self.user_writes);
         self.in_flight = Some(batch);

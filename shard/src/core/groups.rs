@@ -11,9 +11,9 @@
 //! reaches the new member.
 
 use serde::Serialize;
-use storage::model::{ConvKind, ConvMeta, GroupMeta};
+use storage::model::{ConvKind, ConvMeta, GroupMeta, StoredMessage};
 use wire::error::ErrorCode;
-use wire::frame::{GroupAction, GroupInfo, GroupOp, Message, MsgKind, ServerFrame};
+use wire::frame::{GroupAction, GroupInfo, GroupOp, MsgKind, ServerFrame};
 
 use super::commit::Pending;
 use super::convs::Conv;
@@ -214,24 +214,17 @@ impl Core {
         if action == GroupAction::Create {
             self.convs.created(req.conv);
         }
-        let msg = Message {
-            conv: req.conv,
-            seq,
+        let msg = std::sync::Arc::new(StoredMessage {
             message_id: self.ids.next(now),
             from: req.user,
             from_device: req.device,
-            ts: now,
-            kind: MsgKind::System,
-            body,
             client_msg_id: String::new(),
-        };
-        self.commit.queued.push(Pending {
-            from: req.from,
-            msg,
-            meta: Some(meta),
-            removed: ch.removed,
-            info: Some(info),
+            ts: now,
+            kind: MsgKind::System.tag(),
+            body,
         });
+        let (conv, removed, info) = (req.conv, ch.removed, Some(info));
+        self.commit.queued.push(Pending { from: req.from, conv, seq, msg, meta: Some(meta), removed, info });
     }
 }
 

@@ -92,7 +92,9 @@ impl Core {
                     self.send_route(from.shard, Route::Conn(super::ConnRoute::SyncDone { to: from, convs: 0 }));
                 }
             }
-            MsgRoute::Deliver { msg, recipients, except } => self.deliver(msg, &recipients, except),
+            MsgRoute::Deliver { conv, seq, msg, recipients, except } => {
+                self.deliver(conv, seq, msg, &recipients, except)
+            }
             MsgRoute::TypingDeliver { conv, from, typing, recipients } => {
                 let frame = ServerFrame::Typing { conv, from, typing };
                 for r in &recipients {
@@ -248,24 +250,23 @@ impl Core {
         c.in_flight += 1;
         let seq = c.last_seq;
         c.dedupe.insert(key, Accepted { seq, message_id, ts: now });
-        let msg = Message {
-            conv: req.conv,
-            seq,
+        let msg = Arc::new(StoredMessage {
             message_id,
             from: req.user,
             from_device: req.device,
-            ts: now,
-            kind: req.send.kind,
-            body: req.send.body,
             client_msg_id: req.send.client_msg_id,
-        };
+            ts: now,
+            kind: req.send.kind.tag(),
+            body: req.send.body,
+        });
         if create.is_some() {
             self.convs.created(req.conv);
         }
         if was_typing.is_some() {
-            self.relay_typing(msg.conv, &msg.from, false);
+            self.relay_typing(req.conv, &msg.from, false);
         }
-        self.commit.queued.push(Pending { from: req.from, msg, meta: create, removed: Vec::new(), info: None });
+        let p = Pending { from: req.from, conv: req.conv, seq, msg, meta: create, removed: Vec::new(), info: None };
+        self.commit.queued.push(p);
     }
 
     // ---- group commit ----
@@ -301,8 +302,8 @@ impl Core {
     fn committed(&mut self, batch: Vec<Pending>) {
         let shards = self.shards;
         for p in batch {
-            let Some(c) = self.convs.ready(p.msg.conv) else { continue };
-            c.durable_seq = c.durable_seq.max(p.msg.seq);
+            let Some(c) = self.convs.ready(p.conv) else { continue };
+            c.durable_seq = c.durable_seq.max(p.seq);
             c.in_flight = c.in_flight.saturating_sub(1);
             // A group event goes to the members when it was stored, which may differ
             // from the current ones (later changes are already applied in memory).
@@ -314,13 +315,13 @@ impl Core {
             };
             let reply = match p.info {
                 Some(mut info) => {
-                    info.seq = p.msg.seq;
+                    info.seq = p.seq;
                     ServerFrame::GroupInfo(info)
                 }
                 None => ServerFrame::Ack(Ack {
                     client_msg_id: p.msg.client_msg_id.clone(),
-                    conv: p.msg.conv,
-                    seq: p.msg.seq,
+                    conv: p.conv,
+                    seq: p.seq,
                     message_id: p.msg.message_id,
                     ts: p.msg.ts,
                     duplicate: false,
@@ -329,7 +330,8 @@ impl Core {
             self.reply(p.from, reply);
             for (k, recipients) in fanout.into_iter().enumerate() {
                 if !recipients.is_empty() {
-                    let r = MsgRoute::Deliver { msg: p.msg.clone(), recipients, except: Some(p.from) };
+                    let (conv, seq, msg) = (p.conv, p.seq, p.msg.clone());
+                    let r = MsgRoute::Deliver { conv, seq, msg, recipients, except: Some(p.from) };
                     self.send_route(ShardId(k as u16), Route::Msg(r));
                 }
             }
@@ -356,14 +358,13 @@ impl Core {
 
     fn commit_failed(&mut self, batch: Vec<Pending>, e: &StoreError) {
         let (code, msg) = storage_failed(e);
-        let mut failed: Vec<ConvId> = batch.iter().map(|p| p.msg.conv).collect();
+        let mut failed: Vec<ConvId> = batch.iter().map(|p| p.conv).collect();
         failed.sort();
         failed.dedup();
         // Messages queued behind the failed ones in the same conversations hold seqs
         // past the gap: fail them too, and reload those conversations from storage.
         let queued = std::mem::take(&mut self.commit.queued);
-        let (behind, keep): (Vec<_>, Vec<_>) =
-            queued.into_iter().partition(|p| failed.binary_search(&p.msg.conv).is_ok());
+        let (behind, keep): (Vec<_>, Vec<_>) = queued.into_iter().partition(|p| failed.binary_search(&p.conv).is_ok());
         self.commit.queued = keep;
         for conv in &failed {
             self.convs.remove(*conv);
@@ -371,7 +372,7 @@ impl Core {
         for p in batch.into_iter().chain(behind) {
             let ref_id = match p.info {
                 Some(info) => info.req_id,
-                None => Some(p.msg.client_msg_id),
+                None => Some(p.msg.client_msg_id.clone()),
             };
             self.reply_error(p.from, code, msg.clone(), ref_id);
         }
@@ -390,7 +391,14 @@ impl Core {
     }
 
     /// Writes a stored message to every connected device of `recipients` (homed here).
-    fn deliver(&mut self, msg: Message, recipients: &[Box<str>], except: Option<ConnRef>) {
+    fn deliver(
+        &mut self,
+        conv: ConvId,
+        seq: u64,
+        msg: Arc<StoredMessage>,
+        recipients: &[Box<str>],
+        except: Option<ConnRef>,
+    ) {
         let mut to = Vec::new();
         for user in recipients {
             for &id in self.users.conns_of(user) {
@@ -400,7 +408,7 @@ impl Core {
             }
         }
         if !to.is_empty() {
-            self.out.push(Effect::Deliver { frame: ServerFrame::Msg(msg), to });
+            self.out.push(Effect::Deliver { conv, seq, msg, to });
         }
     }
 

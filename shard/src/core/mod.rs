@@ -141,11 +141,15 @@ pub enum Effect {
         /// The frame.
         frame: ServerFrame,
     },
-    /// Write one stored message to several connections on this shard (encode it once
-    /// per encoding).
+    /// Write one stored message to several connections on this shard (encode its `msg`
+    /// frame once per encoding).
     Deliver {
-        /// The `msg` frame.
-        frame: ServerFrame,
+        /// The conversation.
+        conv: ConvId,
+        /// The message's seq.
+        seq: u64,
+        /// The message.
+        msg: std::sync::Arc<storage::model::StoredMessage>,
         /// The connections.
         to: Vec<ConnId>,
     },

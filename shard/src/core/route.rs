@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use wire::frame::{ConvId, GroupOp, History, Message, PresenceUpdate, Send, ServerFrame, SyncPoint};
+use storage::model::StoredMessage;
+use wire::frame::{ConvId, GroupOp, History, PresenceUpdate, Send, ServerFrame, SyncPoint};
 
 use crate::ids::{ConnId, ConnRef, ShardId};
 
@@ -60,8 +61,12 @@ pub enum MsgRoute {
     /// A stored message for the connected devices of `recipients` (all homed on the
     /// receiving shard): one route per destination shard, never one per recipient.
     Deliver {
-        /// The message.
-        msg: Message,
+        /// The conversation.
+        conv: ConvId,
+        /// The message's seq.
+        seq: u64,
+        /// The message (shared by every destination shard: never copied).
+        msg: Arc<StoredMessage>,
         /// User ids homed on the receiving shard (shared by the conversation's
         /// deliveries until its membership changes).
         recipients: Arc<[Box<str>]>,

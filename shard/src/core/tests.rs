@@ -42,7 +42,10 @@ impl One {
             for e in effects {
                 match e {
                     Effect::Frame { to, frame } => self.frames.push((to, frame)),
-                    Effect::Deliver { frame, to } => self.frames.extend(to.into_iter().map(|c| (c, frame.clone()))),
+                    Effect::Deliver { conv, seq, msg, to } => {
+                        let frame = ServerFrame::Msg(message(conv, seq, &msg));
+                        self.frames.extend(to.into_iter().map(|c| (c, frame.clone())));
+                    }
                     Effect::Read { id, req } => reads.push_back((id, req)),
                     Effect::Route { .. } => panic!("one shard routes nothing"),
                     Effect::Close { .. } => {}
@@ -76,6 +79,21 @@ impl One {
         let (mine, rest) = std::mem::take(&mut self.frames).into_iter().partition(|(c, _)| *c == id);
         self.frames = rest;
         mine.into_iter().map(|(_, f)| f).collect()
+    }
+}
+
+fn message(conv: ConvId, seq: u64, m: &storage::model::StoredMessage) -> wire::frame::Message {
+    let r = m.msg_ref(conv, seq);
+    wire::frame::Message {
+        conv,
+        seq,
+        message_id: r.message_id,
+        from: r.from.into(),
+        from_device: r.from_device.into(),
+        ts: r.ts,
+        kind: r.kind,
+        body: r.body.to_vec(),
+        client_msg_id: r.client_msg_id.into(),
     }
 }
 

@@ -259,12 +259,9 @@ impl ServerProbe {
         let Some(pid) = self.pid else { return Ok(json!({})) };
         let (rss1, cpu1) = (rss(pid)?, cpu_us(pid)?);
         let cpu = cpu1.saturating_sub(self.cpu0);
-        Ok(json!({
-            "pid": pid, "rss_before": self.rss0, "rss_after": rss1,
-            "bytes_per_conn": if connections > 0 { json!(rss1.saturating_sub(self.rss0) as f64 / connections as f64) } else { Value::Null },
-            "cpu_us": cpu,
-            "cpu_us_per_msg": if messages > 0 { json!(cpu as f64 / messages as f64) } else { Value::Null },
-        }))
+        // The planner's schema (tuning::report): the same types write and read it.
+        let f = tuning::report::ServerFigures::from_readings(pid, (self.rss0, rss1), cpu, connections, messages);
+        Ok(serde_json::to_value(f)?)
     }
 }
 

@@ -21,7 +21,7 @@ enum Cmd {
     /// Mint a development token signed with the configured secret.
     Token(TokenArgs),
     /// Size a fleet from load-generator reports and a target (docs/CAPACITY.md).
-    Plan(crate::plan::PlanArgs),
+    Plan(tuning::plan::PlanArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -196,7 +196,7 @@ pub fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Token(a) => token(a),
-        Cmd::Plan(a) => crate::plan::plan(&a).map(|text| print!("{text}")),
+        Cmd::Plan(a) => tuning::plan::plan(&a).map(|text| print!("{text}")),
         Cmd::Config(ConfigCmd::Check { file, serve }) => check(file, serve).map(|text| print!("{text}")),
     };
     match result {

@@ -17,7 +17,6 @@
 //!   and carrying out the core's effects (frames, deliveries, routes, reads, commits).
 //! - [`commitlog`]: the shard's commit log (group commits written on its own ring) and
 //!   the writes on their way to the store.
-//! - [`plan`]: the capacity planner (`switchboard plan`).
 //! - [`revocation`]: revoked devices, persisted and broadcast to the shards.
 //! - [`route`]: what travels on the mesh: core routes, and socket handoffs.
 //! - [`conn`]: a connection's slab entry and ring tokens.
@@ -38,7 +37,6 @@ pub mod config;
 pub mod conn;
 pub mod deflate;
 pub mod fuzzing;
-pub mod plan;
 #[allow(unsafe_code)]
 pub mod reactor;
 pub mod revocation;

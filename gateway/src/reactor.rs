@@ -1,7 +1,9 @@
 //! Each shard's own io_uring ring for its sockets.
 //!
-//! Why not glommio's `TcpStream`: a glommio stream plus its io source and read buffer
-//! costs ~2.9 KB per idle connection at best (NOTES.md), and the budget is 1 KB. Here a
+//! Why not glommio's `TcpStream`: a glommio stream plus its io source, task future and
+//! read buffer cost ~2.9 KB per idle connection at best (RSS growth of a minimal
+//! glommio server holding 10,000 idle streams, measured before this reactor was
+//! written), and the budget is 1 KB. Here a
 //! socket is registered once with a multishot `POLL_ADD`; when it becomes readable the
 //! shard reads with a non-blocking `recv` into one per-shard scratch buffer. An idle
 //! connection therefore holds no buffer and no future, only its slab entry, and the
@@ -178,7 +180,8 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Recv {
     }
 }
 
-/// Turns Nagle off (NOTES.md: p50 7 ms with it on) on a freshly accepted socket.
+/// Turns Nagle off on a freshly accepted socket: glommio leaves it on, and with it a
+/// relay's p50 latency was 7 ms at 5,000 msg/s (a delayed-ACK stall per small frame).
 pub fn set_nodelay(fd: BorrowedFd<'_>) {
     let one: libc::c_int = 1;
     // SAFETY: `fd` is open for the duration of the borrow; `one` outlives the call and

@@ -2,14 +2,15 @@
 //!
 //! Every figure is either measured (taken from a `switchboard-bench` JSON report, named
 //! with its file and field) or an assumption (a flag, with its default documented in
-//! docs/CAPACITY.md). Each step of the arithmetic is printed with where its inputs came
+//! the project's capacity guide (docs/CAPACITY.md)). Each step of the arithmetic is printed with where its inputs came
 //! from, so an operator can check it and replace any assumption with a measurement.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
-use serde_json::Value;
+
+use crate::report::Report;
 
 /// The target and the assumptions.
 #[derive(Args, Debug, Clone)]
@@ -73,27 +74,51 @@ struct Measured {
     source: String,
 }
 
-fn pick(reports: &[(PathBuf, Value)], scenarios: &[&str], path: &[&str], what: &str) -> anyhow::Result<Measured> {
+/// Which figure of a report.
+#[derive(Clone, Copy)]
+enum Figure {
+    /// `server.bytes_per_conn`.
+    ServerBytesPerConn,
+    /// `bytes_per_conn` (the idle driver's own figure).
+    BytesPerConn,
+    /// `server.cpu_us_per_msg`.
+    CpuPerMsg,
+}
+
+impl Figure {
+    fn of(self, r: &Report) -> Option<f64> {
+        match self {
+            Figure::ServerBytesPerConn => r.server.as_ref()?.bytes_per_conn,
+            Figure::BytesPerConn => r.bytes_per_conn,
+            Figure::CpuPerMsg => r.server.as_ref()?.cpu_us_per_msg,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Figure::ServerBytesPerConn => "server.bytes_per_conn",
+            Figure::BytesPerConn => "bytes_per_conn",
+            Figure::CpuPerMsg => "server.cpu_us_per_msg",
+        }
+    }
+}
+
+fn pick(reports: &[(PathBuf, Report)], scenarios: &[&str], fig: Figure, what: &str) -> anyhow::Result<Measured> {
     let mut found: Option<Measured> = None;
     for (file, r) in reports {
-        let scenario = r["scenario"].as_str().unwrap_or_default();
-        if !scenarios.contains(&scenario) {
+        if !scenarios.contains(&r.scenario.as_str()) {
             continue;
         }
-        let mut v = r;
-        for p in path {
-            v = &v[*p];
-        }
-        if let Some(x) = v.as_f64().filter(|x| x.is_finite() && *x > 0.0) {
+        if let Some(x) = fig.of(r).filter(|x| x.is_finite() && *x > 0.0) {
             // The most conservative (largest) figure among the reports wins.
             if found.as_ref().is_none_or(|f| x > f.value) {
-                found =
-                    Some(Measured { value: x, source: format!("{} ({scenario}: {})", file.display(), path.join(".")) });
+                let source = format!("{} ({}: {})", file.display(), r.scenario, fig.path());
+                found = Some(Measured { value: x, source });
             }
         }
     }
     found.ok_or_else(|| {
-        anyhow::anyhow!("no report gives {what}: pass a {} report with {}", scenarios.join(" or "), path.join("."))
+        anyhow::anyhow!("no report gives {what}: pass a {} report with {}", scenarios.join(" or "), fig.path())
     })
 }
 
@@ -125,13 +150,13 @@ pub fn plan(a: &PlanArgs) -> anyhow::Result<String> {
     let mut reports = Vec::new();
     for f in &a.reports {
         let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-        let v: Value = serde_json::from_str(text.trim()).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let v: Report = serde_json::from_str(text.trim()).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         reports.push((f.clone(), v));
     }
-    let mem = pick(&reports, &["storm", "idle"], &["server", "bytes_per_conn"], "memory per connection")
-        .or_else(|_| pick(&reports, &["idle"], &["bytes_per_conn"], "memory per connection"))?;
-    let cpu_msg = pick(&reports, &["chat"], &["server", "cpu_us_per_msg"], "server CPU per message")?;
-    let cpu_delivery = pick(&reports, &["fanout"], &["server", "cpu_us_per_msg"], "server CPU per delivery").ok();
+    let mem = pick(&reports, &["storm", "idle"], Figure::ServerBytesPerConn, "memory per connection")
+        .or_else(|_| pick(&reports, &["idle"], Figure::BytesPerConn, "memory per connection"))?;
+    let cpu_msg = pick(&reports, &["chat"], Figure::CpuPerMsg, "server CPU per message")?;
+    let cpu_delivery = pick(&reports, &["fanout"], Figure::CpuPerMsg, "server CPU per delivery").ok();
 
     let mut o = String::new();
     let w = &mut o;

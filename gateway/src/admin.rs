@@ -15,12 +15,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::revocation::{self, Revocations, Revoke};
-use crate::service::Drain;
 
 /// What the admin thread owns for revocations.
 pub struct RevokeDesk {
@@ -30,6 +29,22 @@ pub struct RevokeDesk {
     pub list: Revocations,
     /// One sender per shard; each shard answers on the enclosed channel once applied.
     pub shards: Vec<crossbeam_channel::Sender<(Revoke, crossbeam_channel::Sender<()>)>>,
+}
+
+/// Shared between the signal thread and the shards: read once per housekeeping tick,
+/// never on a hot path.
+pub struct Drain {
+    /// A drain was requested (SIGTERM / SIGINT).
+    pub requested: AtomicBool,
+    /// `idle[k]`: shard k is draining and has no connection and no pending commit.
+    pub idle: Vec<AtomicBool>,
+}
+
+impl Drain {
+    /// For `shards` shards.
+    pub fn new(shards: usize) -> Drain {
+        Drain { requested: AtomicBool::new(false), idle: (0..shards).map(|_| AtomicBool::new(false)).collect() }
+    }
 }
 
 /// One shard's published figures. Invariant: only shard k writes `stats[k]`.

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use socket2::{Domain, Socket, Type};
 
+use crate::admin::Drain;
 use crate::config::Config;
-use crate::service::{self, Drain, ShardSetup};
+use crate::service::{self, ShardSetup};
 
 /// Listen backlog per shard (glommio's own bind hard-codes 1024).
 const BACKLOG: i32 = 4096;

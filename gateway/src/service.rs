@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use wire::error::{close, ErrorCode};
 use wire::frame::{ErrorFrame, ServerFrame};
 use wire::Encoding;
 
-use crate::admin::ShardStats;
+use crate::admin::{Drain, ShardStats};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::conn::{same_gen, token, untoken, Conn, Op, Phase};
@@ -80,22 +80,6 @@ pub struct LogSetup {
     pub generation: u64,
     /// Bytes of disk the log may use.
     pub capacity: u64,
-}
-
-/// Shared between the signal thread and the shards: read once per housekeeping tick,
-/// never on a hot path.
-pub struct Drain {
-    /// A drain was requested (SIGTERM / SIGINT).
-    pub requested: AtomicBool,
-    /// `idle[k]`: shard k is draining and has no connection and no pending commit.
-    pub idle: Vec<AtomicBool>,
-}
-
-impl Drain {
-    /// For `shards` shards.
-    pub fn new(shards: usize) -> Drain {
-        Drain { requested: AtomicBool::new(false), idle: (0..shards).map(|_| AtomicBool::new(false)).collect() }
-    }
 }
 
 /// What a socket's read poll waits for: data, and the peer's shutdown (so a poll that

@@ -5,6 +5,7 @@ use wire::error::ErrorCode;
 use wire::frame::{ClientFrame, ConvId, GroupAction, PresenceState, Target};
 
 use super::limits::TokenBucket;
+use super::users::MoreBuckets;
 use super::{error_frame, Core, GroupReq, MsgRoute, PresenceRoute, Route, SendReq};
 use crate::ids::{dm_conv, home_of_conv, home_of_user, ConnId, ShardId};
 
@@ -118,10 +119,21 @@ impl Core {
         let now = self.now;
         let Some(u) = self.users.get_mut(user) else { return false };
         let b: &mut TokenBucket = match limit {
-            Limit::Send => &mut u.buckets.send,
-            Limit::Typing => &mut u.buckets.typing,
-            Limit::History => &mut u.buckets.history,
-            Limit::Presence => &mut u.buckets.presence,
+            Limit::Send => &mut u.send,
+            _ => {
+                let more = u.more.get_or_insert_with(|| {
+                    Box::new(MoreBuckets {
+                        typing: TokenBucket::full(c.typing_burst, now),
+                        history: TokenBucket::full(c.history_burst, now),
+                        presence: TokenBucket::full(c.presence_burst, now),
+                    })
+                });
+                match limit {
+                    Limit::Typing => &mut more.typing,
+                    Limit::History => &mut more.history,
+                    _ => &mut more.presence,
+                }
+            }
         };
         match b.take(rate, burst, now) {
             Ok(()) => false,

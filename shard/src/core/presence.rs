@@ -20,33 +20,33 @@ use storage::StoreError;
 use wire::frame::{PresenceState, PresenceUpdate, ServerFrame};
 
 use super::limits::TokenBucket;
-use super::users::{Buckets, ConnState, User};
+use super::users::{ConnState, User};
 use super::{Core, Effect, PresenceRoute, ReadFor, Refused, Route};
 use crate::ids::{ConnId, ConnRef, ShardId};
 
 impl Core {
-    fn fresh_buckets(&self) -> Buckets {
-        let (c, now) = (&self.cfg, self.now);
-        Buckets {
-            send: TokenBucket::full(c.send_burst, now),
-            typing: TokenBucket::full(c.typing_burst, now),
-            history: TokenBucket::full(c.history_burst, now),
-            presence: TokenBucket::full(c.presence_burst, now),
-        }
+    /// The entry of a user homed here, created if needed. Its record is read only when
+    /// needed ([`Core::load_user`]): a connecting user costs no read.
+    fn user_entry(&mut self, name: &str) -> Rc<str> {
+        let send = TokenBucket::full(self.cfg.send_burst, self.now);
+        self.users.entry(name, send).0
     }
 
-    /// The entry of a user homed here, created (and its record read) if needed.
-    fn user_entry(&mut self, name: &str) -> Rc<str> {
-        let fresh = self.fresh_buckets();
-        let (key, new) = self.users.entry(name, &fresh);
-        if new && !self.read(ReadReq::User { user: name.to_owned() }, ReadFor::User(key.clone())) {
-            // No read slot: the record is taken as unknown (never seen, not hidden)
-            // rather than holding the entry; a later entry reads it again.
-            if let Some(u) = self.users.get_mut(name) {
-                u.loaded = true;
-            }
+    /// Starts reading `key`'s record unless it is read or being read.
+    fn load_user(&mut self, key: &Rc<str>) {
+        match self.users.get(key) {
+            Some(u) if !u.loaded() && !u.reading() => {}
+            _ => return,
         }
-        key
+        let read = self.read(ReadReq::User { user: key.to_string() }, ReadFor::User(key.clone()));
+        let Some(u) = self.users.get_mut(key) else { return };
+        if read {
+            u.set_reading(true);
+        } else {
+            // No read slot: taken as never seen and not hidden, rather than holding
+            // the entry (presence is best effort; a later entry reads it again).
+            u.merge_loaded(UserRecord::default());
+        }
     }
 
     pub(super) fn open_conn(&mut self, id: ConnId, user: &str, device: &str) -> Result<(), Refused> {
@@ -81,8 +81,9 @@ impl Core {
         let Some(u) = self.users.get_mut(&c.user) else { return };
         u.conns.retain(|x| *x != id);
         if u.conns.is_empty() {
-            u.record.last_seen = Some(now);
+            u.went_offline(now);
             self.users.mark_unsaved(&c.user);
+            self.load_user(&c.user);
         }
         self.users.mark_dirty(&c.user);
     }
@@ -92,11 +93,9 @@ impl Core {
         conn.away = away;
         let key = conn.user.clone();
         if let (Some(hide), Some(u)) = (hide, self.users.get_mut(&key)) {
-            if !u.loaded {
-                u.pending_hide = Some(hide);
-            } else if u.record.hide_last_seen != hide {
-                u.record.hide_last_seen = hide;
+            if u.set_hide(hide) {
                 self.users.mark_unsaved(&key);
+                self.load_user(&key);
             }
         }
         self.users.mark_dirty(&key);
@@ -109,12 +108,9 @@ impl Core {
             // Unknown: answered as never seen (presence is best effort).
             _ => UserRecord::default(),
         };
-        u.loaded = true;
-        // A disconnect recorded before the read is newer than the stored one.
-        let last_seen = u.record.last_seen.max(record.last_seen);
-        let changed = u.record.last_seen.is_some() || u.pending_hide.is_some_and(|h| h != record.hide_last_seen);
-        u.record = UserRecord { last_seen, hide_last_seen: u.pending_hide.take().unwrap_or(record.hide_last_seen) };
-        let waiting = std::mem::take(&mut u.waiting);
+        // What happened before the read (a disconnect, a privacy change) is newer.
+        let changed = u.merge_loaded(record);
+        let waiting = u.take_waiting();
         if changed {
             self.users.mark_unsaved(&key);
         }
@@ -149,8 +145,9 @@ impl Core {
             return PresenceUpdate { user: name.to_owned(), state: PresenceState::Offline, last_seen: None };
         };
         let state = if live { self.presence_state(u) } else { u.published };
-        let shown = state == PresenceState::Offline && !u.record.hide_last_seen;
-        PresenceUpdate { user: name.to_owned(), state, last_seen: if shown { u.record.last_seen } else { None } }
+        let record = u.record();
+        let shown = state == PresenceState::Offline && !record.hide_last_seen;
+        PresenceUpdate { user: name.to_owned(), state, last_seen: if shown { record.last_seen } else { None } }
     }
 
     /// Publishes every change since the last window; queues changed records.
@@ -159,11 +156,11 @@ impl Core {
         let mut by_shard: Vec<Vec<(ConnId, PresenceUpdate)>> = vec![Vec::new(); self.shards];
         for name in dirty {
             let update = self.update_of(&name, true);
+            self.users.clean(&name);
             let Some(u) = self.users.get_mut(&name) else { continue };
-            u.dirty = false;
             if update.state != u.published {
                 u.published = update.state;
-                for sub in &u.subscribers {
+                for sub in u.subscribers() {
                     by_shard[sub.shard.index()].push((sub.conn, update.clone()));
                 }
             }
@@ -181,14 +178,14 @@ impl Core {
     /// Queues the records changed since the last commit (written with the next one).
     pub(super) fn queue_user_records(&mut self) {
         for name in std::mem::take(&mut self.users.unsaved) {
-            let Some(u) = self.users.get_mut(&name) else { continue };
-            if !u.loaded {
-                // Written once the stored record has been merged in.
+            let Some(u) = self.users.get(&name) else { continue };
+            if !u.loaded() {
+                // Written once the stored record has been merged in (its read is under way).
                 self.users.unsaved.push(name);
                 continue;
             }
-            u.unsaved = false;
-            let record = u.record;
+            let record = u.record();
+            self.users.saved(&name);
             self.commit.user_writes.push(Write::User { user: name.to_string(), record });
             self.users.evict_if_idle(&name);
         }
@@ -201,17 +198,16 @@ impl Core {
                 for name in users {
                     let key = self.user_entry(&name);
                     let Some(u) = self.users.get_mut(&key) else { continue };
-                    if !u.subscribers.contains(&from) {
-                        u.subscribers.push(from);
-                    }
+                    u.watch(from);
                     // A new watcher is told the published state, not the live one: it
-                    // then sees exactly what every watcher sees at each window. (Told
-                    // a change the window has not published yet, it would miss the
-                    // change back if the window ends where it began.)
-                    if u.loaded {
+                    // then sees exactly what every watcher sees at each window. (Told a
+                    // change the window has not published yet, it would miss the change
+                    // back if the window ends where it began.)
+                    if u.loaded() {
                         updates.push(self.update_of(&key, false));
                     } else {
-                        u.waiting.push(from);
+                        u.wait(from);
+                        self.load_user(&key);
                     }
                 }
                 if !updates.is_empty() {
@@ -221,8 +217,7 @@ impl Core {
             PresenceRoute::Unsub { from, users } => {
                 for name in users {
                     if let Some(u) = self.users.get_mut(name.as_str()) {
-                        u.subscribers.retain(|s| *s != from);
-                        u.waiting.retain(|s| *s != from);
+                        u.unwatch(from);
                         self.users.evict_if_idle(&name);
                     }
                 }

@@ -117,11 +117,10 @@ impl ConnTable {
     }
 }
 
-/// The per-user rate limits.
+/// The rarer per-user rate limits, allocated on first use (most users never type,
+/// page history or watch anyone in a given connection).
 #[derive(Debug, Clone, Copy)]
-pub struct Buckets {
-    /// `send` and group changes.
-    pub send: TokenBucket,
+pub struct MoreBuckets {
     /// `typing`.
     pub typing: TokenBucket,
     /// `history` and `hello` syncs.
@@ -130,56 +129,156 @@ pub struct Buckets {
     pub presence: TokenBucket,
 }
 
-/// A user homed on this shard.
-#[derive(Debug)]
-pub struct User {
-    /// Open connections. Invariant: each is registered in the [`ConnTable`] for this user.
-    pub conns: Vec<ConnId>,
-    /// Rate limits (meaningful while connected).
-    pub buckets: Buckets,
-    /// The durable facts (valid once `loaded`).
-    pub record: UserRecord,
-    /// `record` was read from the store.
-    pub loaded: bool,
-    /// A privacy change made before the record was read (applied when it is).
-    pub pending_hide: Option<bool>,
-    /// `record` changed and must be written.
-    pub unsaved: bool,
+/// Who watches a user.
+#[derive(Debug, Default)]
+pub struct Watchers {
     /// Connections watching this user.
     pub subscribers: Vec<ConnRef>,
     /// Watchers that subscribed before the record was read: answered when it is.
     pub waiting: Vec<ConnRef>,
+}
+
+const HIDE: u8 = 1;
+const LOADED: u8 = 2;
+const UNSAVED: u8 = 4;
+const DIRTY: u8 = 8;
+const READING: u8 = 16;
+const PENDING: u8 = 32;
+const PENDING_HIDE: u8 = 64;
+
+/// A user homed on this shard. Kept small (72 bytes): one exists per connected user.
+#[derive(Debug)]
+pub struct User {
+    /// Open connections. Invariant: each is registered in the [`ConnTable`] for this user.
+    pub conns: Vec<ConnId>,
+    /// `send` and group changes (meaningful while connected).
+    pub send: TokenBucket,
+    /// The other rate limits, once used.
+    pub more: Option<Box<MoreBuckets>>,
+    /// When the last device went offline (ms since the epoch; 0: never). Valid once loaded.
+    last_seen: u64,
+    /// Watchers, while there are any.
+    watchers: Option<Box<Watchers>>,
+    /// `HIDE`, `LOADED`, `UNSAVED`, `DIRTY`, `READING`, `PENDING`, `PENDING_HIDE`.
+    flags: u8,
     /// The state watchers were last told.
     pub published: PresenceState,
-    /// Listed in the table's dirty list (presence may have changed).
-    pub dirty: bool,
 }
 
 impl User {
-    fn new(burst: &Buckets) -> User {
+    fn new(send: TokenBucket) -> User {
         User {
             conns: Vec::new(),
-            buckets: *burst,
-            record: UserRecord::default(),
-            loaded: false,
-            pending_hide: None,
-            unsaved: false,
-            subscribers: Vec::new(),
-            waiting: Vec::new(),
+            send,
+            more: None,
+            last_seen: 0,
+            watchers: None,
+            flags: 0,
             published: PresenceState::Offline,
-            dirty: false,
         }
     }
 
-    /// Nothing keeps this entry: no connection, no watcher, record read and saved,
-    /// no presence change to publish.
+    fn flag(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    fn set(&mut self, f: u8, on: bool) {
+        if on {
+            self.flags |= f;
+        } else {
+            self.flags &= !f;
+        }
+    }
+
+    /// The durable facts as known here (valid once [`User::loaded`]).
+    pub fn record(&self) -> UserRecord {
+        UserRecord { last_seen: (self.last_seen > 0).then_some(self.last_seen), hide_last_seen: self.flag(HIDE) }
+    }
+
+    /// The stored record has been read (or there was none).
+    pub fn loaded(&self) -> bool {
+        self.flag(LOADED)
+    }
+
+    /// Records that the last device left at `now`.
+    pub fn went_offline(&mut self, now: u64) {
+        self.last_seen = self.last_seen.max(now);
+    }
+
+    /// A privacy change; `true` when the record changed (known) or will (not loaded yet).
+    pub fn set_hide(&mut self, hide: bool) -> bool {
+        if !self.loaded() {
+            self.set(PENDING, true);
+            self.set(PENDING_HIDE, hide);
+            return true;
+        }
+        let changed = self.flag(HIDE) != hide;
+        self.set(HIDE, hide);
+        changed
+    }
+
+    /// Merges the stored record in; `true` when what is known here differs from it (so
+    /// it must be written).
+    pub fn merge_loaded(&mut self, stored: UserRecord) -> bool {
+        let stored_seen = stored.last_seen.unwrap_or(0);
+        let mut changed = self.last_seen > stored_seen;
+        self.last_seen = self.last_seen.max(stored_seen);
+        let hide = if self.flag(PENDING) { self.flag(PENDING_HIDE) } else { stored.hide_last_seen };
+        changed |= hide != stored.hide_last_seen;
+        self.set(HIDE, hide);
+        self.set(PENDING | PENDING_HIDE | READING, false);
+        self.set(LOADED, true);
+        changed
+    }
+
+    /// A read of the record is under way.
+    pub fn reading(&self) -> bool {
+        self.flag(READING)
+    }
+
+    /// Marks a read of the record as under way (or given up: loaded as never seen).
+    pub fn set_reading(&mut self, on: bool) {
+        self.set(READING, on);
+    }
+
+    /// Watchers (empty when none).
+    pub fn subscribers(&self) -> &[ConnRef] {
+        self.watchers.as_ref().map_or(&[], |w| &w.subscribers)
+    }
+
+    /// Adds a watcher (once).
+    pub fn watch(&mut self, by: ConnRef) {
+        let w = self.watchers.get_or_insert_with(Default::default);
+        if !w.subscribers.contains(&by) {
+            w.subscribers.push(by);
+        }
+    }
+
+    /// Queues a watcher's first answer until the record is read.
+    pub fn wait(&mut self, by: ConnRef) {
+        self.watchers.get_or_insert_with(Default::default).waiting.push(by);
+    }
+
+    /// Takes the watchers waiting for the record.
+    pub fn take_waiting(&mut self) -> Vec<ConnRef> {
+        self.watchers.as_mut().map(|w| std::mem::take(&mut w.waiting)).unwrap_or_default()
+    }
+
+    /// Removes a watcher.
+    pub fn unwatch(&mut self, by: ConnRef) {
+        if let Some(w) = self.watchers.as_mut() {
+            w.subscribers.retain(|s| *s != by);
+            w.waiting.retain(|s| *s != by);
+            if w.subscribers.is_empty() && w.waiting.is_empty() {
+                self.watchers = None;
+            }
+        }
+    }
+
+    /// Nothing keeps this entry: no connection, no watcher, no read or write of its
+    /// record under way, no presence change to publish.
     pub fn evictable(&self) -> bool {
-        self.conns.is_empty()
-            && self.subscribers.is_empty()
-            && self.waiting.is_empty()
-            && self.loaded
-            && !self.unsaved
-            && !self.dirty
+        self.conns.is_empty() && self.watchers.is_none() && self.flags & (UNSAVED | DIRTY | READING | PENDING) == 0
     }
 }
 
@@ -206,12 +305,12 @@ impl UserTable {
 
     /// The shared key of `name`, creating the entry (`true`: it is new and its record
     /// must be read).
-    pub fn entry(&mut self, name: &str, fresh: &Buckets) -> (Rc<str>, bool) {
+    pub fn entry(&mut self, name: &str, send: TokenBucket) -> (Rc<str>, bool) {
         if let Some((k, _)) = self.users.get_key_value(name) {
             return (k.clone(), false);
         }
         let k: Rc<str> = Rc::from(name);
-        self.users.insert(k.clone(), User::new(fresh));
+        self.users.insert(k.clone(), User::new(send));
         (k, true)
     }
 
@@ -223,8 +322,8 @@ impl UserTable {
     /// Lists `name` for the next presence window.
     pub fn mark_dirty(&mut self, name: &Rc<str>) {
         if let Some(u) = self.users.get_mut(&**name) {
-            if !u.dirty {
-                u.dirty = true;
+            if !u.flag(DIRTY) {
+                u.set(DIRTY, true);
                 self.dirty.push(name.clone());
             }
         }
@@ -233,10 +332,24 @@ impl UserTable {
     /// Lists `name`'s record for the next commit.
     pub fn mark_unsaved(&mut self, name: &Rc<str>) {
         if let Some(u) = self.users.get_mut(&**name) {
-            if !u.unsaved {
-                u.unsaved = true;
+            if !u.flag(UNSAVED) {
+                u.set(UNSAVED, true);
                 self.unsaved.push(name.clone());
             }
+        }
+    }
+
+    /// Clears `name`'s presence mark (its window is being published).
+    pub fn clean(&mut self, name: &str) {
+        if let Some(u) = self.users.get_mut(name) {
+            u.set(DIRTY, false);
+        }
+    }
+
+    /// Clears `name`'s record mark (its record is being written).
+    pub fn saved(&mut self, name: &str) {
+        if let Some(u) = self.users.get_mut(name) {
+            u.set(UNSAVED, false);
         }
     }
 
@@ -274,6 +387,24 @@ impl UserTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_entry_stays_small() {
+        // One per connected user: the idle-connection budget counts it.
+        assert!(std::mem::size_of::<User>() <= 72, "{}", std::mem::size_of::<User>());
+    }
+
+    #[test]
+    fn a_record_merges_what_happened_before_it_was_read() {
+        let mut u = User::new(TokenBucket::full(1, 0));
+        u.went_offline(50);
+        assert!(u.set_hide(true), "a change before the read is kept");
+        assert!(u.merge_loaded(UserRecord { last_seen: Some(40), hide_last_seen: false }));
+        assert_eq!(u.record(), UserRecord { last_seen: Some(50), hide_last_seen: true });
+        let mut v = User::new(TokenBucket::full(1, 0));
+        assert!(!v.merge_loaded(UserRecord { last_seen: Some(40), hide_last_seen: true }), "nothing new to write");
+        assert!(!v.set_hide(true));
+    }
 
     #[test]
     fn conn_table_checks_generations_and_shrinks() {

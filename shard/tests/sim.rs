@@ -16,6 +16,8 @@
 //! - `seq` is dense per conversation and no `(sender, client_msg_id)` is stored twice;
 //! - a resend is answered with the original seq;
 //! - every connection sees each conversation's messages in increasing `seq`;
+//! - receipt cursors a connection is shown never move back, read never passes
+//!   delivered, and delivered never passes what is durably stored;
 //! - memory bounds: conversation memory within the budget after a beat, reads and the
 //!   commit queue within their caps, users only while connected or watched.
 //!
@@ -78,6 +80,8 @@ struct Device {
     acked: HashMap<String, (ConvId, u64)>,
     /// Highest seq seen per conversation on the current connection.
     seen: HashMap<ConvId, u64>,
+    /// Cursors seen per (conversation, user) on the current connection.
+    cursors: HashMap<(ConvId, String), (u64, u64)>,
     next_msg: u64,
 }
 
@@ -103,6 +107,7 @@ struct Sim {
     steps: u64,
     crashes: u64,
     failed_commits: u64,
+    receipts: u64,
 }
 
 fn user(i: usize) -> String {
@@ -136,6 +141,7 @@ impl Sim {
                     unacked: Vec::new(),
                     acked: HashMap::new(),
                     seen: HashMap::new(),
+                    cursors: HashMap::new(),
                     next_msg: 0,
                 });
             }
@@ -165,6 +171,7 @@ impl Sim {
             steps: 0,
             crashes: 0,
             failed_commits: 0,
+            receipts: 0,
         };
         for d in 0..sim.devices.len() {
             if sim.rng.chance(70) {
@@ -189,6 +196,7 @@ impl Sim {
             let dv = &mut self.devices[d];
             dv.conn = Some(id);
             dv.seen.clear();
+            dv.cursors.clear();
             // A reconnecting client resends what was never acked.
             for o in dv.unacked.clone() {
                 self.client(
@@ -275,6 +283,20 @@ impl Sim {
             }
 
             ServerFrame::GroupInfo(g) if self.group.is_none() && g.seq > 0 => self.group = Some(g.conv),
+            ServerFrame::Receipt { conv, user, delivered, read } => {
+                // Cursors only move forward, read implies delivered (unless hidden), and
+                // nothing past what is durably stored.
+                let home = home_of_conv(conv, SHARDS).index();
+                let stored = self.stores[home].messages(conv).last().map_or(0, |m| m.0);
+                assert!(delivered <= stored, "delivered {delivered} past the stored {stored}");
+                assert!(read <= delivered, "read {read} past delivered {delivered}");
+                self.receipts += 1;
+                let dv = &mut self.devices[d];
+                let last = dv.cursors.entry((conv, user.clone())).or_insert((0, 0));
+                assert!(delivered >= last.0, "{user}'s delivered cursor went back");
+                assert!(read >= last.1 || read == 0, "{user}'s read cursor went back");
+                *last = (delivered, read.max(last.1));
+            }
             ServerFrame::Error(e) => {
                 // Retryable refusals keep the send for a later resend; others drop it.
                 let retry = matches!(e.code, ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::RateLimited);
@@ -339,7 +361,7 @@ impl Sim {
             }
             return;
         }
-        match self.rng.below(20) {
+        match self.rng.below(21) {
             0..=10 => {
                 let target = match (self.group, self.rng.chance(30)) {
                     (Some(g), true) => Target::Conv(g),
@@ -393,7 +415,21 @@ impl Sim {
                 }
             }
             18 => self.client(d, ClientFrame::Hello { sync: Vec::new() }),
-            _ => self.disconnect(d),
+            19 => {
+                // A receipt for something this device saw (or beyond it: capped).
+                let dv = &self.devices[d];
+                if let Some((&conv, &seq)) = dv.seen.iter().next() {
+                    let seq = seq + self.rng.below(3) as u64;
+                    let f = if self.rng.chance(50) {
+                        ClientFrame::Read { conv, seq }
+                    } else {
+                        ClientFrame::Delivered { conv, seq }
+                    };
+                    self.client(d, f);
+                }
+            }
+            20 => self.disconnect(d),
+            _ => unreachable!(),
         }
     }
 
@@ -555,7 +591,7 @@ fn simulated_hosts_keep_every_invariant() {
             (1..=n).collect()
         }
     };
-    let (mut total_steps, mut crashes, mut acked, mut failed) = (0, 0, 0, 0);
+    let (mut total_steps, mut crashes, mut acked, mut failed, mut receipts) = (0, 0, 0, 0, 0);
     for seed in seeds {
         let r = std::panic::catch_unwind(|| run(seed, steps));
         match r {
@@ -564,6 +600,7 @@ fn simulated_hosts_keep_every_invariant() {
                 crashes += sim.crashes;
                 acked += sim.acked.len();
                 failed += sim.failed_commits;
+                receipts += sim.receipts;
             }
             Err(e) => {
                 eprintln!("simulation failed; replay with SEED={seed} cargo test -p shard --test sim");
@@ -571,7 +608,9 @@ fn simulated_hosts_keep_every_invariant() {
             }
         }
     }
-    eprintln!("{total_steps} steps, {crashes} host crashes, {failed} failed commits, {acked} acks checked");
+    eprintln!(
+        "{total_steps} steps, {crashes} host crashes, {failed} failed commits, {acked} acks and {receipts} receipts checked"
+    );
     // The run exercised what it claims to.
-    assert!(acked > 0 && (std::env::var("SEED").is_ok() || (crashes > 0 && failed > 0)));
+    assert!(acked > 0 && (std::env::var("SEED").is_ok() || (crashes > 0 && failed > 0 && receipts > 0)));
 }

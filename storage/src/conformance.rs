@@ -96,8 +96,23 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
     assert_eq!(s.conv_tail(ConvId(77), 5).unwrap(), crate::model::Tail::default());
     // User records.
     assert_eq!(s.user_record("alice").unwrap(), UserRecord::default());
-    let r = UserRecord { last_seen: Some(5), hide_last_seen: true };
+    let r = UserRecord { last_seen: Some(5), hide_last_seen: true, receipts_off: true };
     s.commit(&[Write::User { user: "alice".into(), record: r }]).unwrap();
     assert_eq!(s.user_record("alice").unwrap(), r);
     assert_eq!(s.user_record("alic").unwrap(), UserRecord::default());
+
+    // Receipt cursors: per member, overwritten, listed per conversation.
+    use crate::model::CursorRecord;
+    assert!(s.cursors(a).unwrap().is_empty());
+    let c = |d, r| CursorRecord { delivered: d, read: r, private: r == 4 };
+    s.commit(&[
+        Write::Cursor { conv: a, user: "bob".into(), cursor: c(3, 1) },
+        Write::Cursor { conv: a, user: "alice".into(), cursor: c(2, 2) },
+        Write::Cursor { conv: b, user: "bob".into(), cursor: c(9, 9) },
+    ])
+    .unwrap();
+    s.commit(&[Write::Cursor { conv: a, user: "bob".into(), cursor: c(5, 4) }]).unwrap();
+    let mut got = s.cursors(a).unwrap();
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(got, vec![("alice".to_owned(), c(2, 2)), ("bob".to_owned(), c(5, 4))]);
 }

@@ -9,6 +9,8 @@
 //! - `dedupe`: `conv ++ seq` -> [`DedupeEntry`] (32 bytes), for each message with a client
 //!   idempotency key: what loading a conversation reads instead of message bodies.
 //! - `users`: `user` -> postcard [`UserRecord`] (last seen, privacy).
+//! - `cursors`: `conv ++ user` -> delivered and read seqs and a private flag (17 bytes),
+//!   a member's receipts.
 //!
 //! A commit is one fjall write batch with `PersistMode::SyncData`: one fdatasync of the
 //! journal per batch, whatever its size. With the commit log in front ([`crate::log`]),
@@ -19,7 +21,7 @@ use std::path::Path;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use wire::frame::ConvId;
 
-use crate::model::{dedupe_key, ConvMeta, DedupeEntry, StoredMessage, Tail, UserRecord, Write};
+use crate::model::{dedupe_key, ConvMeta, CursorRecord, DedupeEntry, StoredMessage, Tail, UserRecord, Write};
 use crate::{Slice, Store, StoreError};
 
 /// One partition on local disk.
@@ -30,6 +32,7 @@ pub struct EmbeddedStore {
     user_convs: Keyspace,
     dedupe: Keyspace,
     users: Keyspace,
+    cursors: Keyspace,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -63,7 +66,8 @@ impl EmbeddedStore {
         let user_convs = db.keyspace("user_convs", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let dedupe = db.keyspace("dedupe", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let users = db.keyspace("users", KeyspaceCreateOptions::default).map_err(unavailable)?;
-        Ok(EmbeddedStore { db, msgs, convs, user_convs, dedupe, users })
+        let cursors = db.keyspace("cursors", KeyspaceCreateOptions::default).map_err(unavailable)?;
+        Ok(EmbeddedStore { db, msgs, convs, user_convs, dedupe, users, cursors })
     }
 }
 
@@ -102,6 +106,15 @@ impl EmbeddedStore {
                 Write::User { user, record } => {
                     let v = postcard::to_allocvec(record).map_err(corrupt)?;
                     batch.insert(&self.users, user.as_bytes().to_vec(), v);
+                }
+                Write::Cursor { conv, user, cursor } => {
+                    let mut k = conv.to_be_bytes().to_vec();
+                    k.extend_from_slice(user.as_bytes());
+                    let mut v = [0u8; 17];
+                    v[..8].copy_from_slice(&cursor.delivered.to_be_bytes());
+                    v[8..16].copy_from_slice(&cursor.read.to_be_bytes());
+                    v[16] = u8::from(cursor.private);
+                    batch.insert(&self.cursors, k, v.to_vec());
                 }
             }
         }
@@ -198,6 +211,19 @@ impl Store for EmbeddedStore {
         }
         recent.reverse();
         Ok(Tail { last_seq, recent })
+    }
+
+    fn cursors(&self, conv: ConvId) -> Result<Vec<(String, CursorRecord)>, StoreError> {
+        let prefix = conv.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.cursors.prefix(prefix) {
+            let (k, v) = item.into_inner().map_err(unavailable)?;
+            let user = std::str::from_utf8(&k[16..]).map_err(corrupt)?.to_owned();
+            let v: &[u8; 17] = (&*v).try_into().map_err(|_| corrupt("cursor is not 17 bytes"))?;
+            let word = |r: std::ops::Range<usize>| u64::from_be_bytes(v[r].try_into().expect("8 bytes"));
+            out.push((user, CursorRecord { delivered: word(0..8), read: word(8..16), private: v[16] != 0 }));
+        }
+        Ok(out)
     }
 
     fn user_record(&self, user: &str) -> Result<UserRecord, StoreError> {

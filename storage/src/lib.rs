@@ -89,6 +89,9 @@ pub trait Store: Send + Sync + 'static {
     /// messages with a client idempotency key. Reads no message body.
     fn conv_tail(&self, conv: ConvId, limit: usize) -> Result<model::Tail, StoreError>;
 
+    /// The members' receipt cursors of a conversation (members never written: absent).
+    fn cursors(&self, conv: ConvId) -> Result<Vec<(String, model::CursorRecord)>, StoreError>;
+
     /// What the user's home keeps about `user` (default when never written).
     fn user_record(&self, user: &str) -> Result<model::UserRecord, StoreError>;
 }

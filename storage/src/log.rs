@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use wire::frame::ConvId;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::model::{ConvMeta, StoredMessage, UserRecord, Write};
+use crate::model::{ConvMeta, CursorRecord, StoredMessage, UserRecord, Write};
 use crate::{Store, StoreError};
 
 /// The log file's name inside a partition directory.
@@ -59,6 +59,7 @@ enum LogWrite<'a> {
     Unindex { conv: u128, user: &'a str },
     Message { conv: u128, seq: u64, msg: &'a StoredMessage },
     User { user: &'a str, record: UserRecord },
+    Cursor { conv: u128, user: &'a str, cursor: CursorRecord },
 }
 
 /// What a write is read back as; the same encoding as [`LogWrite`].
@@ -68,6 +69,7 @@ enum OwnedLogWrite {
     Unindex { conv: u128, user: String },
     Message { conv: u128, seq: u64, msg: StoredMessage },
     User { user: String, record: UserRecord },
+    Cursor { conv: u128, user: String, cursor: CursorRecord },
 }
 
 impl<'a> From<&'a Write> for LogWrite<'a> {
@@ -77,6 +79,7 @@ impl<'a> From<&'a Write> for LogWrite<'a> {
             Write::Unindex { conv, user } => LogWrite::Unindex { conv: conv.0, user },
             Write::Message { conv, seq, msg } => LogWrite::Message { conv: conv.0, seq: *seq, msg },
             Write::User { user, record } => LogWrite::User { user, record: *record },
+            Write::Cursor { conv, user, cursor } => LogWrite::Cursor { conv: conv.0, user, cursor: *cursor },
         }
     }
 }
@@ -88,6 +91,7 @@ impl From<OwnedLogWrite> for Write {
             OwnedLogWrite::Unindex { conv, user } => Write::Unindex { conv: ConvId(conv), user },
             OwnedLogWrite::Message { conv, seq, msg } => Write::Message { conv: ConvId(conv), seq, msg: msg.into() },
             OwnedLogWrite::User { user, record } => Write::User { user, record },
+            OwnedLogWrite::Cursor { conv, user, cursor } => Write::Cursor { conv: ConvId(conv), user, cursor },
         }
     }
 }

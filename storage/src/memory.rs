@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use wire::frame::ConvId;
 
-use crate::model::{dedupe_key, ConvMeta, DedupeEntry, StoredMessage, Tail, UserRecord, Write};
+use crate::model::{dedupe_key, ConvMeta, CursorRecord, DedupeEntry, StoredMessage, Tail, UserRecord, Write};
 use crate::{Slice, Store, StoreError};
 
 #[derive(Default, Clone)]
@@ -16,6 +16,7 @@ struct Data {
     convs: HashMap<ConvId, ConvMeta>,
     user_convs: BTreeSet<(String, ConvId)>,
     users: HashMap<String, UserRecord>,
+    cursors: BTreeMap<(ConvId, String), CursorRecord>,
 }
 
 /// One partition in memory.
@@ -67,6 +68,9 @@ impl Store for MemStore {
                 Write::User { user, record } => {
                     next.users.insert(user.clone(), *record);
                 }
+                Write::Cursor { conv, user, cursor } => {
+                    next.cursors.insert((*conv, user.clone()), *cursor);
+                }
             }
         }
         *d = next;
@@ -115,6 +119,11 @@ impl Store for MemStore {
     fn user_record(&self, user: &str) -> Result<UserRecord, StoreError> {
         Ok(self.data().users.get(user).copied().unwrap_or_default())
     }
+
+    fn cursors(&self, conv: ConvId) -> Result<Vec<(String, CursorRecord)>, StoreError> {
+        let d = self.data();
+        Ok(d.cursors.iter().filter(|((c, _), _)| *c == conv).map(|((_, u), r)| (u.clone(), *r)).collect())
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +166,12 @@ mod tests {
         }
         fn user_record(&self, u: &str) -> Result<crate::model::UserRecord, crate::StoreError> {
             self.0.user_record(u)
+        }
+        fn cursors(
+            &self,
+            c: wire::frame::ConvId,
+        ) -> Result<Vec<(String, crate::model::CursorRecord)>, crate::StoreError> {
+            self.0.cursors(c)
         }
     }
 }

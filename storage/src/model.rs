@@ -86,6 +86,15 @@ pub enum Write {
         /// The former member.
         user: String,
     },
+    /// A member's receipt cursors in a conversation, at the conversation's home.
+    Cursor {
+        /// The conversation.
+        conv: ConvId,
+        /// The member.
+        user: String,
+        /// The cursors.
+        cursor: CursorRecord,
+    },
     /// Record a user's durable presence facts (last seen, privacy), at the user's home.
     User {
         /// The user id.
@@ -111,6 +120,21 @@ pub struct UserRecord {
     pub last_seen: Option<u64>,
     /// The user hides `last_seen` from others.
     pub hide_last_seen: bool,
+    /// The user turned read receipts off: their reads are not shown to others, and
+    /// they see no one's.
+    pub receipts_off: bool,
+}
+
+/// A member's receipt cursors in a conversation: every message up to `delivered` reached
+/// one of their devices, every message up to `read` was shown. Invariant: `read <= delivered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CursorRecord {
+    /// Highest seq received.
+    pub delivered: u64,
+    /// Highest seq read.
+    pub read: u64,
+    /// The member had read receipts off when `read` last moved: it is not shown to others.
+    pub private: bool,
 }
 
 /// One entry of a conversation's dedupe index: enough to answer a resend with the

@@ -5,7 +5,7 @@
 
 use wire::frame::{ConvId, SyncPoint};
 
-use crate::model::{ConvMeta, Tail, UserRecord};
+use crate::model::{ConvMeta, CursorRecord, Tail, UserRecord};
 use crate::{Slice, Store, StoreError};
 
 /// A read for a shard's own partition.
@@ -53,6 +53,8 @@ pub enum ReadDone {
         meta: Option<ConvMeta>,
         /// Newest seq and dedupe index.
         tail: Tail,
+        /// The members' receipt cursors.
+        cursors: Vec<(String, CursorRecord)>,
     },
     /// For [`ReadReq::Page`].
     Page(Slice),
@@ -67,8 +69,11 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
     Ok(match req {
         ReadReq::Conv { conv, dedupe } => {
             let meta = store.conv_meta(*conv)?;
-            let tail = if meta.is_some() { store.conv_tail(*conv, *dedupe)? } else { Tail::default() };
-            ReadDone::Conv { meta, tail }
+            let (tail, cursors) = match meta {
+                Some(_) => (store.conv_tail(*conv, *dedupe)?, store.cursors(*conv)?),
+                None => (Tail::default(), Vec::new()),
+            };
+            ReadDone::Conv { meta, tail, cursors }
         }
         ReadReq::Page { conv, before, limit } => ReadDone::Page(store.newest(*conv, 0, *before, *limit)?),
         ReadReq::Sync { user, points, per_conv } => {

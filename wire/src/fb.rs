@@ -11,7 +11,7 @@ use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{
     check, Ack, ClientFrame, ConvId, ErrorFrame, GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, MsgRef,
-    Page, PresenceState, PresenceUpdate, ServerFrame, SyncPoint, Target,
+    Page, PresenceState, PresenceUpdate, ReceiptList, ReceiptsReq, ServerFrame, SyncPoint, Target,
 };
 use crate::generated::switchboard::v_1 as g;
 
@@ -174,6 +174,28 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
                 name: o.name().map(str::to_owned),
                 members: strings(o.members()),
             })?)
+        }
+        g::Frame::Delivered => {
+            let d = env.frame_as_delivered().ok_or(DecodeError::MissingField("frame"))?;
+            ClientFrame::Delivered { conv: conv_id(d.conv().ok_or(DecodeError::MissingField("conv"))?), seq: d.seq() }
+        }
+        g::Frame::Read => {
+            let d = env.frame_as_read().ok_or(DecodeError::MissingField("frame"))?;
+            ClientFrame::Read { conv: conv_id(d.conv().ok_or(DecodeError::MissingField("conv"))?), seq: d.seq() }
+        }
+        g::Frame::Receipts => {
+            let r = env.frame_as_receipts().ok_or(DecodeError::MissingField("frame"))?;
+            ClientFrame::Receipts(check::receipts(ReceiptsReq {
+                req_id: r.req_id().map(str::to_owned),
+                conv: conv_id(r.conv().ok_or(DecodeError::MissingField("conv"))?),
+                seq: r.seq(),
+                after: r.after().map(str::to_owned),
+                limit: r.limit(),
+            })?)
+        }
+        g::Frame::Settings => {
+            let s = env.frame_as_settings().ok_or(DecodeError::MissingField("frame"))?;
+            ClientFrame::Settings { read_receipts: s.read_receipts() }
         }
         g::Frame::NONE => return Err(DecodeError::MissingField("frame")),
         other => return Err(DecodeError::UnknownOp(frame_name(other))),
@@ -341,6 +363,39 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                 );
                 (g::Frame::GroupInfo, o.as_union_value())
             }
+            ServerFrame::Receipt { conv, user, delivered, read } => {
+                let user = b.create_string(user);
+                let conv = g_conv(*conv);
+                let args = g::ReceiptArgs { conv: Some(&conv), user: Some(user), delivered: *delivered, read: *read };
+                (g::Frame::Receipt, g::Receipt::create(&mut b, &args).as_union_value())
+            }
+            ServerFrame::ReceiptCount { conv, seq, members, delivered, read } => {
+                let conv = g_conv(*conv);
+                let args = g::ReceiptCountArgs {
+                    conv: Some(&conv),
+                    seq: *seq,
+                    members: *members,
+                    delivered: *delivered,
+                    read: *read,
+                };
+                (g::Frame::ReceiptCount, g::ReceiptCount::create(&mut b, &args).as_union_value())
+            }
+            ServerFrame::ReceiptList(l) => {
+                let req_id = l.req_id.as_deref().map(|r| b.create_string(r));
+                let delivered = g_users(&mut b, &l.delivered);
+                let read = g_users(&mut b, &l.read);
+                let next = l.next.as_deref().map(|n| b.create_string(n));
+                let conv = g_conv(l.conv);
+                let args = g::ReceiptListArgs {
+                    req_id,
+                    conv: Some(&conv),
+                    seq: l.seq,
+                    delivered: Some(delivered),
+                    read: Some(read),
+                    next,
+                };
+                (g::Frame::ReceiptList, g::ReceiptList::create(&mut b, &args).as_union_value())
+            }
         };
         let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
         b.finish(env, None);
@@ -443,6 +498,27 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                 },
             );
             (g::Frame::GroupOp, o.as_union_value())
+        }
+        ClientFrame::Delivered { conv, seq } => {
+            let conv = g_conv(*conv);
+            let o = g::Delivered::create(&mut b, &g::DeliveredArgs { conv: Some(&conv), seq: *seq });
+            (g::Frame::Delivered, o.as_union_value())
+        }
+        ClientFrame::Read { conv, seq } => {
+            let conv = g_conv(*conv);
+            let o = g::Read::create(&mut b, &g::ReadArgs { conv: Some(&conv), seq: *seq });
+            (g::Frame::Read, o.as_union_value())
+        }
+        ClientFrame::Receipts(r) => {
+            let req_id = r.req_id.as_deref().map(|x| b.create_string(x));
+            let after = r.after.as_deref().map(|x| b.create_string(x));
+            let conv = g_conv(r.conv);
+            let args = g::ReceiptsArgs { req_id, conv: Some(&conv), seq: r.seq, after, limit: r.limit };
+            (g::Frame::Receipts, g::Receipts::create(&mut b, &args).as_union_value())
+        }
+        ClientFrame::Settings { read_receipts } => {
+            let o = g::Settings::create(&mut b, &g::SettingsArgs { read_receipts: *read_receipts });
+            (g::Frame::Settings, o.as_union_value())
         }
     };
     let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
@@ -553,6 +629,36 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
                 members: strings(i.members()),
                 admins: strings(i.admins()),
                 seq: i.seq(),
+            })
+        }
+        g::Frame::Receipt => {
+            let r = env.frame_as_receipt().ok_or(missing)?;
+            ServerFrame::Receipt {
+                conv: conv_id(r.conv().ok_or(DecodeError::MissingField("conv"))?),
+                user: r.user().unwrap_or_default().to_owned(),
+                delivered: r.delivered(),
+                read: r.read(),
+            }
+        }
+        g::Frame::ReceiptCount => {
+            let r = env.frame_as_receipt_count().ok_or(missing)?;
+            ServerFrame::ReceiptCount {
+                conv: conv_id(r.conv().ok_or(DecodeError::MissingField("conv"))?),
+                seq: r.seq(),
+                members: r.members(),
+                delivered: r.delivered(),
+                read: r.read(),
+            }
+        }
+        g::Frame::ReceiptList => {
+            let r = env.frame_as_receipt_list().ok_or(missing)?;
+            ServerFrame::ReceiptList(ReceiptList {
+                req_id: r.req_id().map(str::to_owned),
+                conv: conv_id(r.conv().ok_or(DecodeError::MissingField("conv"))?),
+                seq: r.seq(),
+                delivered: strings(r.delivered()),
+                read: strings(r.read()),
+                next: r.next().map(str::to_owned),
             })
         }
         other => return Err(DecodeError::UnknownOp(frame_name(other))),

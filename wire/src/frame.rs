@@ -282,6 +282,59 @@ pub enum ClientFrame {
     },
     /// Create or change a group.
     Group(GroupOp),
+    /// This device has received everything up to `seq` (the delivered tick).
+    Delivered {
+        /// The conversation.
+        conv: ConvId,
+        /// Highest seq received.
+        seq: u64,
+    },
+    /// This device has shown everything up to `seq` (the read tick).
+    Read {
+        /// The conversation.
+        conv: ConvId,
+        /// Highest seq shown.
+        seq: u64,
+    },
+    /// Who has received / read a message (groups), one page.
+    Receipts(ReceiptsReq),
+    /// The user's settings (a field left out is unchanged).
+    Settings {
+        /// Send (and receive) read receipts.
+        read_receipts: Option<bool>,
+    },
+}
+
+/// `receipts`: a page of a message's receivers and readers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptsReq {
+    /// Echoed in the reply.
+    pub req_id: Option<String>,
+    /// The conversation.
+    pub conv: ConvId,
+    /// The message.
+    pub seq: u64,
+    /// The page starts after this member (the previous page's `next`).
+    pub after: Option<String>,
+    /// Members per page.
+    pub limit: Option<u32>,
+}
+
+/// `receipt_list`: members (of one page) who have received / read a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptList {
+    /// The request's `req_id`.
+    pub req_id: Option<String>,
+    /// The conversation.
+    pub conv: ConvId,
+    /// The message.
+    pub seq: u64,
+    /// Members of this page who have received it (readers included).
+    pub delivered: Vec<String>,
+    /// Members of this page who have read it.
+    pub read: Vec<String>,
+    /// Where the next page starts (`None`: this was the last).
+    pub next: Option<String>,
 }
 
 /// A stored message as clients see it.
@@ -438,6 +491,33 @@ pub enum ServerFrame {
     },
     /// Reply to `group`: the group's state once the change is durable.
     GroupInfo(GroupInfo),
+    /// A member's cursors in a conversation: the peer's in a DM, or the user's own
+    /// read cursor sent to their other devices.
+    Receipt {
+        /// The conversation.
+        conv: ConvId,
+        /// Whose cursors.
+        user: String,
+        /// Everything up to this seq has reached one of their devices.
+        delivered: u64,
+        /// Everything up to this seq has been shown (0 when they do not share reads).
+        read: u64,
+    },
+    /// A group message's receipts, aggregated (to its sender, coalesced per window).
+    ReceiptCount {
+        /// The conversation.
+        conv: ConvId,
+        /// The sender's message.
+        seq: u64,
+        /// Other members.
+        members: u32,
+        /// Of them, how many have received it.
+        delivered: u32,
+        /// Of them, how many have read it.
+        read: u32,
+    },
+    /// Reply to `receipts`.
+    ReceiptList(ReceiptList),
 }
 
 /// Field rules both codecs apply after decoding, so the encodings agree on what is valid.
@@ -508,6 +588,23 @@ pub mod check {
             }
             s => Ok(s),
         }
+    }
+
+    /// Most members in one `receipt_list` page.
+    pub const MAX_RECEIPTS_PAGE: u32 = 1000;
+
+    /// Validates a `receipts` request.
+    pub fn receipts(r: ReceiptsReq) -> Result<ReceiptsReq, DecodeError> {
+        if let Some(id) = &r.req_id {
+            client_id("req_id", id)?;
+        }
+        if let Some(a) = &r.after {
+            user_id("after", a)?;
+        }
+        if r.limit.is_some_and(|l| l == 0 || l > MAX_RECEIPTS_PAGE) {
+            return Err(DecodeError::BadValue { field: "limit", reason: "limit is 1 to 1000" });
+        }
+        Ok(r)
     }
 
     /// Longest group name, in bytes.

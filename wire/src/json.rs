@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::DecodeError;
 use crate::frame::{
     check, ClientFrame, ConvId, GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, MsgRef, Page,
-    PresenceState, PresenceUpdate, ServerFrame, SyncPoint,
+    PresenceState, PresenceUpdate, ReceiptList, ReceiptsReq, ServerFrame, SyncPoint,
 };
 
 #[derive(Deserialize)]
@@ -55,6 +55,24 @@ enum JsonClient {
         #[serde(default)]
         members: Vec<String>,
     },
+    Delivered {
+        conv: Option<String>,
+        seq: Option<u64>,
+    },
+    Read {
+        conv: Option<String>,
+        seq: Option<u64>,
+    },
+    Receipts {
+        req_id: Option<String>,
+        conv: Option<String>,
+        seq: Option<u64>,
+        after: Option<String>,
+        limit: Option<u32>,
+    },
+    Settings {
+        read_receipts: Option<bool>,
+    },
 }
 
 fn presence_state(s: &str) -> Result<PresenceState, DecodeError> {
@@ -91,8 +109,20 @@ struct Head {
 }
 
 /// The client frame ops, as they appear in `op`.
-const CLIENT_OPS: [&str; 8] =
-    ["hello", "send", "history", "presence_sub", "presence_unsub", "presence_set", "typing", "group"];
+const CLIENT_OPS: [&str; 12] = [
+    "hello",
+    "send",
+    "history",
+    "presence_sub",
+    "presence_unsub",
+    "presence_set",
+    "typing",
+    "group",
+    "delivered",
+    "read",
+    "receipts",
+    "settings",
+];
 
 fn head(payload: &[u8]) -> Option<Head> {
     serde_json::from_slice(payload).ok()
@@ -186,7 +216,25 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             let conv = c.map(|c| conv("conv", &c)).transpose()?;
             ClientFrame::Group(check::group(GroupOp { req_id, action, conv, name, members })?)
         }
+        JsonClient::Delivered { conv: c, seq } => {
+            let (conv, seq) = cursor(c, seq)?;
+            ClientFrame::Delivered { conv, seq }
+        }
+        JsonClient::Read { conv: c, seq } => {
+            let (conv, seq) = cursor(c, seq)?;
+            ClientFrame::Read { conv, seq }
+        }
+        JsonClient::Receipts { req_id, conv: c, seq, after, limit } => {
+            let (conv, seq) = cursor(c, seq)?;
+            ClientFrame::Receipts(check::receipts(ReceiptsReq { req_id, conv, seq, after, limit })?)
+        }
+        JsonClient::Settings { read_receipts } => ClientFrame::Settings { read_receipts },
     })
+}
+
+fn cursor(c: Option<String>, seq: Option<u64>) -> Result<(ConvId, u64), DecodeError> {
+    let c = c.ok_or(DecodeError::MissingField("conv"))?;
+    Ok((conv("conv", &c)?, seq.ok_or(DecodeError::MissingField("seq"))?))
 }
 
 // ---- encoding server frames ----
@@ -239,6 +287,29 @@ enum JsonServer<'a> {
         members: &'a [String],
         admins: &'a [String],
         seq: u64,
+    },
+    Receipt {
+        conv: String,
+        user: &'a str,
+        delivered: u64,
+        read: u64,
+    },
+    ReceiptCount {
+        conv: String,
+        seq: u64,
+        members: u32,
+        delivered: u32,
+        read: u32,
+    },
+    ReceiptList {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a str>,
+        conv: String,
+        seq: u64,
+        delivered: &'a [String],
+        read: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<&'a str>,
     },
 }
 
@@ -352,6 +423,24 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
         ServerFrame::Typing { conv, from, typing } => {
             JsonServer::Typing { conv: conv.to_string(), from, typing: *typing }
         }
+        ServerFrame::Receipt { conv, user, delivered, read } => {
+            JsonServer::Receipt { conv: conv.to_string(), user, delivered: *delivered, read: *read }
+        }
+        ServerFrame::ReceiptCount { conv, seq, members, delivered, read } => JsonServer::ReceiptCount {
+            conv: conv.to_string(),
+            seq: *seq,
+            members: *members,
+            delivered: *delivered,
+            read: *read,
+        },
+        ServerFrame::ReceiptList(l) => JsonServer::ReceiptList {
+            req_id: l.req_id.as_deref(),
+            conv: l.conv.to_string(),
+            seq: l.seq,
+            delivered: &l.delivered,
+            read: &l.read,
+            next: l.next.as_deref(),
+        },
         ServerFrame::GroupInfo(i) => JsonServer::GroupInfo {
             req_id: i.req_id.as_deref(),
             conv: i.conv.to_string(),
@@ -404,6 +493,30 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
         }
         ClientFrame::Typing { conv, typing } => {
             serde_json::json!({"op": "typing", "conv": conv.to_string(), "typing": typing})
+        }
+        ClientFrame::Delivered { conv, seq } => {
+            serde_json::json!({"op": "delivered", "conv": conv.to_string(), "seq": seq})
+        }
+        ClientFrame::Read { conv, seq } => serde_json::json!({"op": "read", "conv": conv.to_string(), "seq": seq}),
+        ClientFrame::Receipts(r) => {
+            let mut v = serde_json::json!({"op": "receipts", "conv": r.conv.to_string(), "seq": r.seq});
+            if let Some(x) = &r.req_id {
+                v["req_id"] = x.as_str().into();
+            }
+            if let Some(x) = &r.after {
+                v["after"] = x.as_str().into();
+            }
+            if let Some(x) = r.limit {
+                v["limit"] = x.into();
+            }
+            v
+        }
+        ClientFrame::Settings { read_receipts } => {
+            let mut v = serde_json::json!({"op": "settings"});
+            if let Some(x) = read_receipts {
+                v["read_receipts"] = (*x).into();
+            }
+            v
         }
         ClientFrame::History(h) => {
             let mut v = serde_json::json!({"op": "history", "conv": h.conv.to_string()});
@@ -534,6 +647,42 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         },
         "typing" => {
             ServerFrame::Typing { conv: conv("conv", s("conv")?)?, from: s("from")?.to_owned(), typing: b("typing")? }
+        }
+        "receipt" => ServerFrame::Receipt {
+            conv: conv("conv", s("conv")?)?,
+            user: s("user")?.to_owned(),
+            delivered: u("delivered")?,
+            read: u("read")?,
+        },
+        "receipt_count" => {
+            let n = |k: &'static str| -> Result<u32, DecodeError> {
+                u32::try_from(u(k)?).map_err(|_| DecodeError::BadValue { field: k, reason: "a 32-bit count" })
+            };
+            ServerFrame::ReceiptCount {
+                conv: conv("conv", s("conv")?)?,
+                seq: u("seq")?,
+                members: n("members")?,
+                delivered: n("delivered")?,
+                read: n("read")?,
+            }
+        }
+        "receipt_list" => {
+            let list = |k: &'static str| -> Result<Vec<String>, DecodeError> {
+                v.get(k)
+                    .and_then(|x| x.as_array())
+                    .ok_or(DecodeError::MissingField(k))?
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_owned).ok_or(DecodeError::BadValue { field: k, reason: "strings" }))
+                    .collect()
+            };
+            ServerFrame::ReceiptList(ReceiptList {
+                req_id: v.get("req_id").and_then(|r| r.as_str()).map(str::to_owned),
+                conv: conv("conv", s("conv")?)?,
+                seq: u("seq")?,
+                delivered: list("delivered")?,
+                read: list("read")?,
+                next: v.get("next").and_then(|r| r.as_str()).map(str::to_owned),
+            })
         }
         "group_info" => {
             let list = |k: &'static str| -> Result<Vec<String>, DecodeError> {

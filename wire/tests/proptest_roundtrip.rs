@@ -113,6 +113,23 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             .prop_map(|(state, hide_last_seen)| ClientFrame::PresenceSet { state, hide_last_seen }),
         (conv(), any::<bool>()).prop_map(|(conv, typing)| ClientFrame::Typing { conv, typing }),
         group_op().prop_map(ClientFrame::Group),
+        (conv(), any::<u64>()).prop_map(|(conv, seq)| ClientFrame::Delivered { conv, seq }),
+        (conv(), any::<u64>()).prop_map(|(conv, seq)| ClientFrame::Read { conv, seq }),
+        (
+            proptest::option::of(id()),
+            conv(),
+            any::<u64>(),
+            proptest::option::of(id()),
+            proptest::option::of(1..=1000u32)
+        )
+            .prop_map(|(req_id, conv, seq, after, limit)| ClientFrame::Receipts(ReceiptsReq {
+                req_id,
+                conv,
+                seq,
+                after,
+                limit
+            })),
+        proptest::option::of(any::<bool>()).prop_map(|read_receipts| ClientFrame::Settings { read_receipts }),
     ]
 }
 
@@ -144,6 +161,31 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 ServerFrame::GroupInfo(GroupInfo { req_id, conv, name, members, admins, seq })
             }
         ),
+        (conv(), id(), any::<u64>(), any::<u64>()).prop_map(|(conv, user, delivered, read)| ServerFrame::Receipt {
+            conv,
+            user,
+            delivered,
+            read
+        }),
+        (conv(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(conv, seq, members, delivered, read)| ServerFrame::ReceiptCount { conv, seq, members, delivered, read }
+        ),
+        (
+            proptest::option::of(id()),
+            conv(),
+            any::<u64>(),
+            vec(id(), 0..5),
+            vec(id(), 0..5),
+            proptest::option::of(id())
+        )
+            .prop_map(|(req_id, conv, seq, delivered, read, next)| ServerFrame::ReceiptList(ReceiptList {
+                req_id,
+                conv,
+                seq,
+                delivered,
+                read,
+                next
+            })),
     ]
 }
 

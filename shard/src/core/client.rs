@@ -91,6 +91,38 @@ impl Core {
                 let r = MsgRoute::Typing { from, user: user.to_string(), conv, typing };
                 self.send_route(home_of_conv(conv, shards), Route::Msg(r));
             }
+            ClientFrame::Delivered { conv, seq } => {
+                let r = MsgRoute::Cursor { from, user: user.to_string(), conv, seq, read: false, private: false };
+                self.send_route(home_of_conv(conv, shards), Route::Msg(r));
+            }
+            ClientFrame::Read { conv, seq } => {
+                // Whether the read is shown to others depends on the user's setting.
+                let Some(u) = self.users.get_mut(&user) else { return };
+                if !u.loaded() {
+                    return self.hold_for_record(id, &user, ClientFrame::Read { conv, seq });
+                }
+                let private = u.receipts_off();
+                let r = MsgRoute::Cursor { from, user: user.to_string(), conv, seq, read: true, private };
+                self.send_route(home_of_conv(conv, shards), Route::Msg(r));
+            }
+            ClientFrame::Receipts(req) => {
+                if self.limited(id, &user, Limit::History, req.req_id.as_deref()) {
+                    return;
+                }
+                let home = home_of_conv(req.conv, shards);
+                self.send_route(home, Route::Msg(MsgRoute::Receipts { from, user: user.to_string(), req }));
+            }
+            ClientFrame::Settings { read_receipts } => {
+                if self.limited(id, &user, Limit::Presence, None) {
+                    return;
+                }
+                if let (Some(on), Some(u)) = (read_receipts, self.users.get_mut(&user)) {
+                    if u.set_receipts_off(!on) {
+                        self.users.mark_unsaved(&user);
+                        self.load_user(&user);
+                    }
+                }
+            }
             ClientFrame::Group(op) => {
                 // Group changes are stored like messages and share the send budget.
                 if op.action != GroupAction::Info && self.limited(id, &user, Limit::Send, op.req_id.as_deref()) {
@@ -144,6 +176,17 @@ impl Core {
                 true
             }
         }
+    }
+
+    /// Holds a frame until `user`'s record is read (it needs their settings); refused
+    /// with `unavailable` when too many wait.
+    fn hold_for_record(&mut self, id: ConnId, user: &std::rc::Rc<str>, frame: ClientFrame) {
+        let held = self.users.get_mut(user).is_some_and(|u| u.hold(super::users::Held::Frame(id, frame)));
+        if !held {
+            let (code, msg) = super::busy("frames waiting for the user's settings");
+            return self.frame(id, error_frame(code, msg, None, None));
+        }
+        self.load_user(user);
     }
 
     /// Watch `users` from connection `id`: at most `max_presence_subs` per connection.

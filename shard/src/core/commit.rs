@@ -43,6 +43,8 @@ pub struct CommitQueue {
     pub deferred: Vec<(ConnRef, Ack)>,
     /// User records to write with the next commit.
     pub user_writes: Vec<Write>,
+    /// Conversations whose cursors the commit in flight writes.
+    pub cursor_convs: Vec<ConvId>,
 }
 
 impl CommitQueue {
@@ -62,9 +64,9 @@ impl CommitQueue {
     }
 
     /// Moves everything queued into the in-flight batch and returns its writes (in
-    /// acceptance order: metadata before the message that needs it).
-    pub fn take(&mut self) -> Option<Vec<Write>> {
-        if !self.wants_commit() {
+    /// acceptance order: metadata before the message that needs it), then `extra`.
+    pub fn take(&mut self, extra: Vec<Write>) -> Option<Vec<Write>> {
+        if self.in_flight.is_some() || (!self.wants_commit() && extra.is_empty()) {
             return None;
         }
         let batch = std::mem::take(&mut self.queued);
@@ -79,6 +81,7 @@ impl CommitQueue {
             writes.push(Write::Message { conv: p.conv, seq: p.seq, msg: p.msg.clone() });
         }
         writes.append(&mut self.user_writes);
+        writes.extend(extra);
         self.in_flight = Some(batch);
         Some(writes)
     }

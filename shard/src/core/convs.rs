@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use storage::model::GroupMeta;
+use storage::model::{CursorRecord, GroupMeta};
 use wire::frame::ConvId;
 
 use super::dedupe::Dedupe;
@@ -44,6 +44,28 @@ pub enum Waiting {
         user: String,
         /// Started or stopped.
         typing: bool,
+    },
+    /// A device's delivered or read cursor.
+    Cursor {
+        /// The device's connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// Up to this seq.
+        seq: u64,
+        /// Read (true) or delivered.
+        read: bool,
+        /// The user has read receipts off.
+        private: bool,
+    },
+    /// A page of who has received / read a message.
+    Receipts {
+        /// The asking connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The request.
+        req: wire::frame::ReceiptsReq,
     },
 }
 
@@ -85,6 +107,20 @@ pub struct Conv {
     pub in_flight: u32,
     /// Used since the eviction sweep last passed (CLOCK reference bit).
     pub referenced: bool,
+    /// Members' receipt cursors (members who never sent one: absent).
+    pub cursors: HashMap<Box<str>, CursorRecord>,
+    /// Members whose cursor changed since the last commit took them, and the device that
+    /// moved it (told, with the user's other devices, once it is durable).
+    pub cursors_unsaved: Vec<(Box<str>, Option<ConnRef>)>,
+    /// The cursors the commit in flight writes, as written: announced when it is durable.
+    pub cursors_writing: Vec<(Box<str>, Option<ConnRef>, CursorRecord)>,
+    /// Commits holding this conversation's cursors (it stays loaded meanwhile).
+    pub cursors_in_flight: u32,
+    /// Cursors moved since the senders were last told their counts (groups).
+    pub receipts_dirty: bool,
+    /// Recent messages whose senders are told their receipt counts (groups). Bound:
+    /// [`super::receipts::RECENT_SENDERS`].
+    pub recent: VecDeque<super::receipts::Sent>,
 }
 
 impl Conv {
@@ -102,6 +138,12 @@ impl Conv {
             fanout: Vec::new(),
             in_flight: 0,
             referenced: true,
+            cursors: HashMap::new(),
+            cursors_unsaved: Vec::new(),
+            cursors_writing: Vec::new(),
+            cursors_in_flight: 0,
+            receipts_dirty: false,
+            recent: VecDeque::new(),
         }
     }
 
@@ -125,7 +167,11 @@ impl Conv {
 
     /// Nothing would be lost by dropping it now.
     pub fn idle(&self) -> bool {
-        self.in_flight == 0 && self.typists.is_empty()
+        self.in_flight == 0
+            && self.typists.is_empty()
+            && self.cursors_unsaved.is_empty()
+            && self.cursors_in_flight == 0
+            && !self.receipts_dirty
     }
 
     /// Estimated bytes held (the entry, member ids, dedupe window, fan-out lists).
@@ -134,7 +180,9 @@ impl Conv {
         let fanout = if self.fanout.is_empty() { 0 } else { members + self.fanout.len() * 32 };
         let group =
             self.group.as_ref().map_or(0, |g| g.name.len() + g.admins.iter().map(|a| 24 + a.len()).sum::<usize>());
-        std::mem::size_of::<Conv>() + 64 + members + fanout + group + self.dedupe.heap_bytes()
+        let cursors: usize = self.cursors.keys().map(|k| 48 + k.len().max(8)).sum();
+        let recent = self.recent.len() * (40 + 16);
+        std::mem::size_of::<Conv>() + 64 + members + fanout + group + self.dedupe.heap_bytes() + cursors + recent
     }
 }
 
@@ -182,6 +230,10 @@ pub struct ConvTable {
     negative: Negative,
     /// Conversations with someone typing (checked for expiry on the beat).
     pub typing: Vec<ConvId>,
+    /// Groups whose receipt counts may have changed (published each window).
+    pub receipts: Vec<ConvId>,
+    /// Conversations with cursors to write at the next commit.
+    pub unsaved: Vec<ConvId>,
     /// Conversations evicted since start.
     pub evicted: u64,
 }
@@ -193,6 +245,8 @@ impl ConvTable {
             slots: HashMap::new(),
             negative: Negative { set: HashSet::new(), order: VecDeque::new(), cap: negative },
             typing: Vec::new(),
+            receipts: Vec::new(),
+            unsaved: Vec::new(),
             evicted: 0,
         }
     }

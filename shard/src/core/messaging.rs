@@ -26,6 +26,7 @@ use wire::frame::{Ack, ConvId, Message, MsgKind, Page, ServerFrame};
 use super::commit::Pending;
 use super::convs::{by_home_shard, Conv, Slot, Waiting};
 use super::dedupe::Accepted;
+use super::receipts::{Sent, RECENT_SENDERS};
 use super::{busy, storage_failed, Core, Effect, MsgRoute, ReadFor, Route, SendReq};
 use crate::ids::{dm_conv, home_of_user, ConnId, ConnRef, ShardId};
 
@@ -63,7 +64,8 @@ impl Waiting {
             Waiting::Send(r) => (r.from, Some(r.send.client_msg_id.clone())),
             Waiting::Group(r) => (r.from, r.op.req_id.clone()),
             Waiting::History { from, req, .. } => (*from, req.req_id.clone()),
-            Waiting::Typing { from, .. } => (*from, None),
+            Waiting::Typing { from, .. } | Waiting::Cursor { from, .. } => (*from, None),
+            Waiting::Receipts { from, req, .. } => (*from, req.req_id.clone()),
         }
     }
 
@@ -92,6 +94,11 @@ impl Core {
                     self.send_route(from.shard, Route::Conn(super::ConnRoute::SyncDone { to: from, convs: 0 }));
                 }
             }
+            MsgRoute::Cursor { from, user, conv, seq, read, private } => {
+                self.at_conv(conv, Waiting::Cursor { from, user, seq, read, private })
+            }
+            MsgRoute::Receipts { from, user, req } => self.at_conv(req.conv, Waiting::Receipts { from, user, req }),
+            MsgRoute::ReceiptDeliver { user, frame, except } => self.on_receipt_deliver(&user, *frame, except),
             MsgRoute::Deliver { conv, seq, msg, recipients, except } => {
                 self.deliver(conv, seq, msg, &recipients, except)
             }
@@ -134,7 +141,7 @@ impl Core {
     pub(super) fn on_conv_loaded(&mut self, conv: ConvId, r: Result<ReadDone, StoreError>) {
         let Some(queue) = self.convs.take_loading(conv) else { return };
         let (meta, tail) = match r {
-            Ok(ReadDone::Conv { meta, tail }) => (meta, tail),
+            Ok(ReadDone::Conv { meta, tail, cursors }) => (meta, (tail, cursors)),
             Ok(_) => (None, Default::default()),
             Err(e) => {
                 let err = storage_failed(&e);
@@ -151,7 +158,9 @@ impl Core {
             }
             return;
         }
+        let (tail, cursors) = tail;
         let mut c = Conv::new(Vec::new(), tail.last_seq, self.cfg.dedupe_window);
+        c.cursors = cursors.into_iter().map(|(u, r)| (Box::from(u), r)).collect();
         if let Some(m) = meta {
             c.exists = true;
             c.members = m.members.into_iter().map(Box::from).collect();
@@ -193,6 +202,8 @@ impl Core {
                 }
             }
             Waiting::Typing { from, user, typing } => self.on_typing(from, &user, conv, typing),
+            Waiting::Cursor { from, user, seq, read, private } => self.on_cursor(from, &user, conv, seq, read, private),
+            Waiting::Receipts { from, user, req } => self.receipt_list(from, &user, req),
         }
     }
 
@@ -273,7 +284,8 @@ impl Core {
 
     /// Work waits for a commit and none is running.
     pub fn wants_commit(&self) -> bool {
-        self.commit.wants_commit() || (self.commit.in_flight.is_none() && !self.users.unsaved.is_empty())
+        self.commit.wants_commit()
+            || (self.commit.in_flight.is_none() && (!self.users.unsaved.is_empty() || !self.convs.unsaved.is_empty()))
     }
 
     /// Starts a commit: the writes of everything queued, to be made durable as one
@@ -284,13 +296,20 @@ impl Core {
             return None;
         }
         self.queue_user_records();
-        self.commit.take()
+        let cursors = self.cursor_writes();
+        let writes = self.commit.take(cursors);
+        if writes.is_none() {
+            // Nothing was taken: the cursors listed wait for the next commit.
+            self.cursors_committed(false);
+        }
+        writes
     }
 
     /// The commit started by [`Core::take_commit`] is durable (`Ok`) or failed.
     pub fn commit_done(&mut self, r: Result<(), StoreError>, now: u64) {
         self.now = now;
         let Some(batch) = self.commit.in_flight.take() else { return };
+        self.cursors_committed(r.is_ok());
         match r {
             Ok(()) => self.committed(batch),
             Err(e) => self.commit_failed(batch, &e),
@@ -305,6 +324,13 @@ impl Core {
             let Some(c) = self.convs.ready(p.conv) else { continue };
             c.durable_seq = c.durable_seq.max(p.seq);
             c.in_flight = c.in_flight.saturating_sub(1);
+            if c.group.is_some() && p.info.is_none() {
+                // Its sender is told its receipt counts while it is recent.
+                c.recent.push_back(Sent { seq: p.seq, from: Box::from(p.msg.from.as_str()), told: (0, 0) });
+                while c.recent.len() > RECENT_SENDERS {
+                    c.recent.pop_front();
+                }
+            }
             // A group event goes to the members when it was stored, which may differ
             // from the current ones (later changes are already applied in memory).
             let fanout: Vec<Arc<[Box<str>]>> = match &p.meta {

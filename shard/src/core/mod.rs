@@ -16,7 +16,7 @@
 //! - [`convs`]: conversations homed here (members, seq, dedupe, typing) with their
 //!   eviction and negative cache; [`dedupe`]: one conversation's dedupe window;
 //! - [`commit`]: the group-commit queue and acks waiting for durability;
-//! - [`messaging`], [`groups`], [`presence`]: the rules, as `Core` methods;
+//! - [`messaging`], [`groups`], [`presence`], [`receipts`]: the rules, as `Core` methods;
 //! - [`route`]: what cores send each other; [`limits`]: token buckets.
 //!
 //! Every table has a bound or an eviction rule ([`CoreConfig`] names them); what a
@@ -30,6 +30,7 @@ pub mod groups;
 pub mod limits;
 pub mod messaging;
 pub mod presence;
+pub mod receipts;
 pub mod route;
 pub mod users;
 
@@ -358,6 +359,7 @@ impl Core {
         self.now = now;
         if publish {
             self.publish_presence();
+            self.publish_receipts();
         }
         self.expire_typing();
         self.convs.evict(self.cfg.conv_memory);

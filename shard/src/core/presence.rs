@@ -20,7 +20,7 @@ use storage::StoreError;
 use wire::frame::{PresenceState, PresenceUpdate, ServerFrame};
 
 use super::limits::TokenBucket;
-use super::users::{ConnState, User};
+use super::users::{ConnState, Held, User};
 use super::{Core, Effect, PresenceRoute, ReadFor, Refused, Route};
 use crate::ids::{ConnId, ConnRef, ShardId};
 
@@ -33,7 +33,7 @@ impl Core {
     }
 
     /// Starts reading `key`'s record unless it is read or being read.
-    fn load_user(&mut self, key: &Rc<str>) {
+    pub(super) fn load_user(&mut self, key: &Rc<str>) {
         match self.users.get(key) {
             Some(u) if !u.loaded() && !u.reading() => {}
             _ => return,
@@ -114,9 +114,21 @@ impl Core {
         if changed {
             self.users.mark_unsaved(&key);
         }
+        let held = self.users.get_mut(&key).map(|u| u.take_held()).unwrap_or_default();
         let update = self.update_of(&key, false);
         for w in waiting {
             self.reply(w, ServerFrame::Presence { updates: vec![update.clone()] });
+        }
+        // What waited for the record, in arrival order.
+        for h in held {
+            match h {
+                Held::Frame(conn, frame) => {
+                    if self.conns.get(conn).is_some() {
+                        self.on_client_frame(conn, frame);
+                    }
+                }
+                Held::Deliver(frame, except) => self.on_receipt_deliver(&key, frame, except),
+            }
         }
         self.users.evict_if_idle(&key);
     }

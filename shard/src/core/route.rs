@@ -73,6 +73,39 @@ pub enum MsgRoute {
         /// The sending connection, which gets an ack instead.
         except: Option<ConnRef>,
     },
+    /// A device's delivered or read cursor, for the conversation's home.
+    Cursor {
+        /// The device's connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The conversation.
+        conv: ConvId,
+        /// Up to this seq.
+        seq: u64,
+        /// Read (true) or delivered.
+        read: bool,
+        /// The user has read receipts off (their read is not shown).
+        private: bool,
+    },
+    /// A `receipts` request, for the conversation's home.
+    Receipts {
+        /// The asking connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The request.
+        req: wire::frame::ReceiptsReq,
+    },
+    /// A receipt for `user`'s devices (at the user's home).
+    ReceiptDeliver {
+        /// The user.
+        user: String,
+        /// `receipt` or `receipt_count` (boxed: rare, and routes stay small).
+        frame: Box<ServerFrame>,
+        /// A connection of the user that is not told (the one that sent the cursor).
+        except: Option<ConnRef>,
+    },
     /// A typing change for the online devices of `recipients` (homed on the receiving shard).
     TypingDeliver {
         /// The conversation.

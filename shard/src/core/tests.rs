@@ -205,3 +205,148 @@ fn routes_between_shards_are_plain_data() {
     fn plain<T: std::marker::Send + 'static>() {}
     plain::<Route>();
 }
+
+fn receipts_of(frames: Vec<ServerFrame>) -> Vec<(String, u64, u64)> {
+    frames
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::Receipt { user, delivered, read, .. } => Some((user, delivered, read)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dm_receipts_reach_the_sender_and_the_readers_devices_once_durable_and_never_go_back() {
+    let mut s = One::new(CoreConfig::default());
+    let alice = s.open(0, "alice");
+    let bob = s.open(1, "bob");
+    let bob2 = s.core.conn_ref(ConnId { slot: 2, gen: 1 }).conn;
+    s.core.conn_opened(bob2, "bob", "tablet", s.now).unwrap();
+    for i in 0..3 {
+        s.send(alice, msg(&format!("m{i}"), "bob"));
+    }
+    let conv = match s.take(alice).into_iter().find_map(|f| if let ServerFrame::Ack(a) = f { Some(a) } else { None }) {
+        Some(a) => a.conv,
+        None => panic!("no ack"),
+    };
+    s.take(bob);
+    s.take(bob2);
+    s.send(bob, ClientFrame::Delivered { conv, seq: 3 });
+    assert_eq!(receipts_of(s.take(alice)), vec![("bob".into(), 3, 0)]);
+    s.send(bob, ClientFrame::Read { conv, seq: 2 });
+    assert_eq!(receipts_of(s.take(alice)), vec![("bob".into(), 3, 2)]);
+    // Bob's devices converge (the reading device is told too: its acknowledgement).
+    assert_eq!(receipts_of(s.take(bob2)).last(), Some(&("bob".into(), 3, 2)));
+    assert_eq!(receipts_of(s.take(bob)).last(), Some(&("bob".into(), 3, 2)));
+    // Never backwards, never past what is stored.
+    s.send(bob, ClientFrame::Read { conv, seq: 1 });
+    assert!(receipts_of(s.take(alice)).is_empty(), "a cursor does not move back");
+    s.send(bob2, ClientFrame::Delivered { conv, seq: 99 });
+    assert!(receipts_of(s.take(alice)).is_empty(), "capped at the last stored seq (3)");
+    // Durable: in the store.
+    let stored = s.store.cursors(conv).unwrap();
+    assert_eq!(
+        stored,
+        vec![("bob".to_owned(), storage::model::CursorRecord { delivered: 3, read: 2, private: false })]
+    );
+}
+
+#[test]
+fn group_senders_get_coalesced_counts_and_members_pages() {
+    let cfg = CoreConfig { presence_rate: 0, history_rate: 0, ..CoreConfig::default() };
+    let mut s = One::new(cfg);
+    let owner = s.open(0, "owner");
+    let members: Vec<String> = (0..9).map(|i| format!("m{i}")).collect();
+    let op = wire::frame::GroupOp {
+        req_id: None,
+        action: wire::frame::GroupAction::Create,
+        conv: None,
+        name: None,
+        members: members.clone(),
+    };
+    s.send(owner, ClientFrame::Group(op));
+    let conv = s
+        .take(owner)
+        .into_iter()
+        .find_map(|f| if let ServerFrame::GroupInfo(g) = f { Some(g.conv) } else { None })
+        .expect("group created");
+    s.send(
+        owner,
+        ClientFrame::Send(Send {
+            client_msg_id: "hello".into(),
+            target: Target::Conv(conv),
+            body: b"hi".to_vec(),
+            kind: MsgKind::Text,
+        }),
+    );
+    s.take(owner);
+    let conns: Vec<ConnId> = (0..9).map(|i| s.open(10 + i, &members[i as usize])).collect();
+    // Every member receives; six read; all in one window.
+    for (i, c) in conns.iter().enumerate() {
+        s.send(*c, ClientFrame::Delivered { conv, seq: 2 });
+        if i < 6 {
+            s.send(*c, ClientFrame::Read { conv, seq: 2 });
+        }
+    }
+    s.core.tick(s.now, true);
+    s.run();
+    let counts: Vec<_> = s
+        .take(owner)
+        .into_iter()
+        .filter_map(|f| {
+            if let ServerFrame::ReceiptCount { seq, members, delivered, read, .. } = f {
+                Some((seq, members, delivered, read))
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(counts, vec![(2, 9, 9, 6)], "one coalesced count for the window");
+    // Nothing new: nothing sent at the next window.
+    s.core.tick(s.now, true);
+    s.run();
+    assert!(s.take(owner).iter().all(|f| !matches!(f, ServerFrame::ReceiptCount { .. })));
+    // Who: pages of 4 members.
+    let mut readers = Vec::new();
+    let mut after = None;
+    loop {
+        let req =
+            wire::frame::ReceiptsReq { req_id: Some("r".into()), conv, seq: 2, after: after.clone(), limit: Some(4) };
+        s.send(owner, ClientFrame::Receipts(req));
+        let Some(ServerFrame::ReceiptList(l)) =
+            s.take(owner).into_iter().find(|f| matches!(f, ServerFrame::ReceiptList(_)))
+        else {
+            panic!("no list")
+        };
+        readers.extend(l.read);
+        match l.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(readers, members[..6].to_vec());
+}
+
+#[test]
+fn a_user_with_read_receipts_off_shows_and_sees_no_reads() {
+    let cfg = CoreConfig { presence_rate: 0, ..CoreConfig::default() };
+    let mut s = One::new(cfg);
+    let alice = s.open(0, "alice");
+    let bob = s.open(1, "bob");
+    s.send(bob, ClientFrame::Settings { read_receipts: Some(false) });
+    s.send(alice, msg("a1", "bob"));
+    s.send(bob, msg("b1", "alice"));
+    let conv = dm(&mut s, alice);
+    s.take(bob);
+    s.send(bob, ClientFrame::Read { conv, seq: 1 });
+    assert_eq!(receipts_of(s.take(alice)), vec![("bob".into(), 1, 0)], "bob's read is not shown");
+    assert_eq!(receipts_of(s.take(bob)), vec![("bob".into(), 1, 1)], "bob's own devices still sync");
+    s.send(alice, ClientFrame::Read { conv, seq: 2 });
+    assert_eq!(receipts_of(s.take(bob)), vec![("alice".into(), 2, 0)], "bob sees no one's reads");
+    assert!(s.store.user_record("bob").unwrap().receipts_off, "the setting is durable");
+}
+
+fn dm(s: &mut One, a: ConnId) -> ConvId {
+    s.take(a).into_iter().find_map(|f| if let ServerFrame::Ack(k) = f { Some(k.conv) } else { None }).expect("an ack")
+}

@@ -129,22 +129,40 @@ pub struct MoreBuckets {
     pub presence: TokenBucket,
 }
 
-/// Who watches a user.
+/// Who watches a user, and work waiting for the user's record.
 #[derive(Debug, Default)]
 pub struct Watchers {
     /// Connections watching this user.
     pub subscribers: Vec<ConnRef>,
     /// Watchers that subscribed before the record was read: answered when it is.
     pub waiting: Vec<ConnRef>,
+    /// Frames and deliveries that need the record (the receipts setting), in arrival
+    /// order. Bound: [`MAX_HELD`].
+    pub held: Vec<Held>,
 }
 
-const HIDE: u8 = 1;
-const LOADED: u8 = 2;
-const UNSAVED: u8 = 4;
-const DIRTY: u8 = 8;
-const READING: u8 = 16;
-const PENDING: u8 = 32;
-const PENDING_HIDE: u8 = 64;
+/// Work that waits for a user's record.
+#[derive(Debug)]
+pub enum Held {
+    /// A frame from one of the user's connections (`read`, `settings`).
+    Frame(ConnId, wire::frame::ClientFrame),
+    /// A receipt for the user's devices (filtered by their setting once known).
+    Deliver(wire::frame::ServerFrame, Option<ConnRef>),
+}
+
+/// Most frames and deliveries held per user while the record loads.
+pub const MAX_HELD: usize = 64;
+
+const HIDE: u16 = 1;
+const LOADED: u16 = 2;
+const UNSAVED: u16 = 4;
+const DIRTY: u16 = 8;
+const READING: u16 = 16;
+const PENDING: u16 = 32;
+const PENDING_HIDE: u16 = 64;
+const RECEIPTS_OFF: u16 = 128;
+const PENDING_RECEIPTS: u16 = 256;
+const PENDING_RECEIPTS_OFF: u16 = 512;
 
 /// A user homed on this shard. Kept small (72 bytes): one exists per connected user.
 #[derive(Debug)]
@@ -159,8 +177,9 @@ pub struct User {
     last_seen: u64,
     /// Watchers, while there are any.
     watchers: Option<Box<Watchers>>,
-    /// `HIDE`, `LOADED`, `UNSAVED`, `DIRTY`, `READING`, `PENDING`, `PENDING_HIDE`.
-    flags: u8,
+    /// `HIDE`, `LOADED`, `UNSAVED`, `DIRTY`, `READING`, `RECEIPTS_OFF` and the pending
+    /// changes made before the record was read.
+    flags: u16,
     /// The state watchers were last told.
     pub published: PresenceState,
 }
@@ -178,11 +197,11 @@ impl User {
         }
     }
 
-    fn flag(&self, f: u8) -> bool {
+    fn flag(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 
-    fn set(&mut self, f: u8, on: bool) {
+    fn set(&mut self, f: u16, on: bool) {
         if on {
             self.flags |= f;
         } else {
@@ -192,7 +211,16 @@ impl User {
 
     /// The durable facts as known here (valid once [`User::loaded`]).
     pub fn record(&self) -> UserRecord {
-        UserRecord { last_seen: (self.last_seen > 0).then_some(self.last_seen), hide_last_seen: self.flag(HIDE) }
+        UserRecord {
+            last_seen: (self.last_seen > 0).then_some(self.last_seen),
+            hide_last_seen: self.flag(HIDE),
+            receipts_off: self.flag(RECEIPTS_OFF),
+        }
+    }
+
+    /// The user turned read receipts off (valid once loaded).
+    pub fn receipts_off(&self) -> bool {
+        self.flag(RECEIPTS_OFF)
     }
 
     /// The stored record has been read (or there was none).
@@ -217,6 +245,37 @@ impl User {
         changed
     }
 
+    /// A change of the read-receipts setting (as [`User::set_hide`]).
+    pub fn set_receipts_off(&mut self, off: bool) -> bool {
+        if !self.loaded() {
+            self.set(PENDING_RECEIPTS, true);
+            self.set(PENDING_RECEIPTS_OFF, off);
+            return true;
+        }
+        let changed = self.flag(RECEIPTS_OFF) != off;
+        self.set(RECEIPTS_OFF, off);
+        changed
+    }
+
+    /// Holds work until the record is read; `false` when [`MAX_HELD`] are held already.
+    pub fn hold(&mut self, h: Held) -> bool {
+        let w = self.watchers.get_or_insert_with(Default::default);
+        if w.held.len() >= MAX_HELD {
+            return false;
+        }
+        w.held.push(h);
+        true
+    }
+
+    /// Takes the held work.
+    pub fn take_held(&mut self) -> Vec<Held> {
+        let held = self.watchers.as_mut().map(|w| std::mem::take(&mut w.held)).unwrap_or_default();
+        if self.watchers.as_ref().is_some_and(|w| w.subscribers.is_empty() && w.waiting.is_empty()) {
+            self.watchers = None;
+        }
+        held
+    }
+
     /// Merges the stored record in; `true` when what is known here differs from it (so
     /// it must be written).
     pub fn merge_loaded(&mut self, stored: UserRecord) -> bool {
@@ -226,7 +285,10 @@ impl User {
         let hide = if self.flag(PENDING) { self.flag(PENDING_HIDE) } else { stored.hide_last_seen };
         changed |= hide != stored.hide_last_seen;
         self.set(HIDE, hide);
-        self.set(PENDING | PENDING_HIDE | READING, false);
+        let off = if self.flag(PENDING_RECEIPTS) { self.flag(PENDING_RECEIPTS_OFF) } else { stored.receipts_off };
+        changed |= off != stored.receipts_off;
+        self.set(RECEIPTS_OFF, off);
+        self.set(PENDING | PENDING_HIDE | PENDING_RECEIPTS | PENDING_RECEIPTS_OFF | READING, false);
         self.set(LOADED, true);
         changed
     }
@@ -269,7 +331,7 @@ impl User {
         if let Some(w) = self.watchers.as_mut() {
             w.subscribers.retain(|s| *s != by);
             w.waiting.retain(|s| *s != by);
-            if w.subscribers.is_empty() && w.waiting.is_empty() {
+            if w.subscribers.is_empty() && w.waiting.is_empty() && w.held.is_empty() {
                 self.watchers = None;
             }
         }
@@ -278,7 +340,9 @@ impl User {
     /// Nothing keeps this entry: no connection, no watcher, no read or write of its
     /// record under way, no presence change to publish.
     pub fn evictable(&self) -> bool {
-        self.conns.is_empty() && self.watchers.is_none() && self.flags & (UNSAVED | DIRTY | READING | PENDING) == 0
+        self.conns.is_empty()
+            && self.watchers.is_none()
+            && self.flags & (UNSAVED | DIRTY | READING | PENDING | PENDING_RECEIPTS) == 0
     }
 }
 
@@ -312,6 +376,11 @@ impl UserTable {
         let k: Rc<str> = Rc::from(name);
         self.users.insert(k.clone(), User::new(send));
         (k, true)
+    }
+
+    /// The shared key of `name`, if in memory.
+    pub fn key(&self, name: &str) -> Option<Rc<str>> {
+        self.users.get_key_value(name).map(|(k, _)| k.clone())
     }
 
     /// The connections of `name` (empty when unknown).
@@ -399,10 +468,11 @@ mod tests {
         let mut u = User::new(TokenBucket::full(1, 0));
         u.went_offline(50);
         assert!(u.set_hide(true), "a change before the read is kept");
-        assert!(u.merge_loaded(UserRecord { last_seen: Some(40), hide_last_seen: false }));
-        assert_eq!(u.record(), UserRecord { last_seen: Some(50), hide_last_seen: true });
+        assert!(u.merge_loaded(UserRecord { last_seen: Some(40), hide_last_seen: false, receipts_off: true }));
+        assert_eq!(u.record(), UserRecord { last_seen: Some(50), hide_last_seen: true, receipts_off: true });
         let mut v = User::new(TokenBucket::full(1, 0));
-        assert!(!v.merge_loaded(UserRecord { last_seen: Some(40), hide_last_seen: true }), "nothing new to write");
+        let stored = UserRecord { last_seen: Some(40), hide_last_seen: true, receipts_off: false };
+        assert!(!v.merge_loaded(stored), "nothing new to write");
         assert!(!v.set_hide(true));
     }
 

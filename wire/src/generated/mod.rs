@@ -52,6 +52,20 @@ pub mod switchboard {
     pub use self::group_op_generated::*;
     mod group_info_generated;
     pub use self::group_info_generated::*;
+    mod delivered_generated;
+    pub use self::delivered_generated::*;
+    mod read_generated;
+    pub use self::read_generated::*;
+    mod receipts_generated;
+    pub use self::receipts_generated::*;
+    mod settings_generated;
+    pub use self::settings_generated::*;
+    mod receipt_generated;
+    pub use self::receipt_generated::*;
+    mod receipt_count_generated;
+    pub use self::receipt_count_generated::*;
+    mod receipt_list_generated;
+    pub use self::receipt_list_generated::*;
     mod envelope_generated;
     pub use self::envelope_generated::*;
   } // v_1

@@ -306,6 +306,111 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_delivered(&self) -> Option<Delivered<'a>> {
+    if self.frame_type() == Frame::Delivered {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Delivered::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_read(&self) -> Option<Read<'a>> {
+    if self.frame_type() == Frame::Read {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Read::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_receipts(&self) -> Option<Receipts<'a>> {
+    if self.frame_type() == Frame::Receipts {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Receipts::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_settings(&self) -> Option<Settings<'a>> {
+    if self.frame_type() == Frame::Settings {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Settings::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_receipt(&self) -> Option<Receipt<'a>> {
+    if self.frame_type() == Frame::Receipt {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Receipt::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_receipt_count(&self) -> Option<ReceiptCount<'a>> {
+    if self.frame_type() == Frame::ReceiptCount {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReceiptCount::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_receipt_list(&self) -> Option<ReceiptList<'a>> {
+    if self.frame_type() == Frame::ReceiptList {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReceiptList::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -333,6 +438,13 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Frame::Typing => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Typing>>("Frame::Typing", pos),
           Frame::GroupOp => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupOp>>("Frame::GroupOp", pos),
           Frame::GroupInfo => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupInfo>>("Frame::GroupInfo", pos),
+          Frame::Delivered => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Delivered>>("Frame::Delivered", pos),
+          Frame::Read => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Read>>("Frame::Read", pos),
+          Frame::Receipts => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Receipts>>("Frame::Receipts", pos),
+          Frame::Settings => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Settings>>("Frame::Settings", pos),
+          Frame::Receipt => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Receipt>>("Frame::Receipt", pos),
+          Frame::ReceiptCount => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReceiptCount>>("Frame::ReceiptCount", pos),
+          Frame::ReceiptList => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReceiptList>>("Frame::ReceiptList", pos),
           _ => Ok(()),
         }
      })?
@@ -501,6 +613,55 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Frame::GroupInfo => {
           if let Some(x) = self.frame_as_group_info() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::Delivered => {
+          if let Some(x) = self.frame_as_delivered() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::Read => {
+          if let Some(x) = self.frame_as_read() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::Receipts => {
+          if let Some(x) = self.frame_as_receipts() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::Settings => {
+          if let Some(x) = self.frame_as_settings() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::Receipt => {
+          if let Some(x) = self.frame_as_receipt() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::ReceiptCount => {
+          if let Some(x) = self.frame_as_receipt_count() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::ReceiptList => {
+          if let Some(x) = self.frame_as_receipt_list() {
             ds.field("frame", &x)
           } else {
             ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_FRAME: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_FRAME: u8 = 17;
+pub const ENUM_MAX_FRAME: u8 = 24;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_FRAME: [Frame; 18] = [
+pub const ENUM_VALUES_FRAME: [Frame; 25] = [
   Frame::NONE,
   Frame::Hello,
   Frame::Send,
@@ -27,6 +27,13 @@ pub const ENUM_VALUES_FRAME: [Frame; 18] = [
   Frame::Typing,
   Frame::GroupOp,
   Frame::GroupInfo,
+  Frame::Delivered,
+  Frame::Read,
+  Frame::Receipts,
+  Frame::Settings,
+  Frame::Receipt,
+  Frame::ReceiptCount,
+  Frame::ReceiptList,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -52,9 +59,16 @@ impl Frame {
   pub const Typing: Self = Self(15);
   pub const GroupOp: Self = Self(16);
   pub const GroupInfo: Self = Self(17);
+  pub const Delivered: Self = Self(18);
+  pub const Read: Self = Self(19);
+  pub const Receipts: Self = Self(20);
+  pub const Settings: Self = Self(21);
+  pub const Receipt: Self = Self(22);
+  pub const ReceiptCount: Self = Self(23);
+  pub const ReceiptList: Self = Self(24);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 24;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -74,6 +88,13 @@ impl Frame {
     Self::Typing,
     Self::GroupOp,
     Self::GroupInfo,
+    Self::Delivered,
+    Self::Read,
+    Self::Receipts,
+    Self::Settings,
+    Self::Receipt,
+    Self::ReceiptCount,
+    Self::ReceiptList,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -96,6 +117,13 @@ impl Frame {
       Self::Typing => Some("Typing"),
       Self::GroupOp => Some("GroupOp"),
       Self::GroupInfo => Some("GroupInfo"),
+      Self::Delivered => Some("Delivered"),
+      Self::Read => Some("Read"),
+      Self::Receipts => Some("Receipts"),
+      Self::Settings => Some("Settings"),
+      Self::Receipt => Some("Receipt"),
+      Self::ReceiptCount => Some("ReceiptCount"),
+      Self::ReceiptList => Some("ReceiptList"),
       _ => None,
     }
   }

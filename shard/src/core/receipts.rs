@@ -6,8 +6,8 @@
 //!   (so never past what it could have sent). Reading implies receiving.
 //! - Cursors are durable: a change is written with the shard's next group commit (it
 //!   never delays a message's ack) and read back with the conversation.
-//! - Who is told: the reader's other devices get the reader's cursors (unread state
-//!   converges across devices). In a DM the peer gets them too. In a group, per-member
+//! - Who is told, once the cursor is durable: every device of the reader (the one that
+//!   sent it too: its acknowledgement), so unread state converges across devices. In a DM the peer gets them too. In a group, per-member
 //!   updates would flood a large group: each sender of a recent message gets, once per
 //!   presence window, how many of the other members have received and read their
 //!   newest message (`receipt_count`), and can ask who (`receipts`, paginated).

@@ -55,7 +55,13 @@ pub struct ChatArgs {
     pub threads: usize,
     /// Prefix for user ids (use a new one per run against the same data).
     pub tag: String,
+    /// Receipts mix: every received message is acknowledged with `delivered`, every
+    /// other one with `read` too (sent with the receiver's next write).
+    pub receipts: bool,
 }
+
+/// Receipt frames waiting for their connection's next write: `(user index, frame)`.
+type Pending = Rc<RefCell<Vec<(usize, ClientFrame)>>>;
 
 /// Shared by the executors during setup.
 struct Setup {
@@ -81,6 +87,7 @@ struct Out {
     duplicates: u64,
     out_of_order: u64,
     group_sent: u64,
+    receipts_sent: u64,
     errors: BTreeMap<String, u64>,
     ack: Option<Histogram<u64>>,
     deliver: Option<Histogram<u64>>,
@@ -116,7 +123,14 @@ fn user(args: &ChatArgs, i: usize) -> String {
 }
 
 /// Reads one connection: acks (latency by send time) and messages (latency, order).
-async fn reader(mut rx: Rx, out: Rc<RefCell<Out>>, times: Rc<RefCell<Vec<u64>>>, live: Arc<Live>, epoch: Instant) {
+async fn reader(
+    mut rx: Rx,
+    out: Rc<RefCell<Out>>,
+    times: Rc<RefCell<Vec<u64>>>,
+    live: Arc<Live>,
+    epoch: Instant,
+    receipts: Option<(usize, Pending)>,
+) {
     let mut next: HashMap<(u32, u32), u64> = HashMap::new();
     while let Ok(f) = rx.frame().await {
         let now = epoch.elapsed().as_nanos() as u64;
@@ -146,6 +160,15 @@ async fn reader(mut rx: Rx, out: Rc<RefCell<Out>>, times: Rc<RefCell<Vec<u64>>>,
                 }
                 *expect = seq + 1;
                 o.delivered += 1;
+                if let Some((me, pending)) = &receipts {
+                    let mut p = pending.borrow_mut();
+                    p.push((*me, ClientFrame::Delivered { conv: m.conv, seq: m.seq }));
+                    o.receipts_sent += 1;
+                    if m.seq % 2 == 0 {
+                        p.push((*me, ClientFrame::Read { conv: m.conv, seq: m.seq }));
+                        o.receipts_sent += 1;
+                    }
+                }
                 let us = (now.saturating_sub(sent_at) / 1000).max(1);
                 let _ = o.deliver.get_or_insert_with(report::histogram).record(us);
                 live.record_delivery(us);
@@ -173,12 +196,15 @@ async fn exec_main(args: ChatArgs, t: usize, setup: Arc<Setup>, live: Arc<Live>,
     let mine: Vec<usize> = (0..args.users).filter(|i| i % args.threads == t).collect();
     let mut txs: HashMap<usize, Tx> = HashMap::new();
     let mut readers = Vec::new();
+    let pending: Pending = Rc::new(RefCell::new(Vec::new()));
     for &i in &mine {
         match net::open(&args.target, i, &user(&args, i)).await {
             Ok(c) => {
                 live.open.fetch_add(1, Ordering::Relaxed);
                 txs.insert(i, c.tx);
-                readers.push(glommio::spawn_local(reader(c.rx, out.clone(), times.clone(), live.clone(), epoch)));
+                let receipts = args.receipts.then(|| (i, pending.clone()));
+                let r = reader(c.rx, out.clone(), times.clone(), live.clone(), epoch, receipts);
+                readers.push(glommio::spawn_local(r));
             }
             Err(e) => {
                 live.failed.fetch_add(1, Ordering::Relaxed);
@@ -265,33 +291,48 @@ async fn exec_main(args: ChatArgs, t: usize, setup: Arc<Setup>, live: Arc<Live>,
             live.sent.fetch_add(1, Ordering::Relaxed);
             n += 1;
         }
-        dirty.sort_unstable();
-        dirty.dedup();
-        for from in dirty {
-            if let Some(tx) = txs.get_mut(&from) {
-                let _ = tx.flush().await;
-            }
-        }
+        send_receipts(&pending, &mut txs, dirty).await;
     }
     // Done sending: wait (bounded: 10 s) for this executor's acks and for every
     // expected delivery (counted by the receivers' executors), then drop the readers.
     let expected = out.borrow().expected;
     setup.expected.fetch_add(expected as usize, Ordering::Relaxed);
     setup.done_sending.fetch_add(1, Ordering::Relaxed);
-    let o2 = out.clone();
-    let (s2, l2, threads) = (setup.clone(), live.clone(), args.threads);
-    wait_until(
-        move || {
-            o2.borrow().acked >= o2.borrow().sent
-                && s2.done_sending.load(Ordering::Relaxed) >= threads
-                && l2.delivered.load(Ordering::Relaxed) >= s2.expected.load(Ordering::Relaxed) as u64
-        },
-        Duration::from_secs(10),
-    )
-    .await;
+    let (o2, s2, l2, threads) = (out.clone(), setup.clone(), live.clone(), args.threads);
+    let all_in = move || {
+        o2.borrow().acked >= o2.borrow().sent
+            && s2.done_sending.load(Ordering::Relaxed) >= threads
+            && l2.delivered.load(Ordering::Relaxed) >= s2.expected.load(Ordering::Relaxed) as u64
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    // Receipts for what still arrives go out meanwhile.
+    while !all_in() && Instant::now() < until {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+        send_receipts(&pending, &mut txs, Vec::new()).await;
+    }
+    send_receipts(&pending, &mut txs, Vec::new()).await;
     drop(readers);
     drop(txs);
     out.take()
+}
+
+/// Queues the receipts readers produced on their connections and flushes those and
+/// `dirty` (one write per connection).
+async fn send_receipts(pending: &Pending, txs: &mut HashMap<usize, Tx>, mut dirty: Vec<usize>) {
+    let frames: Vec<(usize, ClientFrame)> = pending.borrow_mut().drain(..).collect();
+    for (i, f) in frames {
+        if let Some(tx) = txs.get_mut(&i) {
+            tx.queue(&f);
+            dirty.push(i);
+        }
+    }
+    dirty.sort_unstable();
+    dirty.dedup();
+    for from in dirty {
+        if let Some(tx) = txs.get_mut(&from) {
+            let _ = tx.flush().await;
+        }
+    }
 }
 
 /// Creates a group from a second device of `creator` and returns its id: created with
@@ -372,6 +413,7 @@ pub fn run(args: ChatArgs, server_pid: Option<u32>) -> anyhow::Result<serde_json
         o.duplicates += x.duplicates;
         o.out_of_order += x.out_of_order;
         o.group_sent += x.group_sent;
+        o.receipts_sent += x.receipts_sent;
         report::add_counts(&mut o.errors, x.errors);
         if let Some(h) = x.ack {
             let _ = ack.add(&h);
@@ -387,7 +429,7 @@ pub fn run(args: ChatArgs, server_pid: Option<u32>) -> anyhow::Result<serde_json
             "users": args.users, "rate": args.rate, "secs": args.secs, "body_min": args.body.0, "body_max": args.body.1,
             "groups": args.groups, "group_size": args.group_size, "group_share": args.group_share,
             "threads": args.threads, "encoding": args.target.encoding.subprotocol(), "tls": args.target.tls.is_some(),
-            "tag": args.tag,
+            "tag": args.tag, "receipts": args.receipts,
         },
         "started_unix_ms": shard::ids::now_ms() - epoch.elapsed().as_millis() as u64,
         "wall_secs": epoch.elapsed().as_secs_f64(),
@@ -398,6 +440,7 @@ pub fn run(args: ChatArgs, server_pid: Option<u32>) -> anyhow::Result<serde_json
             "sent": o.sent, "group_sent": o.group_sent, "acked": o.acked, "expected_deliveries": o.expected,
             "delivered": o.delivered, "lost": o.expected.saturating_sub(o.delivered),
             "duplicates": o.duplicates, "out_of_order": o.out_of_order, "errors": o.errors,
+            "receipts_sent": o.receipts_sent,
         },
         "latency": { "ack": hist_json(&ack), "deliver": hist_json(&deliver) },
         "server": server,

@@ -157,6 +157,10 @@ enum Cmd {
         /// Fraction of messages sent to a group (0..1).
         #[arg(long, default_value_t = 0.0)]
         group_share: f64,
+        /// Receipts mix: acknowledge every received message with `delivered` and every
+        /// other one with `read` too.
+        #[arg(long)]
+        receipts: bool,
     },
     /// One group of G connected members, M messages a second: deliveries per second,
     /// latency to the last member.
@@ -458,7 +462,7 @@ fn main() -> anyhow::Result<()> {
             finish(&storm::run(args, common.server_pid)?, common.json);
             Ok(())
         }
-        Cmd::Chat { common, users, rate, secs, body, groups, group_size, group_share } => {
+        Cmd::Chat { common, users, rate, secs, body, groups, group_size, group_share, receipts } => {
             let args = chat::ChatArgs {
                 target: common.target()?,
                 users,
@@ -470,6 +474,7 @@ fn main() -> anyhow::Result<()> {
                 group_share,
                 threads: common.threads,
                 tag: common.tag.clone(),
+                receipts,
             };
             finish(&chat::run(args, common.server_pid)?, common.json);
             Ok(())

@@ -252,3 +252,18 @@ fn fanout_reaches_every_member_and_reconnect_resyncs_everyone() {
     assert_eq!((m["replayed"].as_u64(), m["lost"].as_u64(), m["duplicates"].as_u64()), (Some(400), Some(0), Some(0)));
     assert_eq!(r["latency"]["resync"]["count"], 100);
 }
+
+#[test]
+fn chat_with_receipts_acknowledges_what_it_receives() {
+    let gw = gateway();
+    let args = ["chat", "--users", "20", "--rate", "400", "--secs", "2", "--receipts", "--tag", "rcpt"];
+    let r = bench(&gw, &args);
+    let m = &r["messages"];
+    assert_eq!((m["sent"].as_u64(), m["acked"].as_u64()), (Some(800), Some(800)), "{m}");
+    assert_eq!(m["delivered"], m["expected_deliveries"]);
+    // A delivered for every message and a read for every other one, and none refused.
+    let receipts = m["receipts_sent"].as_u64().unwrap();
+    assert!(receipts >= 1_150 && receipts <= 1_250, "{receipts} receipts for 800 messages");
+    assert_eq!(m["errors"], serde_json::json!({}), "{m}");
+    assert_eq!(r["args"]["receipts"], true);
+}

@@ -165,4 +165,34 @@ fn config_check_prints_the_effective_configuration_and_names_what_is_wrong() {
         let (ok, _, err) = check(toml, &[], &[]);
         assert!(!ok && err.contains(key), "{toml}: {err}");
     }
+    // Every key has a variable and `--set`: variable over the file, --set over both,
+    // dedicated flags over everything.
+    let env = [("SWITCHBOARD_TYPING_RATE", "7"), ("SWITCHBOARD_HISTORY_RATE", "9"), ("SWITCHBOARD_TLS_DEV", "true")];
+    let (ok, out, err) = check(
+        "typing_rate = 1
+history_rate = 1
+",
+        &env,
+        &["--set", "history_rate=3"],
+    );
+    assert!(ok, "{err}");
+    for line in ["typing_rate = 7", "history_rate = 3", "tls_dev = true"] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "no `{line}` in:
+{out}"
+        );
+    }
+    let (ok, out, err) = check("", &[], &["--set", "shards=4", "--shards", "2"]);
+    assert!(ok && out.lines().any(|l| l == "shards = 2"), "{err}{out}");
+    // A variable or --set that names no key, or a bad value, is refused, named.
+    for (env, flags, named) in [
+        (&[("SWITCHBOARD_TYPNG_RATE", "7")][..], &[][..], "SWITCHBOARD_TYPNG_RATE"),
+        (&[("SWITCHBOARD_SHARDS", "many")][..], &[][..], "SWITCHBOARD_SHARDS"),
+        (&[][..], &["--set", "no_such_key=1"][..], "no_such_key"),
+        (&[][..], &["--set", "send_rate=-1"][..], "send_rate"),
+    ] {
+        let (ok, _, err) = check("", env, flags);
+        assert!(!ok && err.contains(named), "{env:?} {flags:?}: {err}");
+    }
 }

@@ -47,11 +47,20 @@ struct Common {
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory (default ./data).
-    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// HS256 token secret (default: a development secret kept in the data dir).
-    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    #[arg(long)]
     jwt_secret: Option<String>,
+    /// Set any configuration key, as in the TOML file: `--set typing_rate=10` (repeatable;
+    /// over the file and SWITCHBOARD_* variables, under the dedicated flags).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    set: Vec<(String, String)>,
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
 #[derive(Args)]
@@ -59,19 +68,19 @@ struct ServeArgs {
     #[command(flatten)]
     common: Common,
     /// Listen address (default 127.0.0.1:9000; port 0 picks a free port).
-    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    #[arg(long)]
     listen: Option<std::net::SocketAddr>,
     /// Admin endpoint address (default 127.0.0.1:9100).
-    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
+    #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
     /// Number of shards (default: one per CPU).
-    #[arg(long, env = "SWITCHBOARD_SHARDS")]
+    #[arg(long)]
     shards: Option<usize>,
     /// Largest WebSocket frame/message in bytes (default 65536).
-    #[arg(long, env = "SWITCHBOARD_MAX_FRAME")]
+    #[arg(long)]
     max_frame: Option<usize>,
     /// Largest message body in bytes (default 49152).
-    #[arg(long, env = "SWITCHBOARD_MAX_BODY")]
+    #[arg(long)]
     max_body: Option<usize>,
     /// Do not pin shards to CPUs.
     #[arg(long)]
@@ -80,13 +89,13 @@ struct ServeArgs {
     #[arg(long)]
     tls_dev: bool,
     /// TLS certificate chain (PEM); with --tls-key, serve WSS.
-    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
+    #[arg(long)]
     tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
-    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
+    #[arg(long)]
     tls_key: Option<PathBuf>,
     /// Accept permessage-deflate when clients offer it (config key `permessage_deflate`).
-    #[arg(long, env = "SWITCHBOARD_PERMESSAGE_DEFLATE")]
+    #[arg(long)]
     permessage_deflate: bool,
     /// Conformance testing only: write every message back instead of handling it.
     #[cfg(feature = "echo")]
@@ -114,6 +123,11 @@ fn load(common: &Common) -> anyhow::Result<Config> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
+    for (key, value) in Config::env_overrides(std::env::vars()) {
+        let var = format!("SWITCHBOARD_{}", key.to_ascii_uppercase());
+        cfg.apply_overrides(&[(key, value)], &var)?;
+    }
+    cfg.apply_overrides(&common.set, "--set")?;
     if let Some(d) = &common.data_dir {
         cfg.data_dir = d.clone();
     }

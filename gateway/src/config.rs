@@ -224,6 +224,39 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Sets keys from `(key, value)` pairs, each value written as in the TOML file (a
+    /// value that is not TOML is taken as a string). `source` names where they came
+    /// from in errors. An unknown key or a value of the wrong type is refused, named.
+    pub fn apply_overrides(&mut self, pairs: &[(String, String)], source: &str) -> anyhow::Result<()> {
+        for (key, raw) in pairs {
+            let mut obj = serde_json::to_value(&*self)?;
+            let map = obj.as_object_mut().expect("a config serializes to an object");
+            anyhow::ensure!(
+                map.contains_key(key.as_str()),
+                "{source}: `{key}` is not a configuration key (switchboard.example.toml lists them all)"
+            );
+            let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+                Ok(mut t) => serde_json::to_value(t.remove("v").expect("parsed above"))?,
+                Err(_) => serde_json::Value::String(raw.clone()),
+            };
+            map.insert(key.clone(), value);
+            *self = serde_json::from_value(obj).map_err(|e| anyhow::anyhow!("{source}: `{key}` = {raw:?}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The `SWITCHBOARD_<KEY>` variables among `vars`, as `(key, value)` pairs
+    /// (`SWITCHBOARD_CONFIG`, the file's path, is not a key). Every other
+    /// `SWITCHBOARD_*` variable must name a key: a typo is refused, not ignored.
+    pub fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = vars
+            .filter_map(|(k, v)| Some((k.strip_prefix("SWITCHBOARD_")?.to_ascii_lowercase(), v)))
+            .filter(|(k, _)| k != "config")
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Reads a TOML file over the defaults.
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text =

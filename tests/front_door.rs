@@ -196,3 +196,113 @@ history_rate = 1
         assert!(!ok && err.contains(named), "{env:?} {flags:?}: {err}");
     }
 }
+
+/// Logs: JSON lines when asked, no colour codes in a pipe, no storage-engine chatter at
+/// the default level, and refusals visible at debug level.
+#[test]
+fn logs_are_json_or_plain_text_and_say_why_an_upgrade_was_refused() {
+    let run = |extra: &[&str]| -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", "2", "--data-dir"])
+            .arg(tmp.path().join("d"))
+            .args(["--set", "admin_listen=\"127.0.0.1:0\""])
+            .args(extra)
+            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr: std::net::SocketAddr = loop {
+            let line = lines.next().expect("a listening line").unwrap();
+            if let Some(rest) = line.strip_prefix("switchboard listening on ws://") {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // No token: 401.
+        assert_eq!(upgrade_status(addr, None), Some(401));
+        // Stop it cleanly and take everything it logged.
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a clean drain exits 0");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let text = run(&[]);
+    assert!(!text.contains('\u{1b}'), "no colour codes in a pipe: {text}");
+    assert!(!text.contains("lsm_tree"), "no storage-engine chatter at info: {text}");
+    assert!(text.contains("draining") && text.contains("SIGTERM"), "{text}");
+    let json = run(&["--set", "log_format=\"json\"", "--set", "log_level=\"debug\""]);
+    let events: Vec<serde_json::Value> =
+        json.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["status"] == 401 && e["message"].as_str().is_some_and(|m| m.contains("upgrade refused"))),
+        "the refusal is logged at debug: {json}"
+    );
+}
+
+/// A drain leaves an empty commit log, so only a start after a crash replays one (and
+/// says so).
+#[test]
+fn only_a_start_after_a_crash_replays_the_commit_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let start = || {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", "2", "--data-dir"])
+            .arg(&dir)
+            .args(["--set", "admin_listen=\"127.0.0.1:0\""])
+            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr: std::net::SocketAddr = loop {
+            let line = lines.next().expect("a listening line").unwrap();
+            if let Some(rest) = line.strip_prefix("switchboard listening on ws://") {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        (child, addr)
+    };
+    let chat = |addr, cmid: &str| {
+        let token = {
+            let out = Command::new(BIN)
+                .args(["token", "--user", "log-a", "--data-dir"])
+                .arg(&dir)
+                .env("SWITCHBOARD_JWT_SECRET", SECRET)
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let mut c = Client::connect(addr, &token, wire::Encoding::Json);
+        c.send(&send_to("log-b", cmid, "hello"));
+        assert!(matches!(c.recv(), wire::frame::ServerFrame::Ack(_)));
+    };
+    let stop = |child: std::process::Child| {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    // Messages, then a clean stop: the next start replays nothing.
+    let (child, addr) = start();
+    chat(addr, "first");
+    stop(child);
+    let (child, _) = start();
+    let log = stop(child);
+    assert!(!log.contains("did not stop cleanly"), "{log}");
+    // Messages, then kill -9: the next start replays and says why.
+    let (mut child, addr) = start();
+    chat(addr, "second");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (child, _) = start();
+    let log = stop(child);
+    assert!(log.contains("did not stop cleanly"), "{log}");
+}

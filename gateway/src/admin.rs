@@ -47,6 +47,9 @@ impl Drain {
     }
 }
 
+/// A drain was asked for with `POST /drain` (so the signal thread logs why it drains).
+pub static DRAIN_REQUESTED: AtomicBool = AtomicBool::new(false);
+
 /// One shard's published figures. Invariant: only shard k writes `stats[k]`.
 #[derive(Default)]
 pub struct ShardStats {
@@ -294,6 +297,7 @@ fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut Revok
         ("GET", "/metrics") => get(s, "200 OK", &metrics(stats, drain), "text/plain; version=0.0.4"),
         ("POST", "/drain") => {
             // The same path as an operator's SIGTERM: the signal thread starts the drain.
+            DRAIN_REQUESTED.store(true, Ordering::Relaxed);
             crate::reactor::request_termination();
             respond(s, "202 Accepted", "draining\n", text)
         }

@@ -138,7 +138,27 @@ fn load(common: &Common) -> anyhow::Result<Config> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    crate::server::serve(effective(args)?)
+    let cfg = effective(args)?;
+    init_logs(&cfg.log_level, &cfg.log_format);
+    crate::server::serve(cfg)
+}
+
+/// Starts logging to stderr: `RUST_LOG` if set, else `level`; the storage engine's
+/// own chatter only from `warn` up unless named; ANSI colours only on a terminal.
+fn init_logs(level: &str, format: &str) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG").ok().and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| {
+        let quiet =
+            if level.contains("lsm_tree") || level.contains("fjall") { "" } else { ",lsm_tree=warn,fjall=warn" };
+        EnvFilter::try_new(format!("{level}{quiet}")).unwrap_or_else(|_| EnvFilter::new("info"))
+    });
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let _ = if format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }
 
 /// `config check`: the configuration `serve` would run with, validated, as TOML.
@@ -203,11 +223,12 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    let result = match Cli::parse().cmd {
+    let cmd = Cli::parse().cmd;
+    if !matches!(cmd, Cmd::Serve(_)) {
+        // `serve` starts logging once its configuration is known.
+        init_logs("info", "text");
+    }
+    let result = match cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Token(a) => token(a),
         Cmd::Plan(a) => tuning::plan::plan(&a).map(|text| print!("{text}")),

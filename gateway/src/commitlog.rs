@@ -121,6 +121,11 @@ impl CommitLog {
         !self.checkpointing && !self.applying && self.pending.is_empty() && self.held.is_none()
     }
 
+    /// The log holds records of this generation.
+    pub fn is_empty(&self) -> bool {
+        self.number == 0 && !self.restart
+    }
+
     /// The encoded record for `writes`, padded to `align`.
     fn record(&self, writes: &[Write]) -> Result<Vec<u8>, StoreError> {
         let mut bytes = Vec::new();
@@ -230,6 +235,16 @@ impl Shard {
                         Err(e) => s.on_committed(&[], Err(e)),
                     },
                 );
+            }
+        }
+    }
+
+    /// Starts a checkpoint that empties the log (at the end of a drain, once idle).
+    pub(crate) fn empty_log_for_exit(&mut self) {
+        if let Some(log) = self.log.as_mut() {
+            if !log.restart {
+                log.restart = true;
+                self.checkpoint();
             }
         }
     }

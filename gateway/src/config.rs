@@ -139,6 +139,11 @@ pub struct Config {
     /// Batches a shard may have waiting for room in the mesh channel to one peer; beyond,
     /// it stops reading its clients until the peer catches up.
     pub mesh_backlog: usize,
+    /// Log level: `error`, `warn`, `info`, `debug` or `trace`, or a filter such as
+    /// `info,switchboard::service=debug` (`RUST_LOG`, when set, wins).
+    pub log_level: String,
+    /// Log lines as `text` (colours only on a terminal) or `json` (one object a line).
+    pub log_format: String,
     /// Seconds over which a drain (SIGTERM) spreads its 1012 closes.
     pub drain_secs: u32,
     /// Seconds a closing connection (close frame or refusal queued) may take to read it
@@ -215,6 +220,8 @@ impl Default for Config {
             max_reads: 4096,
             max_commit_queue: 16_384,
             mesh_backlog: 256,
+            log_level: "info".into(),
+            log_format: "text".into(),
             drain_secs: 10,
             closing_grace_secs: 5,
             permessage_deflate: false,
@@ -310,6 +317,12 @@ impl Config {
         anyhow::ensure!(self.max_reads >= 1, "max_reads must be at least 1");
         anyhow::ensure!(self.max_commit_queue >= 1, "max_commit_queue must be at least 1");
         anyhow::ensure!(self.mesh_backlog >= 2, "mesh_backlog must be at least 2");
+        anyhow::ensure!(matches!(self.log_format.as_str(), "text" | "json"), "log_format must be \"text\" or \"json\"");
+        anyhow::ensure!(
+            tracing_subscriber::EnvFilter::try_new(&self.log_level).is_ok(),
+            "log_level is not a level or filter: {:?}",
+            self.log_level
+        );
         anyhow::ensure!(
             self.commit_log_mib == 0 || self.commit_log_mib.saturating_mul(1 << 20) >= 8 * self.max_frame as u64,
             "commit_log_mib must be 0 (off) or hold 8 frames of max_frame bytes"

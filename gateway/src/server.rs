@@ -90,11 +90,12 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         let recovered =
             storage::log::recover(&log_path, &store).with_context(|| format!("replaying {}", log_path.display()))?;
         if recovered.records > 0 {
-            tracing::info!(
+            // A drain empties the log: records here mean the last run did not stop cleanly.
+            tracing::warn!(
                 shard = k,
                 records = recovered.records,
                 writes = recovered.writes,
-                "replayed the commit log"
+                "the last run did not stop cleanly: replayed its commit log (every acknowledged message is kept)"
             );
         }
         logs.push((cfg.commit_log_mib > 0).then_some(crate::service::LogSetup {
@@ -153,11 +154,15 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let announcer = std::thread::spawn(move || {
         let started = ready_rx.iter().take(shards).count();
         if started == shards {
-            println!(
+            // Written, not printed: a closed stdout (a pipe whose reader left) must not
+            // panic a thread of the server.
+            let mut out = std::io::stdout();
+            let _ = writeln!(
+                out,
                 "switchboard listening on {scheme}://{bound} ({shards} shards, data in {}, admin http://{admin})",
                 data_dir.display()
             );
-            let _ = std::io::stdout().flush();
+            let _ = out.flush();
         }
     });
     let drain_secs = cfg.drain_secs;
@@ -193,7 +198,14 @@ fn drain_on_signal(
             },
         }
     };
-    tracing::info!(signal = sig, drain_secs, "draining: no new connections; closing existing ones with 1012");
+    let cause = if crate::admin::DRAIN_REQUESTED.load(std::sync::atomic::Ordering::Relaxed) {
+        "POST /drain"
+    } else if sig == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    tracing::info!(cause, drain_secs, "draining: no new connections; closing existing ones with 1012");
     drain.requested.store(true, std::sync::atomic::Ordering::Relaxed);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(drain_secs as u64 + 15);
     loop {
@@ -203,8 +215,10 @@ fn drain_on_signal(
             if !idle {
                 tracing::warn!("drain window over with work left; exiting (acknowledged messages are durable)");
             }
-            println!("switchboard drained");
-            let _ = std::io::stdout().flush();
+            // Exit 0 even when stdout is gone (see the listening line).
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "switchboard drained");
+            let _ = out.flush();
             std::process::exit(0);
         }
     }

@@ -433,11 +433,17 @@ impl Shard {
                 _ => self.close(id),
             }
         }
-        let idle = self.conns.is_empty()
+        let mut idle = self.conns.is_empty()
             && self.inbox.is_empty()
             && self.core.is_idle()
             && !self.committing
             && self.log.as_ref().is_none_or(|l| l.is_idle());
+        // A clean stop leaves an empty commit log: the next start has nothing to replay
+        // (a replay then means the process did not stop cleanly).
+        if idle && self.log.as_ref().is_some_and(|l| !l.is_empty()) {
+            self.empty_log_for_exit();
+            idle = false;
+        }
         self.drain.idle[self.me.index()].store(idle, Ordering::Relaxed);
     }
 
@@ -794,6 +800,7 @@ impl Shard {
 
     fn refuse(&mut self, id: ConnId, r: &Refusal) {
         ShardStats::bump(&self.stats().refused);
+        tracing::debug!(shard = self.me.0, status = r.status, code = r.code, "upgrade refused: {}", r.message);
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else { return };
         conn.inbuf = Vec::new();
@@ -1017,7 +1024,10 @@ impl Shard {
         }
         match encoding.decode_client(payload) {
             Ok(frame) => self.core.client_frame(id, frame, now_ms()),
-            Err(e) => self.send_error(id, e.code(), e.to_string(), encoding.ref_id(payload)),
+            Err(e) => {
+                tracing::debug!(shard = self.me.0, code = e.code().name(), "frame refused: {e}");
+                self.send_error(id, e.code(), e.to_string(), encoding.ref_id(payload))
+            }
         }
     }
 

@@ -306,3 +306,54 @@ fn only_a_start_after_a_crash_replays_the_commit_log() {
     let log = stop(child);
     assert!(log.contains("did not stop cleanly"), "{log}");
 }
+
+/// Why users fail: refusals by reason, error frames by code, closes by code, bytes and
+/// process figures on /metrics.
+#[test]
+fn metrics_say_why_connections_and_requests_fail() {
+    use std::io::Write as _;
+    let server = Server::start(2);
+    let labelled = |name: &str, label: &str| -> u64 {
+        let (_, text) = admin_request(&server, "GET", "/metrics");
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    // A refused upgrade (no token), an error frame (not JSON), a protocol error close.
+    assert_eq!(upgrade_status(server.addr, None), Some(401));
+    let mut c = server.connect("metrics-user", "d", wire::Encoding::Json);
+    c.ws.send(tungstenite::Message::text("{not json")).unwrap();
+    assert!(matches!(c.recv(), wire::frame::ServerFrame::Error(_)));
+    let mut raw = raw_upgrade(server.addr, &server.token("metrics-raw", None));
+    raw.write_all(&[0x81, 0x02, b'h', b'i']).unwrap(); // unmasked: 1002
+    wait_for_eof(&mut raw);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let ok = labelled("switchboard_upgrades_refused_by_reason_total", "reason=\"unauthorized\"") == 1
+            && labelled("switchboard_error_frames_total", "code=\"bad_frame\"") == 1
+            && labelled("switchboard_closes_total", "code=\"1002\"") == 1
+            && labelled("switchboard_bytes_received_total", "shard") > 0
+            && labelled("switchboard_bytes_sent_total", "shard") > 0;
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", admin_request(&server, "GET", "/metrics").1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, text) = admin_request(&server, "GET", "/metrics");
+    for family in [
+        "switchboard_process_cpu_seconds_total ",
+        "switchboard_process_open_fds ",
+        "switchboard_process_start_time_seconds ",
+        "switchboard_build_info{version=",
+        "switchboard_storage_errors_total{",
+        "switchboard_tls_failures_total{",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(family)), "no {family} in /metrics");
+    }
+    let start: f64 =
+        text.lines().find_map(|l| l.strip_prefix("switchboard_process_start_time_seconds ")).unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - start).abs() < 120.0, "start time {start} vs now {now}");
+}

@@ -102,7 +102,38 @@ pub struct ShardStats {
     pub queued: AtomicU64,
     /// `mesh_backlog[k]`: batches towards shard k waiting for room in the channel.
     pub mesh_backlog: Vec<AtomicU64>,
+    /// Upgrades refused, by [`REFUSAL_CODES`].
+    pub refused_by: [AtomicU64; REFUSAL_CODES.len()],
+    /// `error` frames sent, by `wire::error::ErrorCode::ALL`.
+    pub errors_by: [AtomicU64; wire::error::ErrorCode::ALL.len()],
+    /// Close frames sent, by [`CLOSE_CODES`] (the last counts every other code).
+    pub closes_by: [AtomicU64; CLOSE_CODES.len() + 1],
+    /// TLS connections that failed (handshake or records).
+    pub tls_failures: AtomicU64,
+    /// Bytes read from sockets (ciphertext for WSS).
+    pub bytes_in: AtomicU64,
+    /// Bytes written to sockets (ciphertext for WSS).
+    pub bytes_out: AtomicU64,
+    /// Storage calls that failed (commits and reads).
+    pub storage_errors: AtomicU64,
 }
+
+/// The `code` of every upgrade refusal (HTTP answers before the WebSocket starts).
+pub const REFUSAL_CODES: [&str; 10] = [
+    "bad_request",
+    "connection_limit",
+    "device_limit",
+    "draining",
+    "handshake_rate",
+    "headers_too_large",
+    "method_not_allowed",
+    "unauthorized",
+    "upgrade_required",
+    "uri_too_long",
+];
+
+/// The WebSocket close codes the server sends, counted one by one.
+pub const CLOSE_CODES: [u16; 12] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 4000, 4003, 4408];
 
 /// Upper bounds (µs) of the commit-duration histogram's buckets.
 pub const COMMIT_BUCKETS_US: [u64; 10] = [250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000];
@@ -118,6 +149,26 @@ impl ShardStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a refused upgrade by its code.
+    pub fn refusal(&self, code: &str) {
+        if let Some(i) = REFUSAL_CODES.iter().position(|c| *c == code) {
+            Self::bump(&self.refused_by[i]);
+        }
+    }
+
+    /// Counts an `error` frame sent.
+    pub fn error_frame(&self, code: wire::error::ErrorCode) {
+        if let Some(i) = wire::error::ErrorCode::ALL.iter().position(|c| *c == code) {
+            Self::bump(&self.errors_by[i]);
+        }
+    }
+
+    /// Counts a close frame sent.
+    pub fn close(&self, code: u16) {
+        let i = CLOSE_CODES.iter().position(|c| *c == code).unwrap_or(CLOSE_CODES.len());
+        Self::bump(&self.closes_by[i]);
+    }
+
     /// Records one group commit (from the start of the batch to the storage's answer,
     /// failed ones included).
     pub fn observe_commit(&self, took: Duration) {
@@ -127,6 +178,10 @@ impl ShardStats {
         self.commit_us.fetch_add(us, Ordering::Relaxed);
     }
 }
+
+/// One exported family with a label: name, help, label name, label values, and the
+/// counters (one per value).
+type Labelled = (&'static str, &'static str, &'static str, Vec<String>, fn(&ShardStats) -> &[AtomicU64]);
 
 /// One exported series: name, type, help, and where to read it.
 type Series = (&'static str, &'static str, &'static str, fn(&ShardStats) -> &AtomicU64);
@@ -189,6 +244,63 @@ fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
         let sum = s.commit_us.load(Ordering::Relaxed) as f64 / 1e6;
         out.push_str(&format!("{name}_sum{{shard=\"{k}\"}} {sum}\n{name}_count{{shard=\"{k}\"}} {count}\n"));
     }
+    let labelled: [Labelled; 3] = [
+        (
+            "switchboard_upgrades_refused_by_reason_total",
+            "Upgrades refused, by the refusal's code.",
+            "reason",
+            REFUSAL_CODES.iter().map(|c| c.to_string()).collect(),
+            |s| &s.refused_by,
+        ),
+        (
+            "switchboard_error_frames_total",
+            "error frames sent, by code.",
+            "code",
+            wire::error::ErrorCode::ALL.iter().map(|c| c.name().to_owned()).collect(),
+            |s| &s.errors_by,
+        ),
+        (
+            "switchboard_closes_total",
+            "WebSocket close frames sent, by close code.",
+            "code",
+            CLOSE_CODES.iter().map(|c| c.to_string()).chain(["other".to_owned()]).collect(),
+            |s| &s.closes_by,
+        ),
+    ];
+    for (name, help, label, values, get) in labelled {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for (k, s) in stats.iter().enumerate() {
+            for (v, c) in values.iter().zip(get(s)) {
+                out.push_str(&format!("{name}{{shard=\"{k}\",{label}=\"{v}\"}} {}\n", c.load(Ordering::Relaxed)));
+            }
+        }
+    }
+    let plain: [Series; 4] = [
+        ("switchboard_tls_failures_total", "counter", "TLS connections that failed.", |s| &s.tls_failures),
+        ("switchboard_bytes_received_total", "counter", "Bytes read from sockets.", |s| &s.bytes_in),
+        ("switchboard_bytes_sent_total", "counter", "Bytes written to sockets.", |s| &s.bytes_out),
+        ("switchboard_storage_errors_total", "counter", "Storage commits and reads that failed.", |s| {
+            &s.storage_errors
+        }),
+    ];
+    for (name, kind, help, get) in plain {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (k, s) in stats.iter().enumerate() {
+            out.push_str(&format!("{name}{{shard=\"{k}\"}} {}\n", get(s).load(Ordering::Relaxed)));
+        }
+    }
+    let (cpu, fds, start) = process_figures();
+    for (name, kind, help, v) in [
+        ("switchboard_process_cpu_seconds_total", "counter", "CPU time of the process (user and system).", cpu),
+        ("switchboard_process_open_fds", "gauge", "Open file descriptors.", fds),
+        ("switchboard_process_start_time_seconds", "gauge", "Start time, seconds since the epoch.", start),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+    }
+    out.push_str(&format!(
+        "# HELP switchboard_build_info The running build.\n# TYPE switchboard_build_info gauge\nswitchboard_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    ));
     let name = "switchboard_mesh_backlog";
     out.push_str(&format!(
         "# HELP {name} Batches waiting for room in the mesh channel to another shard.\n# TYPE {name} gauge\n"
@@ -208,6 +320,25 @@ fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
         "# HELP switchboard_draining 1 while draining.\n# TYPE switchboard_draining gauge\nswitchboard_draining {draining}\n"
     ));
     out
+}
+
+/// CPU seconds, open descriptors and start time (seconds since the epoch) of this
+/// process, from `/proc` (zeros where unavailable).
+fn process_figures() -> (f64, f64, f64) {
+    let tick = crate::reactor::clock_ticks_per_sec();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let cpu = (field(14) + field(15)) / tick;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    let start = boot + field(22) / tick;
+    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as f64).unwrap_or(0.0);
+    (cpu, fds, start)
 }
 
 /// Resident set size from `/proc/self/statm` (0 where unavailable).

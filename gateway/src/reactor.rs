@@ -282,6 +282,13 @@ pub fn wait_for_termination() -> i32 {
     }
 }
 
+/// Clock ticks per second, the unit of CPU times in `/proc` (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions and takes no pointers.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    t.max(1) as f64
+}
+
 /// Sends SIGTERM to this process (the admin drain command), so that the signal thread
 /// runs the one drain path.
 pub fn request_termination() {

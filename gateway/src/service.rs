@@ -170,6 +170,10 @@ pub struct Shard {
     churn_seen: u64,
     /// Failed accepts since start (EMFILE and friends).
     accept_failures: u64,
+    /// Bytes read from sockets since start (published on the beat).
+    bytes_in: u64,
+    /// Bytes written to sockets since start (published on the beat).
+    bytes_out: u64,
     /// When an accept failure was last logged (at most one line a second).
     accept_warned: std::time::Instant,
 }
@@ -258,6 +262,8 @@ pub async fn run(ctx: ShardCtx<Envelope>, setup: ShardSetup) {
             churn: 0,
             churn_seen: 0,
             accept_failures: 0,
+            bytes_in: 0,
+            bytes_out: 0,
             accept_warned: std::time::Instant::now() - std::time::Duration::from_secs(2),
             cfg: setup.cfg,
         })
@@ -350,6 +356,8 @@ impl Shard {
             gauge.store(v as u64, Ordering::Relaxed);
         }
         st.convs_evicted.store(c.evicted, Ordering::Relaxed);
+        st.bytes_in.store(self.bytes_in, Ordering::Relaxed);
+        st.bytes_out.store(self.bytes_out, Ordering::Relaxed);
         for (k, b) in st.mesh_backlog.iter().enumerate() {
             b.store(self.mesh.backlog(ShardId(k as u16)) as u64, Ordering::Relaxed);
         }
@@ -634,6 +642,7 @@ impl Shard {
             let tls = conn.tls.is_some();
             match reactor::recv(conn.fd.as_fd(), &mut scratch) {
                 Recv::Data(n) => {
+                    self.bytes_in += n as u64;
                     if tls {
                         self.on_tls_bytes(id, &mut scratch[..n]);
                     } else {
@@ -678,6 +687,7 @@ impl Shard {
             }
             Err(e) => {
                 tracing::debug!("TLS error: {e}");
+                ShardStats::bump(&self.stats().tls_failures);
                 // Send the alert rustls queued (nothing else can be encrypted now),
                 // then close: the flush closes once it is out (or at once if it fails).
                 if let Some(c) = self.conn_mut(id) {
@@ -800,6 +810,7 @@ impl Shard {
 
     fn refuse(&mut self, id: ConnId, r: &Refusal) {
         ShardStats::bump(&self.stats().refused);
+        self.stats().refusal(r.code);
         tracing::debug!(shard = self.me.0, status = r.status, code = r.code, "upgrade refused: {}", r.message);
         let now = self.now;
         let Some(conn) = self.conn_mut(id) else { return };
@@ -936,6 +947,7 @@ impl Shard {
                 conn.phase = Phase::Closing;
                 conn.close_after_flush = true;
                 ws::write_close(&mut conn.out, code, "");
+                self.stats[self.me.index()].close(code);
                 self.mark_dirty(id);
             }
             OpCode::Data(Data::Continue) => {
@@ -1044,6 +1056,9 @@ impl Shard {
 
     /// Queues a frame for a connection (ignored if it is gone).
     pub(crate) fn send_frame(&mut self, id: ConnId, frame: &ServerFrame) {
+        if let ServerFrame::Error(e) = frame {
+            self.stats().error_frame(e.code);
+        }
         let Some(conn) = self.conn_mut(id) else { return };
         if conn.phase != Phase::Open {
             return;
@@ -1113,6 +1128,10 @@ impl Shard {
     /// Closes the WebSocket with `code` after flushing what is queued.
     fn fail(&mut self, id: ConnId, code: u16, reason: &str) {
         let now = self.now;
+        if self.conn_mut(id).is_none() {
+            return;
+        }
+        self.stats().close(code);
         let Some(conn) = self.conn_mut(id) else { return };
         tracing::debug!(code, reason, "closing connection");
         ws::write_close(&mut conn.out, code, reason);
@@ -1139,13 +1158,17 @@ impl Shard {
 
     fn flush_conn(&mut self, id: ConnId) {
         let max_outbound = self.cfg.max_outbound;
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) else { return };
         conn.dirty = false;
         if conn.tls.is_some() {
             return self.flush_tls(id);
         }
         if !conn.out.is_empty() && !conn.write_armed {
-            match reactor::send(conn.fd.as_fd(), &conn.out) {
+            let sent = reactor::send(conn.fd.as_fd(), &conn.out);
+            if let Ok(n) = sent {
+                self.bytes_out += n as u64;
+            }
+            match sent {
                 Ok(n) if n == conn.out.len() => {
                     conn.out = Vec::new();
                     conn.out_partial = 0;
@@ -1178,8 +1201,8 @@ impl Shard {
     /// session's `unsent`, ahead of it.
     fn flush_tls(&mut self, id: ConnId) {
         let mut wire = std::mem::take(&mut self.wire);
-        let flushed = match self.conn_mut(id) {
-            Some(conn) if !conn.write_armed => flush_session(conn, &mut wire),
+        let flushed = match self.conns.get_mut(id.slot as usize).filter(|c| c.gen == id.gen) {
+            Some(conn) if !conn.write_armed => flush_session(conn, &mut wire, &mut self.bytes_out),
             _ => TlsFlush::Wait,
         };
         wire.clear();
@@ -1253,7 +1276,12 @@ impl Shard {
                         let store = self.store.clone();
                         self.read_store(
                             move || storage::read::execute(&*store, &req),
-                            move |s, r| s.core.read_done(id, r, now_ms()),
+                            move |s, r| {
+                                if r.is_err() {
+                                    ShardStats::bump(&s.stats().storage_errors);
+                                }
+                                s.core.read_done(id, r, now_ms())
+                            },
                         );
                     }
                     Effect::Close { conn, code, reason } => self.fail(conn, code, reason),
@@ -1353,6 +1381,9 @@ impl Shard {
         if let Some(started) = self.last_commit {
             self.stats().observe_commit(started.elapsed());
         }
+        if r.is_err() {
+            ShardStats::bump(&self.stats().storage_errors);
+        }
         if r.is_ok() {
             let stats = self.stats();
             stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -1395,7 +1426,7 @@ enum TlsFlush {
 /// Encrypts `conn.out` and sends it after any ciphertext still waiting. The ciphertext
 /// is built in the shard's `wire` buffer; only what the socket refuses stays with the
 /// connection.
-fn flush_session(conn: &mut Conn, wire: &mut Vec<u8>) -> TlsFlush {
+fn flush_session(conn: &mut Conn, wire: &mut Vec<u8>, bytes_out: &mut u64) -> TlsFlush {
     let Some(session) = conn.tls.as_mut() else { return TlsFlush::Wait };
     wire.clear();
     wire.append(&mut session.unsent);
@@ -1414,7 +1445,11 @@ fn flush_session(conn: &mut Conn, wire: &mut Vec<u8>) -> TlsFlush {
     if wire.is_empty() {
         return TlsFlush::Done;
     }
-    match reactor::send(conn.fd.as_fd(), wire) {
+    let sent = reactor::send(conn.fd.as_fd(), wire);
+    if let Ok(n) = sent {
+        *bytes_out += n as u64;
+    }
+    match sent {
         Ok(n) if n == wire.len() => TlsFlush::Done,
         Ok(n) => {
             session.unsent = wire[n..].to_vec();

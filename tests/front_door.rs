@@ -357,3 +357,34 @@ fn metrics_say_why_connections_and_requests_fail() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     assert!((now - start).abs() < 120.0, "start time {start} vs now {now}");
 }
+
+/// `switchboard admin status|revoke|drain` against a running gateway.
+#[test]
+fn the_admin_subcommands_drive_a_running_gateway() {
+    let mut server = Server::start(2);
+    let admin = |args: &[&str]| {
+        let out =
+            Command::new(BIN).arg("admin").args(["--admin", &server.admin.to_string()]).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let _c = server.connect("admin-user", "d", wire::Encoding::Json);
+    let (ok, out, err) = admin(&["status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("live: true") && out.contains("ready: true") && out.contains("switchboard_connections{"),
+        "{out}"
+    );
+    // Revoke a device whose ids need escaping in a URL.
+    let token = server.token("a b&c", Some("tab/1"));
+    let mut victim = Client::connect(server.addr, &token, wire::Encoding::Json);
+    let (ok, out, err) = admin(&["revoke", "--user", "a b&c", "--device", "tab/1"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(victim.expect_close(), 4003);
+    // A wrong address says so.
+    let out = Command::new(BIN).args(["admin", "--admin", "127.0.0.1:1", "status"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no admin endpoint"));
+    // Drain: the gateway exits 0.
+    let (ok, out, err) = admin(&["drain"]);
+    assert!(ok && out.contains("drain started"), "{out}{err}");
+    assert!(server.terminate_wait().success());
+}

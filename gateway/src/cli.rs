@@ -25,6 +25,38 @@ enum Cmd {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Talk to a running gateway's admin endpoint.
+    Admin(AdminArgs),
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The admin endpoint (default: the configured `admin_listen`).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    #[command(subcommand)]
+    cmd: AdminCmd,
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Liveness, readiness and connections per shard.
+    Status,
+    /// Start a graceful drain (as SIGTERM does): no new connections, 1012 to the others,
+    /// storage flushed, exit 0.
+    Drain,
+    /// Revoke a device: its connections close with 4003 and its tokens issued so far
+    /// stop working.
+    Revoke {
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// The device.
+        #[arg(long)]
+        device: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -214,6 +246,62 @@ fn effective(args: ServeArgs) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// One request to the admin endpoint: (status, body).
+fn admin_request(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_secs(10);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| anyhow::anyhow!("no admin endpoint at {addr}: {e} (is the gateway running? see --admin)"))?;
+    s.set_read_timeout(Some(timeout))?;
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn encode_query(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn admin(args: AdminArgs) -> anyhow::Result<String> {
+    let addr = match args.admin {
+        Some(a) => a,
+        None => load(&args.common)?.admin_listen,
+    };
+    match args.cmd {
+        AdminCmd::Status => {
+            let (live, _) = admin_request(addr, "GET", "/healthz")?;
+            let (ready, _) = admin_request(addr, "GET", "/readyz")?;
+            let (_, metrics) = admin_request(addr, "GET", "/metrics")?;
+            let mut out = format!("live: {}\nready: {}\n", live == 200, ready == 200);
+            for l in metrics.lines().filter(|l| l.starts_with("switchboard_connections{")) {
+                out.push_str(&format!("{l}\n"));
+            }
+            Ok(out)
+        }
+        AdminCmd::Drain => match admin_request(addr, "POST", "/drain")? {
+            (200 | 202, body) => Ok(format!("drain started: {}\n", body.trim())),
+            (status, body) => anyhow::bail!("drain refused ({status}): {}", body.trim()),
+        },
+        AdminCmd::Revoke { user, device } => {
+            let path = format!("/revoke?user={}&device={}", encode_query(&user), encode_query(&device));
+            match admin_request(addr, "POST", &path)? {
+                (200, body) => Ok(format!("{}\n", body.trim())),
+                (status, body) => anyhow::bail!("revocation refused ({status}): {}", body.trim()),
+            }
+        }
+    }
+}
+
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let cfg = load(&args.common)?;
     let secret = cfg.read_secret()?;
@@ -233,6 +321,7 @@ pub fn main() -> ExitCode {
         Cmd::Token(a) => token(a),
         Cmd::Plan(a) => tuning::plan::plan(&a).map(|text| print!("{text}")),
         Cmd::Config(ConfigCmd::Check { file, serve }) => check(file, serve).map(|text| print!("{text}")),
+        Cmd::Admin(a) => admin(a).map(|text| print!("{text}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

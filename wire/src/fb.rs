@@ -24,7 +24,12 @@ fn verifier_options() -> VerifierOptions {
 }
 
 fn envelope(payload: &[u8]) -> Result<g::Envelope<'_>, DecodeError> {
-    g::root_as_envelope_with_opts(&verifier_options(), payload).map_err(|e| DecodeError::Malformed(e.to_string()))
+    // The verifier's own text names offsets and Rust types: a client gets what it can act on.
+    g::root_as_envelope_with_opts(&verifier_options(), payload).map_err(|_| {
+        DecodeError::Malformed(
+            "not a switchboard.v1 FlatBuffers Envelope (one unprefixed buffer per binary message)".into(),
+        )
+    })
 }
 
 fn conv_id(c: &g::ConvId) -> ConvId {
@@ -668,6 +673,14 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_buffer_is_refused_without_verifier_internals() {
+        let e = decode_client(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("not a switchboard.v1 FlatBuffers Envelope"), "{text}");
+        assert!(!text.contains("position") && !text.contains("i32"), "{text}");
+    }
 
     #[test]
     fn a_refused_send_still_names_its_client_msg_id() {

@@ -375,32 +375,7 @@ fn allowed(path: &str) -> Option<&'static str> {
 fn query(path: &str, key: &str) -> Option<String> {
     let q = path.split_once('?')?.1;
     let raw = q.split('&').find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))?;
-    percent_decode(raw)
-}
-
-/// Decodes `%XX` escapes (and `+` as a space); `None` for a bad escape or non-UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::upgrade::percent_decode(raw)
 }
 
 fn revoke(s: TcpStream, path: &str, desk: &mut RevokeDesk) {

@@ -1058,6 +1058,9 @@ impl Shard {
     pub(crate) fn send_frame(&mut self, id: ConnId, frame: &ServerFrame) {
         if let ServerFrame::Error(e) = frame {
             self.stats().error_frame(e.code);
+            if e.code == ErrorCode::RateLimited {
+                ShardStats::bump(&self.stats().rate_limited);
+            }
         }
         let Some(conn) = self.conn_mut(id) else { return };
         if conn.phase != Phase::Open {
@@ -1264,12 +1267,7 @@ impl Shard {
             let effects: Vec<Effect> = self.core.effects().collect();
             for e in effects {
                 match e {
-                    Effect::Frame { to, frame } => {
-                        if let ServerFrame::Error(ErrorFrame { code: ErrorCode::RateLimited, .. }) = &frame {
-                            ShardStats::bump(&self.stats().rate_limited);
-                        }
-                        self.send_frame(to, &frame);
-                    }
+                    Effect::Frame { to, frame } => self.send_frame(to, &frame),
                     Effect::Deliver { conv, seq, msg, to } => self.deliver(&msg.msg_ref(conv, seq), &to),
                     Effect::Route { to, route } => self.mesh.push(to, Envelope::Core(route)),
                     Effect::Read { id, req } => {

@@ -191,7 +191,9 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes (and `+` as a space) of a query value; `None` for a bad escape
+/// or non-UTF-8. Shared by the upgrade's query and the admin endpoint's.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -558,6 +558,14 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
     let u = |k: &'static str| v.get(k).and_then(|x| x.as_u64()).ok_or(DecodeError::MissingField(k));
     let b = |k: &'static str| v.get(k).and_then(|x| x.as_bool()).ok_or(DecodeError::MissingField(k));
     let mid = |x: &str| x.parse::<u64>().map_err(|_| DecodeError::BadValue { field: "message_id", reason: "decimal" });
+    let list = |k: &'static str| -> Result<Vec<String>, DecodeError> {
+        v.get(k)
+            .and_then(|x| x.as_array())
+            .ok_or(DecodeError::MissingField(k))?
+            .iter()
+            .map(|x| x.as_str().map(str::to_owned).ok_or(DecodeError::BadValue { field: k, reason: "strings" }))
+            .collect()
+    };
     fn msg(v: &serde_json::Value) -> Result<Message, DecodeError> {
         let s = |k: &'static str| v.get(k).and_then(|x| x.as_str()).ok_or(DecodeError::MissingField(k));
         let u = |k: &'static str| v.get(k).and_then(|x| x.as_u64()).ok_or(DecodeError::MissingField(k));
@@ -666,42 +674,22 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
                 read: n("read")?,
             }
         }
-        "receipt_list" => {
-            let list = |k: &'static str| -> Result<Vec<String>, DecodeError> {
-                v.get(k)
-                    .and_then(|x| x.as_array())
-                    .ok_or(DecodeError::MissingField(k))?
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_owned).ok_or(DecodeError::BadValue { field: k, reason: "strings" }))
-                    .collect()
-            };
-            ServerFrame::ReceiptList(ReceiptList {
-                req_id: v.get("req_id").and_then(|r| r.as_str()).map(str::to_owned),
-                conv: conv("conv", s("conv")?)?,
-                seq: u("seq")?,
-                delivered: list("delivered")?,
-                read: list("read")?,
-                next: v.get("next").and_then(|r| r.as_str()).map(str::to_owned),
-            })
-        }
-        "group_info" => {
-            let list = |k: &'static str| -> Result<Vec<String>, DecodeError> {
-                v.get(k)
-                    .and_then(|x| x.as_array())
-                    .ok_or(DecodeError::MissingField(k))?
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_owned).ok_or(DecodeError::BadValue { field: k, reason: "strings" }))
-                    .collect()
-            };
-            ServerFrame::GroupInfo(GroupInfo {
-                req_id: v.get("req_id").and_then(|r| r.as_str()).map(str::to_owned),
-                conv: conv("conv", s("conv")?)?,
-                name: s("name")?.to_owned(),
-                members: list("members")?,
-                admins: list("admins")?,
-                seq: u("seq")?,
-            })
-        }
+        "receipt_list" => ServerFrame::ReceiptList(ReceiptList {
+            req_id: v.get("req_id").and_then(|r| r.as_str()).map(str::to_owned),
+            conv: conv("conv", s("conv")?)?,
+            seq: u("seq")?,
+            delivered: list("delivered")?,
+            read: list("read")?,
+            next: v.get("next").and_then(|r| r.as_str()).map(str::to_owned),
+        }),
+        "group_info" => ServerFrame::GroupInfo(GroupInfo {
+            req_id: v.get("req_id").and_then(|r| r.as_str()).map(str::to_owned),
+            conv: conv("conv", s("conv")?)?,
+            name: s("name")?.to_owned(),
+            members: list("members")?,
+            admins: list("admins")?,
+            seq: u("seq")?,
+        }),
         other => return Err(DecodeError::UnknownOp(other.to_owned())),
     })
 }

@@ -109,11 +109,10 @@ pub struct Conv {
     pub referenced: bool,
     /// Members' receipt cursors (members who never sent one: absent).
     pub cursors: HashMap<Box<str>, CursorRecord>,
-    /// Members whose cursor changed since the last commit took them, and the device that
-    /// moved it (told, with the user's other devices, once it is durable).
-    pub cursors_unsaved: Vec<(Box<str>, Option<ConnRef>)>,
+    /// Members whose cursor changed since the last commit took them.
+    pub cursors_unsaved: Vec<Box<str>>,
     /// The cursors the commit in flight writes, as written: announced when it is durable.
-    pub cursors_writing: Vec<(Box<str>, Option<ConnRef>, CursorRecord)>,
+    pub cursors_writing: Vec<(Box<str>, CursorRecord)>,
     /// Commits holding this conversation's cursors (it stays loaded meanwhile).
     pub cursors_in_flight: u32,
     /// Cursors moved since the senders were last told their counts (groups).

@@ -85,9 +85,8 @@ impl Core {
             return;
         }
         let first = c.cursors_unsaved.is_empty();
-        match c.cursors_unsaved.iter_mut().find(|u| *u.0 == *user) {
-            Some(u) => u.1 = Some(from),
-            None => c.cursors_unsaved.push((Box::from(user), Some(from))),
+        if !c.cursors_unsaved.iter().any(|u| **u == *user) {
+            c.cursors_unsaved.push(Box::from(user));
         }
         if first {
             self.convs.unsaved.push(conv);
@@ -143,8 +142,7 @@ impl Core {
         }
         let hide_reads = !own && u.receipts_off();
         let frame = match frame {
-            ServerFrame::Receipt { conv, user: of, delivered, read } if hide_reads => {
-                let _ = read;
+            ServerFrame::Receipt { conv, user: of, delivered, .. } if hide_reads => {
                 ServerFrame::Receipt { conv, user: of, delivered, read: 0 }
             }
             ServerFrame::ReceiptCount { conv, seq, members, delivered, .. } if hide_reads => {
@@ -233,10 +231,10 @@ impl Core {
         for conv in std::mem::take(&mut self.convs.unsaved) {
             let Some(c) = self.convs.ready(conv) else { continue };
             let before = writes.len();
-            for (user, by) in std::mem::take(&mut c.cursors_unsaved) {
+            for user in std::mem::take(&mut c.cursors_unsaved) {
                 if let Some(cur) = c.cursors.get(&user).copied() {
                     writes.push(storage::model::Write::Cursor { conv, user: user.to_string(), cursor: cur });
-                    c.cursors_writing.push((user, by, cur));
+                    c.cursors_writing.push((user, cur));
                 }
             }
             if writes.len() > before {
@@ -254,16 +252,16 @@ impl Core {
             c.cursors_in_flight = c.cursors_in_flight.saturating_sub(1);
             let written = std::mem::take(&mut c.cursors_writing);
             if ok {
-                for (user, _, cur) in written {
+                for (user, cur) in written {
                     self.announce(conv, &user, cur);
                 }
                 continue;
             }
             // Written again with the next commit (announced then).
             let first = c.cursors_unsaved.is_empty();
-            for (user, by, _) in written {
-                if !c.cursors_unsaved.iter().any(|u| u.0 == user) {
-                    c.cursors_unsaved.push((user, by));
+            for (user, _) in written {
+                if !c.cursors_unsaved.contains(&user) {
+                    c.cursors_unsaved.push(user);
                 }
             }
             if first && !c.cursors_unsaved.is_empty() {

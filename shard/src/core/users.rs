@@ -235,25 +235,24 @@ impl User {
 
     /// A privacy change; `true` when the record changed (known) or will (not loaded yet).
     pub fn set_hide(&mut self, hide: bool) -> bool {
-        if !self.loaded() {
-            self.set(PENDING, true);
-            self.set(PENDING_HIDE, hide);
-            return true;
-        }
-        let changed = self.flag(HIDE) != hide;
-        self.set(HIDE, hide);
-        changed
+        self.set_setting(HIDE, PENDING, PENDING_HIDE, hide)
     }
 
     /// A change of the read-receipts setting (as [`User::set_hide`]).
     pub fn set_receipts_off(&mut self, off: bool) -> bool {
+        self.set_setting(RECEIPTS_OFF, PENDING_RECEIPTS, PENDING_RECEIPTS_OFF, off)
+    }
+
+    /// Sets a flag of the record; before the record is read, the change waits in the
+    /// `pending`/`pending_value` flags and [`User::merge_loaded`] applies it.
+    fn set_setting(&mut self, flag: u16, pending: u16, pending_value: u16, on: bool) -> bool {
         if !self.loaded() {
-            self.set(PENDING_RECEIPTS, true);
-            self.set(PENDING_RECEIPTS_OFF, off);
+            self.set(pending, true);
+            self.set(pending_value, on);
             return true;
         }
-        let changed = self.flag(RECEIPTS_OFF) != off;
-        self.set(RECEIPTS_OFF, off);
+        let changed = self.flag(flag) != on;
+        self.set(flag, on);
         changed
     }
 

@@ -6,7 +6,7 @@ use wire::frame::{ClientFrame, ConvId, GroupAction, PresenceState, Target};
 
 use super::limits::TokenBucket;
 use super::users::MoreBuckets;
-use super::{error_frame, Core, GroupReq, MsgRoute, PresenceRoute, Route, SendReq};
+use super::{error_frame, ConvReq, Core, GroupReq, MsgRoute, PresenceRoute, Route, SendReq};
 use crate::ids::{dm_conv, home_of_conv, home_of_user, ConnId, ShardId};
 
 /// Which per-user limit a frame counts against.
@@ -21,7 +21,7 @@ enum Limit {
 impl Core {
     pub(super) fn on_client_frame(&mut self, id: ConnId, frame: ClientFrame) {
         let Some(conn) = self.conns.get(id) else { return };
-        let (user, device) = (conn.user.clone(), conn.device.to_string());
+        let user = conn.user.clone();
         let from = self.conn_ref(id);
         let shards = self.shards;
         match frame {
@@ -56,15 +56,14 @@ impl Core {
                     Target::User(peer) => (dm_conv(&user, peer), Some(peer.clone())),
                     Target::Conv(c) => (*c, None),
                 };
-                let req = SendReq { from, user: user.to_string(), device, conv, dm_peer, send };
-                self.send_route(home_of_conv(conv, shards), Route::Msg(MsgRoute::Send(req)));
+                let req = SendReq { from, user: user.to_string(), device: self.device_of(id), conv, dm_peer, send };
+                self.route_to_conv_home(ConvReq::Send(req));
             }
             ClientFrame::History(req) => {
                 if self.limited(id, &user, Limit::History, req.req_id.as_deref()) {
                     return;
                 }
-                let home = home_of_conv(req.conv, shards);
-                self.send_route(home, Route::Msg(MsgRoute::History { from, user: user.to_string(), req }));
+                self.route_to_conv_home(ConvReq::History { from, user: user.to_string(), req });
             }
             ClientFrame::PresenceSub { users } => {
                 if self.limited(id, &user, Limit::Presence, None) {
@@ -88,12 +87,17 @@ impl Core {
                 if self.limited(id, &user, Limit::Typing, None) {
                     return;
                 }
-                let r = MsgRoute::Typing { from, user: user.to_string(), conv, typing };
-                self.send_route(home_of_conv(conv, shards), Route::Msg(r));
+                self.route_to_conv_home(ConvReq::Typing { from, user: user.to_string(), conv, typing });
             }
             ClientFrame::Delivered { conv, seq } => {
-                let r = MsgRoute::Cursor { from, user: user.to_string(), conv, seq, read: false, private: false };
-                self.send_route(home_of_conv(conv, shards), Route::Msg(r));
+                self.route_to_conv_home(ConvReq::Cursor {
+                    from,
+                    user: user.to_string(),
+                    conv,
+                    seq,
+                    read: false,
+                    private: false,
+                });
             }
             ClientFrame::Read { conv, seq } => {
                 // Whether the read is shown to others depends on the user's setting.
@@ -102,15 +106,20 @@ impl Core {
                     return self.hold_for_record(id, &user, ClientFrame::Read { conv, seq });
                 }
                 let private = u.receipts_off();
-                let r = MsgRoute::Cursor { from, user: user.to_string(), conv, seq, read: true, private };
-                self.send_route(home_of_conv(conv, shards), Route::Msg(r));
+                self.route_to_conv_home(ConvReq::Cursor {
+                    from,
+                    user: user.to_string(),
+                    conv,
+                    seq,
+                    read: true,
+                    private,
+                });
             }
             ClientFrame::Receipts(req) => {
                 if self.limited(id, &user, Limit::History, req.req_id.as_deref()) {
                     return;
                 }
-                let home = home_of_conv(req.conv, shards);
-                self.send_route(home, Route::Msg(MsgRoute::Receipts { from, user: user.to_string(), req }));
+                self.route_to_conv_home(ConvReq::Receipts { from, user: user.to_string(), req });
             }
             ClientFrame::Settings { read_receipts } => {
                 if self.limited(id, &user, Limit::Presence, None) {
@@ -132,10 +141,22 @@ impl Core {
                     Some(c) => c,
                     None => ConvId(1 << 127 | self.ids.next(self.now) as u128),
                 };
-                let req = GroupReq { from, user: user.to_string(), device, conv, op };
-                self.send_route(home_of_conv(conv, shards), Route::Msg(MsgRoute::Group(req)));
+                let req = GroupReq { from, user: user.to_string(), device: self.device_of(id), conv, op };
+                self.route_to_conv_home(ConvReq::Group(req));
             }
         }
+    }
+
+    /// The device id of connection `id`, copied only for the frames that carry it
+    /// (send, group).
+    fn device_of(&self, id: ConnId) -> String {
+        self.conns.get(id).map(|c| c.device.to_string()).unwrap_or_default()
+    }
+
+    /// Routes a request to its conversation's home.
+    fn route_to_conv_home(&mut self, req: ConvReq) {
+        let home = home_of_conv(req.conv(), self.shards);
+        self.send_route(home, Route::Msg(MsgRoute::AtConv(req)));
     }
 
     /// Takes one token from the user's `limit`; when none is left, answers the

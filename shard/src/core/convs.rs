@@ -17,63 +17,14 @@ use storage::model::{CursorRecord, GroupMeta};
 use wire::frame::ConvId;
 
 use super::dedupe::Dedupe;
-use super::route::{GroupReq, SendReq};
-use crate::ids::{home_of_user, ConnRef};
-
-/// A request waiting for its conversation to load.
-#[derive(Debug)]
-pub enum Waiting {
-    /// A message.
-    Send(SendReq),
-    /// A group request.
-    Group(GroupReq),
-    /// A history request.
-    History {
-        /// The asking connection.
-        from: ConnRef,
-        /// Its user.
-        user: String,
-        /// The request.
-        req: wire::frame::History,
-    },
-    /// A typing change.
-    Typing {
-        /// The typing connection.
-        from: ConnRef,
-        /// Its user.
-        user: String,
-        /// Started or stopped.
-        typing: bool,
-    },
-    /// A device's delivered or read cursor.
-    Cursor {
-        /// The device's connection.
-        from: ConnRef,
-        /// Its user.
-        user: String,
-        /// Up to this seq.
-        seq: u64,
-        /// Read (true) or delivered.
-        read: bool,
-        /// The user has read receipts off.
-        private: bool,
-    },
-    /// A page of who has received / read a message.
-    Receipts {
-        /// The asking connection.
-        from: ConnRef,
-        /// Its user.
-        user: String,
-        /// The request.
-        req: wire::frame::ReceiptsReq,
-    },
-}
+use super::route::ConvReq;
+use crate::ids::home_of_user;
 
 /// A conversation's entry.
 #[derive(Debug)]
 pub enum Slot {
     /// Reading state from storage; requests wait here in arrival order.
-    Loading(Vec<Waiting>),
+    Loading(Vec<ConvReq>),
     /// In memory.
     Ready(Box<Conv>),
 }
@@ -267,12 +218,12 @@ impl ConvTable {
     }
 
     /// Starts loading `conv` with `waiting` queued.
-    pub fn start_loading(&mut self, conv: ConvId, waiting: Vec<Waiting>) {
+    pub fn start_loading(&mut self, conv: ConvId, waiting: Vec<ConvReq>) {
         self.slots.insert(conv, Slot::Loading(waiting));
     }
 
     /// Takes the queue of a loading conversation (removing its entry).
-    pub fn take_loading(&mut self, conv: ConvId) -> Option<Vec<Waiting>> {
+    pub fn take_loading(&mut self, conv: ConvId) -> Option<Vec<ConvReq>> {
         match self.slots.remove(&conv) {
             Some(Slot::Loading(q)) => Some(q),
             Some(other) => {

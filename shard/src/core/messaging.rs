@@ -24,10 +24,10 @@ use wire::error::ErrorCode;
 use wire::frame::{Ack, ConvId, Message, MsgKind, Page, ServerFrame};
 
 use super::commit::Pending;
-use super::convs::{by_home_shard, Conv, Slot, Waiting};
+use super::convs::{by_home_shard, Conv, Slot};
 use super::dedupe::Accepted;
 use super::receipts::{Sent, RECENT_SENDERS};
-use super::{busy, storage_failed, Core, Effect, MsgRoute, ReadFor, Route, SendReq};
+use super::{busy, storage_failed, ConvReq, Core, Effect, MsgRoute, ReadFor, Route, SendReq};
 use crate::ids::{dm_conv, home_of_user, ConnId, ConnRef, ShardId};
 
 fn not_member() -> (ErrorCode, String) {
@@ -57,23 +57,23 @@ fn page(conv: ConvId, req_id: Option<String>, slice: Slice) -> Page {
     }
 }
 
-impl Waiting {
+impl ConvReq {
     /// Who asked, and the id their error carries.
     fn asker(&self) -> (ConnRef, Option<String>) {
         match self {
-            Waiting::Send(r) => (r.from, Some(r.send.client_msg_id.clone())),
-            Waiting::Group(r) => (r.from, r.op.req_id.clone()),
-            Waiting::History { from, req, .. } => (*from, req.req_id.clone()),
-            Waiting::Typing { from, .. } | Waiting::Cursor { from, .. } => (*from, None),
-            Waiting::Receipts { from, req, .. } => (*from, req.req_id.clone()),
+            ConvReq::Send(r) => (r.from, Some(r.send.client_msg_id.clone())),
+            ConvReq::Group(r) => (r.from, r.op.req_id.clone()),
+            ConvReq::History { from, req, .. } => (*from, req.req_id.clone()),
+            ConvReq::Typing { from, .. } | ConvReq::Cursor { from, .. } => (*from, None),
+            ConvReq::Receipts { from, req, .. } => (*from, req.req_id.clone()),
         }
     }
 
     /// Can this request bring conversation `conv` into being?
     fn creates(&self, conv: ConvId) -> bool {
         match self {
-            Waiting::Send(r) => r.dm_peer.as_deref().is_some_and(|p| dm_conv(&r.user, p) == conv),
-            Waiting::Group(r) => r.op.action == wire::frame::GroupAction::Create,
+            ConvReq::Send(r) => r.dm_peer.as_deref().is_some_and(|p| dm_conv(&r.user, p) == conv),
+            ConvReq::Group(r) => r.op.action == wire::frame::GroupAction::Create,
             _ => false,
         }
     }
@@ -82,10 +82,7 @@ impl Waiting {
 impl Core {
     pub(super) fn on_msg_route(&mut self, r: MsgRoute) {
         match r {
-            MsgRoute::Send(req) => self.at_conv(req.conv, Waiting::Send(req)),
-            MsgRoute::Group(req) => self.at_conv(req.conv, Waiting::Group(req)),
-            MsgRoute::History { from, user, req } => self.at_conv(req.conv, Waiting::History { from, user, req }),
-            MsgRoute::Typing { from, user, conv, typing } => self.at_conv(conv, Waiting::Typing { from, user, typing }),
+            MsgRoute::AtConv(req) => self.at_conv(req.conv(), req),
             MsgRoute::Sync { from, user, points } => {
                 let req = ReadReq::Sync { user, points, per_conv: self.cfg.sync_per_conv as usize };
                 if !self.read(req, ReadFor::Sync { from }) {
@@ -94,10 +91,6 @@ impl Core {
                     self.send_route(from.shard, Route::Conn(super::ConnRoute::SyncDone { to: from, convs: 0 }));
                 }
             }
-            MsgRoute::Cursor { from, user, conv, seq, read, private } => {
-                self.at_conv(conv, Waiting::Cursor { from, user, seq, read, private })
-            }
-            MsgRoute::Receipts { from, user, req } => self.at_conv(req.conv, Waiting::Receipts { from, user, req }),
             MsgRoute::ReceiptDeliver { user, frame, except } => self.on_receipt_deliver(&user, *frame, except),
             MsgRoute::Deliver { conv, seq, msg, recipients, except } => {
                 self.deliver(conv, seq, msg, &recipients, except)
@@ -113,13 +106,13 @@ impl Core {
         }
     }
 
-    fn refuse(&mut self, w: &Waiting, (code, msg): (ErrorCode, String)) {
+    fn refuse(&mut self, w: &ConvReq, (code, msg): (ErrorCode, String)) {
         let (to, ref_id) = w.asker();
         self.reply_error(to, code, msg, ref_id);
     }
 
     /// Handles `w` once `conv` is in memory (loading it first if needed).
-    fn at_conv(&mut self, conv: ConvId, w: Waiting) {
+    fn at_conv(&mut self, conv: ConvId, w: ConvReq) {
         let max = self.cfg.max_waiters;
         match self.convs.slot_mut(conv) {
             Some(Slot::Ready(_)) => return self.handle(conv, w),
@@ -184,11 +177,11 @@ impl Core {
         }
     }
 
-    fn handle(&mut self, conv: ConvId, w: Waiting) {
+    fn handle(&mut self, conv: ConvId, w: ConvReq) {
         match w {
-            Waiting::Send(req) => self.accept_send(req),
-            Waiting::Group(req) => self.accept_group(req),
-            Waiting::History { from, user, req } => {
+            ConvReq::Send(req) => self.accept_send(req),
+            ConvReq::Group(req) => self.accept_group(req),
+            ConvReq::History { from, user, req } => {
                 let member = self.convs.ready(conv).is_some_and(|c| c.exists && c.is_member(&user));
                 if !member {
                     let (code, msg) = not_member();
@@ -201,9 +194,11 @@ impl Core {
                     self.reply_error(from, code, msg, req.req_id);
                 }
             }
-            Waiting::Typing { from, user, typing } => self.on_typing(from, &user, conv, typing),
-            Waiting::Cursor { from, user, seq, read, private } => self.on_cursor(from, &user, conv, seq, read, private),
-            Waiting::Receipts { from, user, req } => self.receipt_list(from, &user, req),
+            ConvReq::Typing { from, user, typing, .. } => self.on_typing(from, &user, conv, typing),
+            ConvReq::Cursor { from, user, seq, read, private, .. } => {
+                self.on_cursor(from, &user, conv, seq, read, private)
+            }
+            ConvReq::Receipts { from, user, req } => self.receipt_list(from, &user, req),
         }
     }
 

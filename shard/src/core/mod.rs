@@ -44,7 +44,7 @@ use wire::frame::{ClientFrame, ConvId, ErrorFrame, ServerFrame};
 use crate::ids::{ConnId, ConnRef, MessageIdGen, ShardId};
 use commit::CommitQueue;
 use convs::ConvTable;
-pub use route::{ConnRoute, GroupReq, MsgRoute, PresenceRoute, Route, SendReq};
+pub use route::{ConnRoute, ConvReq, GroupReq, MsgRoute, PresenceRoute, Route, SendReq};
 use users::{ConnTable, UserTable};
 
 /// The limits and windows the core enforces (all configurable, see the gateway's config).

@@ -25,19 +25,8 @@ pub enum Route {
 /// The message path.
 #[derive(Debug)]
 pub enum MsgRoute {
-    /// A new message for its conversation's home.
-    Send(SendReq),
-    /// A `group` request for the group's home.
-    Group(GroupReq),
-    /// A history request for the conversation's home.
-    History {
-        /// The asking connection.
-        from: ConnRef,
-        /// Its user (membership is checked at the conversation's home).
-        user: String,
-        /// The request.
-        req: History,
-    },
+    /// A request for a conversation's home (it waits there while the conversation loads).
+    AtConv(ConvReq),
     /// A `hello` sync: sent to every shard, each replays the user's conversations it homes.
     Sync {
         /// The asking connection.
@@ -46,17 +35,6 @@ pub enum MsgRoute {
         user: String,
         /// The device's last seen seqs.
         points: Vec<SyncPoint>,
-    },
-    /// A typing change for the conversation's home.
-    Typing {
-        /// The typing connection.
-        from: ConnRef,
-        /// Its user.
-        user: String,
-        /// The conversation.
-        conv: ConvId,
-        /// Started (true) or stopped.
-        typing: bool,
     },
     /// A stored message for the connected devices of `recipients` (all homed on the
     /// receiving shard): one route per destination shard, never one per recipient.
@@ -72,30 +50,6 @@ pub enum MsgRoute {
         recipients: Arc<[Box<str>]>,
         /// The sending connection, which gets an ack instead.
         except: Option<ConnRef>,
-    },
-    /// A device's delivered or read cursor, for the conversation's home.
-    Cursor {
-        /// The device's connection.
-        from: ConnRef,
-        /// Its user.
-        user: String,
-        /// The conversation.
-        conv: ConvId,
-        /// Up to this seq.
-        seq: u64,
-        /// Read (true) or delivered.
-        read: bool,
-        /// The user has read receipts off (their read is not shown).
-        private: bool,
-    },
-    /// A `receipts` request, for the conversation's home.
-    Receipts {
-        /// The asking connection.
-        from: ConnRef,
-        /// Its user.
-        user: String,
-        /// The request.
-        req: wire::frame::ReceiptsReq,
     },
     /// A receipt for `user`'s devices (at the user's home).
     ReceiptDeliver {
@@ -162,6 +116,72 @@ pub enum ConnRoute {
         /// Pages sent by that shard.
         convs: u32,
     },
+}
+
+/// A request handled at its conversation's home shard, once the conversation is loaded.
+#[derive(Debug)]
+pub enum ConvReq {
+    /// A new message.
+    Send(SendReq),
+    /// A `group` request.
+    Group(GroupReq),
+    /// A history request (membership is checked at the home).
+    History {
+        /// The asking connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The request.
+        req: History,
+    },
+    /// A typing change.
+    Typing {
+        /// The typing connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The conversation.
+        conv: ConvId,
+        /// Started (true) or stopped.
+        typing: bool,
+    },
+    /// A device's delivered or read cursor.
+    Cursor {
+        /// The device's connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The conversation.
+        conv: ConvId,
+        /// Up to this seq.
+        seq: u64,
+        /// Read (true) or delivered.
+        read: bool,
+        /// The user has read receipts off (their read is not shown).
+        private: bool,
+    },
+    /// A `receipts` request.
+    Receipts {
+        /// The asking connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The request.
+        req: wire::frame::ReceiptsReq,
+    },
+}
+
+impl ConvReq {
+    /// The conversation it concerns (which decides its home shard).
+    pub fn conv(&self) -> ConvId {
+        match self {
+            ConvReq::Send(r) => r.conv,
+            ConvReq::Group(r) => r.conv,
+            ConvReq::History { req, .. } => req.conv,
+            ConvReq::Typing { conv, .. } | ConvReq::Cursor { conv, .. } => *conv,
+            ConvReq::Receipts { req, .. } => req.conv,
+        }
+    }
 }
 
 /// A `send` on its way to the conversation's home shard.

@@ -153,6 +153,8 @@ pub struct Shard {
     inbox: VecDeque<Box<Handoff>>,
     /// Connections with bytes to send this turn.
     pub(crate) dirty: Vec<ConnId>,
+    /// The core's effects being carried out (its buffer is reused turn after turn).
+    effects: Vec<Effect>,
     /// Open connections not read while the mesh is backlogged (each listed once).
     paused: Vec<ConnId>,
     /// The mesh.
@@ -254,6 +256,7 @@ pub async fn run(ctx: ShardCtx<Envelope>, setup: ShardSetup) {
             commit_timer: false,
             inbox: VecDeque::new(),
             dirty: Vec::new(),
+            effects: Vec::new(),
             paused: Vec::new(),
             mesh,
             scratch: vec![0; scratch_len],
@@ -1263,9 +1266,11 @@ const COMMIT_BATCH_MAX: usize = 1024;
 impl Shard {
     /// Carries out what the core asked for.
     fn apply_effects(&mut self) {
+        // One buffer goes back and forth with the core: no allocation per turn.
+        let mut effects = std::mem::take(&mut self.effects);
         while self.core.has_effects() {
-            let effects: Vec<Effect> = self.core.effects().collect();
-            for e in effects {
+            self.core.take_effects(&mut effects);
+            for e in effects.drain(..) {
                 match e {
                     Effect::Frame { to, frame } => self.send_frame(to, &frame),
                     Effect::Deliver { conv, seq, msg, to } => self.deliver(&msg.msg_ref(conv, seq), &to),
@@ -1286,6 +1291,7 @@ impl Shard {
                 }
             }
         }
+        self.effects = effects;
     }
 
     /// Writes a stored message to connections on this shard, encoding it at most once

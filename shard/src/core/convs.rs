@@ -186,6 +186,8 @@ pub struct ConvTable {
     pub unsaved: Vec<ConvId>,
     /// Conversations evicted since start.
     pub evicted: u64,
+    /// Estimated bytes of loaded conversations after the last sweep.
+    pub swept_bytes: usize,
 }
 
 impl ConvTable {
@@ -198,6 +200,7 @@ impl ConvTable {
             receipts: Vec::new(),
             unsaved: Vec::new(),
             evicted: 0,
+            swept_bytes: 0,
         }
     }
 
@@ -288,6 +291,7 @@ impl ConvTable {
     /// others); a second pass takes idle ones regardless of use. Returns how many left.
     pub fn evict(&mut self, budget: usize) -> usize {
         let mut total = self.bytes();
+        self.swept_bytes = total;
         if total <= budget {
             return 0;
         }
@@ -318,6 +322,7 @@ impl ConvTable {
             }
         }
         self.evicted += gone as u64;
+        self.swept_bytes = total;
         gone
     }
 

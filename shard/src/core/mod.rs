@@ -205,7 +205,7 @@ enum ReadFor {
 pub struct CoreCounts {
     /// Conversations in memory (loaded or loading).
     pub convs: usize,
-    /// Estimated bytes of loaded conversations.
+    /// Estimated bytes of loaded conversations, as of the last eviction sweep.
     pub conv_bytes: usize,
     /// Users in memory.
     pub users: usize,
@@ -247,6 +247,9 @@ pub struct Core {
     out: Vec<Effect>,
     /// The time of the event being handled (ms since the epoch).
     now: u64,
+    /// When the next eviction sweep may run, and when the last one ran (ms).
+    next_sweep: u64,
+    last_sweep: u64,
 }
 
 impl Core {
@@ -265,6 +268,8 @@ impl Core {
             inbox: VecDeque::new(),
             out: Vec::new(),
             now: 0,
+            next_sweep: 0,
+            last_sweep: 0,
             cfg,
         }
     }
@@ -277,6 +282,18 @@ impl Core {
     /// The effects produced so far, oldest first (the caller carries them out).
     pub fn effects(&mut self) -> std::vec::Drain<'_, Effect> {
         self.out.drain(..)
+    }
+
+    /// Moves the effects produced so far into `into` (which must be empty), giving the
+    /// core `into`'s buffer: a caller that keeps one buffer allocates nothing per turn.
+    pub fn take_effects(&mut self, into: &mut Vec<Effect>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(into, &mut self.out);
+    }
+
+    /// When the last eviction sweep ran (ms; it runs at most once a second, on the beat).
+    pub fn last_sweep(&self) -> u64 {
+        self.last_sweep
     }
 
     /// Effects wait to be taken.
@@ -293,7 +310,7 @@ impl Core {
     pub fn counts(&self) -> CoreCounts {
         CoreCounts {
             convs: self.convs.len(),
-            conv_bytes: self.convs.bytes(),
+            conv_bytes: self.convs.swept_bytes,
             users: self.users.len(),
             negative: self.convs.negative_len(),
             reads: self.reads.len(),
@@ -362,16 +379,21 @@ impl Core {
             self.publish_receipts();
         }
         self.expire_typing();
-        self.convs.evict(self.cfg.conv_memory);
-        self.convs.compact();
-        self.users.compact();
-        if self.reads.capacity() > 64 && self.reads.len() < self.reads.capacity() / 4 {
-            self.reads.shrink_to(self.reads.len() * 2);
+        // The sweep walks every loaded conversation: once a second, whatever the beat.
+        if now >= self.next_sweep {
+            self.next_sweep = now + 1000;
+            self.last_sweep = now;
+            self.convs.evict(self.cfg.conv_memory);
+            self.convs.compact();
+            self.users.compact();
+            if self.reads.capacity() > 64 && self.reads.len() < self.reads.capacity() / 4 {
+                self.reads.shrink_to(self.reads.len() * 2);
+            }
         }
         self.settle();
     }
 
-    /// Closes (4001) the connections of `user`'s `device` on this shard.
+    /// Closes (4003) the connections of `user`'s `device` on this shard.
     pub fn revoke(&mut self, user: &str, device: &str, now: u64) {
         self.now = now;
         for conn in self.conns.of_device(self.users.conns_of(user), device) {

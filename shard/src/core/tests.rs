@@ -350,3 +350,21 @@ fn a_user_with_read_receipts_off_shows_and_sees_no_reads() {
 fn dm(s: &mut One, a: ConnId) -> ConvId {
     s.take(a).into_iter().find_map(|f| if let ServerFrame::Ack(k) = f { Some(k.conv) } else { None }).expect("an ack")
 }
+
+#[test]
+fn frames_waiting_for_a_users_settings_are_capped() {
+    let mut s = One::new(CoreConfig::default());
+    let a = s.open(0, "alice");
+    // The user's record is read on the first `read`; until it is answered, at most
+    // MAX_HELD frames wait and the rest are refused (retryable).
+    for seq in 0..100 {
+        s.core.client_frame(a, ClientFrame::Read { conv: ConvId(7), seq }, s.now);
+    }
+    let effects: Vec<Effect> = s.core.effects().collect();
+    let reads = effects.iter().filter(|e| matches!(e, Effect::Read { .. })).count();
+    let refused = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Frame { frame: ServerFrame::Error(e), .. } if e.code == ErrorCode::Unavailable))
+        .count();
+    assert_eq!((reads, refused), (1, 100 - super::users::MAX_HELD), "one read, the excess refused");
+}

@@ -368,6 +368,8 @@ impl Config {
             max_waiters: self.max_waiters,
             max_reads: self.max_reads,
             max_commit_queue: self.max_commit_queue,
+            // Random per process: std's RandomState is seeded from the OS.
+            hash_seed: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), self.host_id),
         }
     }
 

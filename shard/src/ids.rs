@@ -30,7 +30,7 @@ impl fmt::Display for ShardId {
 
 /// A connection on one shard: slab slot plus a generation, so a stale reference to a
 /// reused slot is recognised and ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId {
     /// Slot in the shard's connection slab.
     pub slot: u32,

@@ -18,6 +18,7 @@ use wire::frame::ConvId;
 
 use super::dedupe::Dedupe;
 use super::route::ConvReq;
+use super::{Hasher, Map};
 use crate::ids::home_of_user;
 
 /// A conversation's entry.
@@ -148,7 +149,7 @@ pub fn by_home_shard<'a>(users: impl Iterator<Item = &'a str>, shards: usize) ->
 /// Conversation ids known not to exist, oldest first out.
 #[derive(Debug)]
 struct Negative {
-    set: HashSet<ConvId>,
+    set: HashSet<ConvId, Hasher>,
     order: VecDeque<ConvId>,
     cap: usize,
 }
@@ -176,7 +177,7 @@ impl Negative {
 /// The conversations homed on a shard.
 #[derive(Debug)]
 pub struct ConvTable {
-    slots: HashMap<ConvId, Slot>,
+    slots: Map<ConvId, Slot>,
     negative: Negative,
     /// Conversations with someone typing (checked for expiry on the beat).
     pub typing: Vec<ConvId>,
@@ -188,19 +189,23 @@ pub struct ConvTable {
     pub evicted: u64,
     /// Estimated bytes of loaded conversations after the last sweep.
     pub swept_bytes: usize,
+    /// If the last sweep ended over budget, the bytes it could not release (busy or
+    /// loading conversations and the table itself); 0 otherwise.
+    pub busy_bytes: usize,
 }
 
 impl ConvTable {
     /// An empty table remembering `negative` missing ids.
-    pub fn new(negative: usize) -> ConvTable {
+    pub fn new(negative: usize, hasher: Hasher) -> ConvTable {
         ConvTable {
-            slots: HashMap::new(),
-            negative: Negative { set: HashSet::new(), order: VecDeque::new(), cap: negative },
+            slots: Map::with_hasher(hasher.clone()),
+            negative: Negative { set: HashSet::with_hasher(hasher), order: VecDeque::new(), cap: negative },
             typing: Vec::new(),
             receipts: Vec::new(),
             unsaved: Vec::new(),
             evicted: 0,
             swept_bytes: 0,
+            busy_bytes: 0,
         }
     }
 
@@ -286,12 +291,23 @@ impl ConvTable {
             + self.slots.capacity() * 24
     }
 
+    /// Estimated bytes of the busy and loading conversations and of the table.
+    fn busy_bytes(&self) -> usize {
+        let busy = |s: &Slot| match s {
+            Slot::Ready(c) if c.idle() => 0,
+            Slot::Ready(c) => c.bytes(),
+            _ => 64,
+        };
+        self.slots.values().map(busy).sum::<usize>() + self.slots.capacity() * 24
+    }
+
     /// One CLOCK pass: while the loaded conversations' memory is over `budget`, drop
     /// idle ones not used since the previous pass (clearing the reference bit of the
     /// others); a second pass takes idle ones regardless of use. Returns how many left.
     pub fn evict(&mut self, budget: usize) -> usize {
         let mut total = self.bytes();
         self.swept_bytes = total;
+        self.busy_bytes = 0;
         if total <= budget {
             return 0;
         }
@@ -323,6 +339,9 @@ impl ConvTable {
         }
         self.evicted += gone as u64;
         self.swept_bytes = total;
+        if total > budget {
+            self.busy_bytes = self.busy_bytes();
+        }
         gone
     }
 
@@ -346,7 +365,7 @@ mod tests {
 
     #[test]
     fn eviction_keeps_busy_and_recently_used_conversations() {
-        let mut t = ConvTable::new(4);
+        let mut t = ConvTable::new(4, Hasher::default());
         for i in 0..100u128 {
             t.insert_ready(ConvId(i), conv(&["a", "b"]));
         }
@@ -365,7 +384,7 @@ mod tests {
 
     #[test]
     fn negative_cache_is_bounded_and_forgets_created_ids() {
-        let mut t = ConvTable::new(3);
+        let mut t = ConvTable::new(3, Hasher::default());
         for i in 0..10u128 {
             t.remember_missing(ConvId(i));
         }

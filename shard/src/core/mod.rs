@@ -99,7 +99,17 @@ pub struct CoreConfig {
     pub max_reads: usize,
     /// Accepted messages waiting for a commit on this shard.
     pub max_commit_queue: usize,
+    /// Seed of the hasher of the tables whose order the core walks (loaded
+    /// conversations, users, reads). Random per process in the gateway, so a client
+    /// cannot pick ids that collide; fixed in the simulation, so a seed replays exactly.
+    pub hash_seed: u64,
 }
+
+/// The hasher of the core's walked tables (see `CoreConfig::hash_seed`).
+pub type Hasher = foldhash::quality::FixedState;
+
+/// A map hashed with the core's seed.
+pub type Map<K, V> = HashMap<K, V, Hasher>;
 
 impl Default for CoreConfig {
     fn default() -> CoreConfig {
@@ -128,6 +138,7 @@ impl Default for CoreConfig {
             max_waiters: 1024,
             max_reads: 4096,
             max_commit_queue: 16_384,
+            hash_seed: 0,
         }
     }
 }
@@ -207,6 +218,9 @@ pub struct CoreCounts {
     pub convs: usize,
     /// Estimated bytes of loaded conversations, as of the last eviction sweep.
     pub conv_bytes: usize,
+    /// If that sweep ended over budget, the bytes it could not release (busy or loading
+    /// conversations); 0 otherwise.
+    pub conv_busy_bytes: usize,
     /// Users in memory.
     pub users: usize,
     /// Conversation ids in the negative cache.
@@ -236,7 +250,7 @@ pub struct Core {
     /// Group commits.
     commit: CommitQueue,
     /// Reads in flight. Bound: `cfg.max_reads`.
-    reads: HashMap<u64, ReadFor>,
+    reads: Map<u64, ReadFor>,
     /// Id of the next read.
     next_read: u64,
     /// Message ids minted here.
@@ -259,10 +273,10 @@ impl Core {
             me,
             shards,
             conns: ConnTable::default(),
-            users: UserTable::default(),
-            convs: ConvTable::new(cfg.negative_cache),
+            users: UserTable::new(Hasher::with_seed(cfg.hash_seed)),
+            convs: ConvTable::new(cfg.negative_cache, Hasher::with_seed(cfg.hash_seed)),
             commit: CommitQueue::default(),
-            reads: HashMap::new(),
+            reads: Map::with_hasher(Hasher::with_seed(cfg.hash_seed)),
             next_read: 1,
             ids: MessageIdGen::new(cfg.host_id, me),
             inbox: VecDeque::new(),
@@ -311,6 +325,7 @@ impl Core {
         CoreCounts {
             convs: self.convs.len(),
             conv_bytes: self.convs.swept_bytes,
+            conv_busy_bytes: self.convs.busy_bytes,
             users: self.users.len(),
             negative: self.convs.negative_len(),
             reads: self.reads.len(),

@@ -11,7 +11,6 @@
 //! state (the live one reaches it with the next window), so every watcher sees the
 //! same sequence of states.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use storage::model::{UserRecord, Write};
@@ -234,12 +233,16 @@ impl Core {
                     }
                 }
             }
-            PresenceRoute::Deliver { home, items } => {
-                let mut per_conn: HashMap<ConnId, Vec<PresenceUpdate>> = HashMap::new();
-                for (conn, update) in items {
-                    per_conn.entry(conn).or_default().push(update);
-                }
-                for (conn, updates) in per_conn {
+            PresenceRoute::Deliver { home, mut items } => {
+                // One frame per connection, connections in a fixed order (the sort is
+                // stable, so each connection's updates keep theirs).
+                items.sort_by_key(|(conn, _)| *conn);
+                let mut items = items.into_iter().peekable();
+                while let Some((conn, first)) = items.next() {
+                    let mut updates = vec![first];
+                    while let Some((_, u)) = items.next_if(|(c, _)| *c == conn) {
+                        updates.push(u);
+                    }
                     if self.conns.get(conn).is_some() {
                         self.frame(conn, ServerFrame::Presence { updates });
                     } else {

@@ -17,6 +17,7 @@ use storage::model::UserRecord;
 use wire::frame::PresenceState;
 
 use super::limits::TokenBucket;
+use super::{Hasher, Map};
 use crate::ids::{ConnId, ConnRef};
 
 /// One connection's core state.
@@ -346,9 +347,9 @@ impl User {
 }
 
 /// Users homed on this shard.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UserTable {
-    users: HashMap<Rc<str>, User>,
+    users: Map<Rc<str>, User>,
     /// Users whose presence may have changed since the last window.
     pub dirty: Vec<Rc<str>>,
     /// Users whose record must be written at the next commit.
@@ -356,6 +357,11 @@ pub struct UserTable {
 }
 
 impl UserTable {
+    /// An empty table.
+    pub fn new(hasher: Hasher) -> UserTable {
+        UserTable { users: Map::with_hasher(hasher), dirty: Vec::new(), unsaved: Vec::new() }
+    }
+
     /// The entry of `name`.
     pub fn get(&self, name: &str) -> Option<&User> {
         self.users.get(name)

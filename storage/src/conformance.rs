@@ -115,4 +115,34 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
     let mut got = s.cursors(a).unwrap();
     got.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(got, vec![("alice".to_owned(), c(2, 2)), ("bob".to_owned(), c(5, 4))]);
+
+    // Conversation-list parts: each its own record, put together per conversation,
+    // ordered by conversation, one user's never another's.
+    use crate::model::{ConvSummary, InboxPart, InboxValue};
+    assert!(s.inbox("bob").unwrap().is_empty());
+    let summary = std::sync::Arc::new(ConvSummary {
+        group: false,
+        name: String::new(),
+        pair: vec!["alice".into(), "bob".into()],
+        members: 2,
+    });
+    let last = |seq: u64| InboxPart::Last { seq, msg: msg(seq).into(), summary: summary.clone() }.value("bob");
+    let part = |user: &str, conv, at, value| Write::Inbox { user: user.into(), conv, at, value };
+    s.commit(&[
+        part("bob", b, 10, last(1)),
+        part("bob", a, 11, last(9)),
+        part("bob", a, 12, InboxValue::Read(7)),
+        part("bob", a, 13, InboxValue::Pinned(true)),
+        part("bo", a, 14, InboxValue::Archived(true)),
+    ])
+    .unwrap();
+    s.commit(&[part("bob", a, 15, last(10)), part("bob", a, 16, InboxValue::Own(8))]).unwrap();
+    let got = s.inbox("bob").unwrap();
+    assert_eq!(got.iter().map(|e| e.conv).collect::<Vec<_>>(), vec![a, b]);
+    let e = &got[0];
+    let l = e.last.as_ref().unwrap();
+    assert_eq!((l.seq, l.title.as_str(), l.preview.as_str(), l.from.as_str()), (10, "alice", "m10", "alice"));
+    assert_eq!((e.read, e.own, e.pinned, e.archived, e.changed), (7, 8, true, false, 16));
+    assert_eq!(e.unread(), 2);
+    assert_eq!(s.inbox("bo").unwrap().len(), 1);
 }

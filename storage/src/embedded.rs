@@ -11,6 +11,9 @@
 //! - `users`: `user` -> postcard [`UserRecord`] (last seen, privacy).
 //! - `cursors`: `conv ++ user` -> delivered and read seqs and a private flag (17 bytes),
 //!   a member's receipts.
+//! - `inbox`: `user ++ 0xFF ++ conv ++ tag` -> postcard `(at, InboxValue)`, one record per
+//!   part of a user's conversation-list entry (last message, read, own, muted, archived,
+//!   pinned), so no write reads another first and a user's list is one prefix scan.
 //!
 //! A commit is one fjall write batch with `PersistMode::SyncData`: one fdatasync of the
 //! journal per batch, whatever its size. With the commit log in front ([`crate::log`]),
@@ -21,7 +24,9 @@ use std::path::Path;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use wire::frame::ConvId;
 
-use crate::model::{dedupe_key, ConvMeta, CursorRecord, DedupeEntry, StoredMessage, Tail, UserRecord, Write};
+use crate::model::{
+    dedupe_key, ConvMeta, CursorRecord, DedupeEntry, InboxEntry, InboxValue, StoredMessage, Tail, UserRecord, Write,
+};
 use crate::{Slice, Store, StoreError};
 
 /// One partition on local disk.
@@ -33,6 +38,7 @@ pub struct EmbeddedStore {
     dedupe: Keyspace,
     users: Keyspace,
     cursors: Keyspace,
+    inbox: Keyspace,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -67,7 +73,8 @@ impl EmbeddedStore {
         let dedupe = db.keyspace("dedupe", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let users = db.keyspace("users", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let cursors = db.keyspace("cursors", KeyspaceCreateOptions::default).map_err(unavailable)?;
-        Ok(EmbeddedStore { db, msgs, convs, user_convs, dedupe, users, cursors })
+        let inbox = db.keyspace("inbox", KeyspaceCreateOptions::default).map_err(unavailable)?;
+        Ok(EmbeddedStore { db, msgs, convs, user_convs, dedupe, users, cursors, inbox })
     }
 }
 
@@ -115,6 +122,12 @@ impl EmbeddedStore {
                     v[8..16].copy_from_slice(&cursor.read.to_be_bytes());
                     v[16] = u8::from(cursor.private);
                     batch.insert(&self.cursors, k, v.to_vec());
+                }
+                Write::Inbox { user, conv, at, value: v } => {
+                    let mut k = user_prefix(user);
+                    k.extend_from_slice(&conv.to_be_bytes());
+                    k.push(v.tag());
+                    batch.insert(&self.inbox, k, postcard::to_allocvec(&(*at, v)).map_err(corrupt)?);
                 }
             }
         }
@@ -194,6 +207,27 @@ impl Store for EmbeddedStore {
             let id: [u8; 16] =
                 k.get(prefix.len()..).and_then(|s| s.try_into().ok()).ok_or_else(|| corrupt("bad user_convs key"))?;
             out.push(ConvId(u128::from_be_bytes(id)));
+        }
+        Ok(out)
+    }
+
+    fn inbox(&self, user: &str) -> Result<Vec<InboxEntry>, StoreError> {
+        let prefix = user_prefix(user);
+        let mut out: Vec<InboxEntry> = Vec::new();
+        for item in self.inbox.prefix(&prefix) {
+            let (k, v) = item.into_inner().map_err(unavailable)?;
+            let id: [u8; 16] = k
+                .get(prefix.len()..prefix.len() + 16)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| corrupt("bad inbox key"))?;
+            let conv = ConvId(u128::from_be_bytes(id));
+            let (at, value): (u64, InboxValue) = postcard::from_bytes(&v).map_err(corrupt)?;
+            if out.last().is_none_or(|e| e.conv != conv) {
+                out.push(InboxEntry { conv, ..InboxEntry::default() });
+            }
+            if let Some(e) = out.last_mut() {
+                e.apply(at, value);
+            }
         }
         Ok(out)
     }

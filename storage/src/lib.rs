@@ -94,4 +94,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// What the user's home keeps about `user` (default when never written).
     fn user_record(&self, user: &str) -> Result<model::UserRecord, StoreError>;
+
+    /// The user's conversation-list entries (at the user's home), ordered by conversation.
+    fn inbox(&self, user: &str) -> Result<Vec<model::InboxEntry>, StoreError>;
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use wire::frame::ConvId;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::model::{ConvMeta, CursorRecord, StoredMessage, UserRecord, Write};
+use crate::model::{ConvMeta, CursorRecord, InboxValue, StoredMessage, UserRecord, Write};
 use crate::{Store, StoreError};
 
 /// The log file's name inside a partition directory.
@@ -60,6 +60,7 @@ enum LogWrite<'a> {
     Message { conv: u128, seq: u64, msg: &'a StoredMessage },
     User { user: &'a str, record: UserRecord },
     Cursor { conv: u128, user: &'a str, cursor: CursorRecord },
+    Inbox { user: &'a str, conv: u128, at: u64, value: &'a InboxValue },
 }
 
 /// What a write is read back as; the same encoding as [`LogWrite`].
@@ -70,6 +71,7 @@ enum OwnedLogWrite {
     Message { conv: u128, seq: u64, msg: StoredMessage },
     User { user: String, record: UserRecord },
     Cursor { conv: u128, user: String, cursor: CursorRecord },
+    Inbox { user: String, conv: u128, at: u64, value: InboxValue },
 }
 
 impl<'a> From<&'a Write> for LogWrite<'a> {
@@ -80,6 +82,7 @@ impl<'a> From<&'a Write> for LogWrite<'a> {
             Write::Message { conv, seq, msg } => LogWrite::Message { conv: conv.0, seq: *seq, msg },
             Write::User { user, record } => LogWrite::User { user, record: *record },
             Write::Cursor { conv, user, cursor } => LogWrite::Cursor { conv: conv.0, user, cursor: *cursor },
+            Write::Inbox { user, conv, at, value } => LogWrite::Inbox { user, conv: conv.0, at: *at, value },
         }
     }
 }
@@ -92,6 +95,7 @@ impl From<OwnedLogWrite> for Write {
             OwnedLogWrite::Message { conv, seq, msg } => Write::Message { conv: ConvId(conv), seq, msg: msg.into() },
             OwnedLogWrite::User { user, record } => Write::User { user, record },
             OwnedLogWrite::Cursor { conv, user, cursor } => Write::Cursor { conv: ConvId(conv), user, cursor },
+            OwnedLogWrite::Inbox { user, conv, at, value } => Write::Inbox { user, conv: ConvId(conv), at, value },
         }
     }
 }

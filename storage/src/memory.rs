@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use wire::frame::ConvId;
 
-use crate::model::{dedupe_key, ConvMeta, CursorRecord, DedupeEntry, StoredMessage, Tail, UserRecord, Write};
+use crate::model::{
+    dedupe_key, ConvMeta, CursorRecord, DedupeEntry, InboxEntry, InboxValue, StoredMessage, Tail, UserRecord, Write,
+};
 use crate::{Slice, Store, StoreError};
 
 #[derive(Default, Clone)]
@@ -17,6 +19,7 @@ struct Data {
     user_convs: BTreeSet<(String, ConvId)>,
     users: HashMap<String, UserRecord>,
     cursors: BTreeMap<(ConvId, String), CursorRecord>,
+    inbox: BTreeMap<(String, ConvId, u8), (u64, InboxValue)>,
 }
 
 /// One partition in memory.
@@ -71,6 +74,9 @@ impl Store for MemStore {
                 Write::Cursor { conv, user, cursor } => {
                     next.cursors.insert((*conv, user.clone()), *cursor);
                 }
+                Write::Inbox { user, conv, at, value: v } => {
+                    next.inbox.insert((user.clone(), *conv, v.tag()), (*at, v.clone()));
+                }
             }
         }
         *d = next;
@@ -124,6 +130,23 @@ impl Store for MemStore {
         let d = self.data();
         Ok(d.cursors.iter().filter(|((c, _), _)| *c == conv).map(|((_, u), r)| (u.clone(), *r)).collect())
     }
+
+    fn inbox(&self, user: &str) -> Result<Vec<InboxEntry>, StoreError> {
+        let d = self.data();
+        let mut out: Vec<InboxEntry> = Vec::new();
+        for ((u, conv, _), (at, v)) in &d.inbox {
+            if u != user {
+                continue;
+            }
+            if out.last().is_none_or(|e| e.conv != *conv) {
+                out.push(InboxEntry { conv: *conv, ..InboxEntry::default() });
+            }
+            if let Some(e) = out.last_mut() {
+                e.apply(*at, v.clone());
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +195,9 @@ mod tests {
             c: wire::frame::ConvId,
         ) -> Result<Vec<(String, crate::model::CursorRecord)>, crate::StoreError> {
             self.0.cursors(c)
+        }
+        fn inbox(&self, u: &str) -> Result<Vec<crate::model::InboxEntry>, crate::StoreError> {
+            self.0.inbox(u)
         }
     }
 }

@@ -102,6 +102,18 @@ pub enum Write {
         /// What to keep.
         record: UserRecord,
     },
+    /// A part of a user's entry for a conversation in their conversation list, at the
+    /// user's home (each part is its own record: no write reads another first).
+    Inbox {
+        /// The user.
+        user: String,
+        /// The conversation.
+        conv: ConvId,
+        /// When the user's home recorded it (ms): what `since` compares.
+        at: u64,
+        /// What changed.
+        value: InboxValue,
+    },
     /// Append a message.
     Message {
         /// The conversation.
@@ -111,6 +123,184 @@ pub enum Write {
         /// The message (shared with its deliveries: never copied to be stored).
         msg: std::sync::Arc<StoredMessage>,
     },
+}
+
+/// What a conversation's home tells its members' homes with each message, for their
+/// conversation lists (one shared copy per conversation until it changes).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConvSummary {
+    /// A group (else a DM).
+    pub group: bool,
+    /// The group's name.
+    pub name: String,
+    /// A DM's members (one for notes to self); empty for a group.
+    pub pair: Vec<String>,
+    /// How many members.
+    pub members: u32,
+}
+
+/// What changed in a user's entry for one conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboxPart {
+    /// A newer message reached the user's home.
+    Last {
+        /// Its seq.
+        seq: u64,
+        /// The message (shared with its delivery).
+        msg: std::sync::Arc<StoredMessage>,
+        /// The conversation as of the message.
+        summary: std::sync::Arc<ConvSummary>,
+    },
+    /// The user's durable read cursor.
+    Read(u64),
+    /// The newest seq the user sent.
+    Own(u64),
+    /// Muted until (ms; 0: not muted).
+    Muted(u64),
+    /// Archived.
+    Archived(bool),
+    /// Pinned.
+    Pinned(bool),
+}
+
+/// Longest preview kept of a message body, in bytes.
+pub const PREVIEW_BYTES: usize = 100;
+
+/// The last message of a conversation, as a user's list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct InboxLast {
+    /// Its seq.
+    pub seq: u64,
+    /// Acceptance time (ms).
+    pub ts: u64,
+    /// Sender.
+    pub from: String,
+    /// `wire::frame::MsgKind` tag.
+    pub kind: u8,
+    /// The body's first bytes (text and group events), cut at a character boundary.
+    pub preview: String,
+    /// A group (else a DM).
+    pub group: bool,
+    /// The group's name or the DM peer.
+    pub title: String,
+    /// Members.
+    pub members: u32,
+}
+
+/// One stored part of a user's entry (what [`InboxPart`] is stored as).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InboxValue {
+    /// See [`InboxPart::Last`].
+    Last(InboxLast),
+    /// See [`InboxPart::Read`].
+    Read(u64),
+    /// See [`InboxPart::Own`].
+    Own(u64),
+    /// See [`InboxPart::Muted`].
+    Muted(u64),
+    /// See [`InboxPart::Archived`].
+    Archived(bool),
+    /// See [`InboxPart::Pinned`].
+    Pinned(bool),
+}
+
+impl InboxValue {
+    /// The part's one-byte tag (the last byte of its key).
+    pub fn tag(&self) -> u8 {
+        match self {
+            InboxValue::Last(_) => 0,
+            InboxValue::Read(_) => 1,
+            InboxValue::Own(_) => 2,
+            InboxValue::Muted(_) => 3,
+            InboxValue::Archived(_) => 4,
+            InboxValue::Pinned(_) => 5,
+        }
+    }
+}
+
+impl InboxPart {
+    /// What is stored for `user`: the message reduced to its preview, the title
+    /// resolved (a DM's is the other member).
+    pub fn value(&self, user: &str) -> InboxValue {
+        match self {
+            InboxPart::Last { seq, msg, summary } => {
+                let text = match wire::frame::MsgKind::from_tag(msg.kind) {
+                    Some(wire::frame::MsgKind::Data) | None => "",
+                    _ => std::str::from_utf8(&msg.body).unwrap_or(""),
+                };
+                let mut cut = text.len().min(PREVIEW_BYTES);
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let title = if summary.group {
+                    summary.name.clone()
+                } else {
+                    summary.pair.iter().find(|m| *m != user).or(summary.pair.first()).cloned().unwrap_or_default()
+                };
+                InboxValue::Last(InboxLast {
+                    seq: *seq,
+                    ts: msg.ts,
+                    from: msg.from.clone(),
+                    kind: msg.kind,
+                    preview: text[..cut].to_owned(),
+                    group: summary.group,
+                    title,
+                    members: summary.members,
+                })
+            }
+            InboxPart::Read(s) => InboxValue::Read(*s),
+            InboxPart::Own(s) => InboxValue::Own(*s),
+            InboxPart::Muted(t) => InboxValue::Muted(*t),
+            InboxPart::Archived(b) => InboxValue::Archived(*b),
+            InboxPart::Pinned(b) => InboxValue::Pinned(*b),
+        }
+    }
+}
+
+/// A user's entry for one conversation: its parts put together.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InboxEntry {
+    /// The conversation.
+    pub conv: ConvId,
+    /// The newest message (absent: only settings so far).
+    pub last: Option<InboxLast>,
+    /// Read cursor.
+    pub read: u64,
+    /// The user's own newest seq.
+    pub own: u64,
+    /// Muted until (ms).
+    pub muted_until: u64,
+    /// Archived.
+    pub archived: bool,
+    /// Pinned.
+    pub pinned: bool,
+    /// When any part last changed (ms, the user's home's clock).
+    pub changed: u64,
+}
+
+impl InboxEntry {
+    /// Applies one part recorded at `at`. Seqs only move forward, so parts may be
+    /// applied in any order.
+    pub fn apply(&mut self, at: u64, v: InboxValue) {
+        self.changed = self.changed.max(at);
+        match v {
+            InboxValue::Last(l) => {
+                if self.last.as_ref().is_none_or(|x| x.seq <= l.seq) {
+                    self.last = Some(l);
+                }
+            }
+            InboxValue::Read(s) => self.read = self.read.max(s),
+            InboxValue::Own(s) => self.own = self.own.max(s),
+            InboxValue::Muted(t) => self.muted_until = t,
+            InboxValue::Archived(b) => self.archived = b,
+            InboxValue::Pinned(b) => self.pinned = b,
+        }
+    }
+
+    /// Messages from others after the read cursor and after the user's own last message.
+    pub fn unread(&self) -> u64 {
+        self.last.as_ref().map_or(0, |l| l.seq.saturating_sub(self.read.max(self.own)))
+    }
 }
 
 /// What a user's home keeps about them across restarts.

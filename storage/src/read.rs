@@ -5,7 +5,7 @@
 
 use wire::frame::{ConvId, SyncPoint};
 
-use crate::model::{ConvMeta, CursorRecord, Tail, UserRecord};
+use crate::model::{ConvMeta, CursorRecord, InboxEntry, Tail, UserRecord};
 use crate::{Slice, Store, StoreError};
 
 /// A read for a shard's own partition.
@@ -42,6 +42,11 @@ pub enum ReadReq {
         /// The user.
         user: String,
     },
+    /// A user's conversation-list entries (at the user's home).
+    Inbox {
+        /// The user.
+        user: String,
+    },
 }
 
 /// What a [`ReadReq`] returned.
@@ -62,6 +67,8 @@ pub enum ReadDone {
     Sync(Vec<(ConvId, Slice)>),
     /// For [`ReadReq::User`].
     User(UserRecord),
+    /// For [`ReadReq::Inbox`].
+    Inbox(Vec<InboxEntry>),
 }
 
 /// Answers `req` from `store` (blocking: run it off a shard's reactor).
@@ -88,5 +95,6 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
             ReadDone::Sync(pages)
         }
         ReadReq::User { user } => ReadDone::User(store.user_record(user)?),
+        ReadReq::Inbox { user } => ReadDone::Inbox(store.inbox(user)?),
     })
 }

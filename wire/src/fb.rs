@@ -10,8 +10,9 @@ use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
 
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{
-    check, Ack, ClientFrame, ConvId, ErrorFrame, GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, MsgRef,
-    Page, PresenceState, PresenceUpdate, ReceiptList, ReceiptsReq, ServerFrame, SyncPoint, Target,
+    check, Ack, ClientFrame, ConvEntry, ConvId, ConvSettings, ConversationList, ConversationsReq, ErrorFrame,
+    GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, MsgRef, Page, PresenceState, PresenceUpdate,
+    ReceiptList, ReceiptsReq, ServerFrame, SyncPoint, Target,
 };
 use crate::generated::switchboard::v_1 as g;
 
@@ -108,6 +109,8 @@ pub fn ref_id(payload: &[u8]) -> Option<String> {
         g::Frame::Send => env.frame_as_send()?.client_msg_id(),
         g::Frame::History => env.frame_as_history()?.req_id(),
         g::Frame::GroupOp => env.frame_as_group_op()?.req_id(),
+        g::Frame::Receipts => env.frame_as_receipts()?.req_id(),
+        g::Frame::Conversations => env.frame_as_conversations()?.req_id(),
         _ => None,
     }?;
     check::client_id("ref_id", id).ok().map(|()| id.to_owned())
@@ -202,9 +205,38 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             let s = env.frame_as_settings().ok_or(DecodeError::MissingField("frame"))?;
             ClientFrame::Settings { read_receipts: s.read_receipts() }
         }
+        g::Frame::Conversations => {
+            let c = env.frame_as_conversations().ok_or(DecodeError::MissingField("frame"))?;
+            ClientFrame::Conversations(check::conversations(ConversationsReq {
+                req_id: c.req_id().map(str::to_owned),
+                cursor: c.cursor().map(str::to_owned),
+                limit: c.limit(),
+                since: c.since(),
+            })?)
+        }
+        g::Frame::ConvSettings => {
+            let c = env.frame_as_conv_settings().ok_or(DecodeError::MissingField("frame"))?;
+            ClientFrame::ConvSettings(check::conv_settings(conv_settings(c)?)?)
+        }
         g::Frame::NONE => return Err(DecodeError::MissingField("frame")),
         other => return Err(DecodeError::UnknownOp(frame_name(other))),
     })
+}
+
+fn conv_settings(c: g::ConvSettings<'_>) -> Result<ConvSettings, DecodeError> {
+    Ok(ConvSettings {
+        conv: conv_id(c.conv().ok_or(DecodeError::MissingField("conv"))?),
+        muted_until: c.muted_until(),
+        archived: c.archived(),
+        pinned: c.pinned(),
+    })
+}
+
+fn g_conv_settings<'a>(b: &mut FlatBufferBuilder<'a>, s: &ConvSettings) -> WIPOffset<g::ConvSettings<'a>> {
+    let conv = g_conv(s.conv);
+    let args =
+        g::ConvSettingsArgs { conv: Some(&conv), muted_until: s.muted_until, archived: s.archived, pinned: s.pinned };
+    g::ConvSettings::create(b, &args)
 }
 
 fn g_users<'a>(
@@ -401,6 +433,15 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                 };
                 (g::Frame::ReceiptList, g::ReceiptList::create(&mut b, &args).as_union_value())
             }
+            ServerFrame::ConversationList(l) => {
+                let req_id = l.req_id.as_deref().map(|r| b.create_string(r));
+                let items: Vec<_> = l.items.iter().map(|e| g_conv_entry(&mut b, e)).collect();
+                let items = b.create_vector(&items);
+                let next = l.next.as_deref().map(|n| b.create_string(n));
+                let args = g::ConversationListArgs { req_id, items: Some(items), next, token: l.token };
+                (g::Frame::ConversationList, g::ConversationList::create(&mut b, &args).as_union_value())
+            }
+            ServerFrame::ConvSettings(s) => (g::Frame::ConvSettings, g_conv_settings(&mut b, s).as_union_value()),
         };
         let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
         b.finish(env, None);
@@ -525,6 +566,13 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             let o = g::Settings::create(&mut b, &g::SettingsArgs { read_receipts: *read_receipts });
             (g::Frame::Settings, o.as_union_value())
         }
+        ClientFrame::Conversations(c) => {
+            let req_id = c.req_id.as_deref().map(|x| b.create_string(x));
+            let cursor = c.cursor.as_deref().map(|x| b.create_string(x));
+            let args = g::ConversationsArgs { req_id, cursor, limit: c.limit, since: c.since };
+            (g::Frame::Conversations, g::Conversations::create(&mut b, &args).as_union_value())
+        }
+        ClientFrame::ConvSettings(s) => (g::Frame::ConvSettings, g_conv_settings(&mut b, s).as_union_value()),
     };
     let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
     b.finish(env, None);
@@ -666,8 +714,63 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
                 next: r.next().map(str::to_owned),
             })
         }
+        g::Frame::ConversationList => {
+            let l = env.frame_as_conversation_list().ok_or(missing)?;
+            let mut items = Vec::new();
+            for e in l.items().iter().flatten() {
+                items.push(ConvEntry {
+                    conv: conv_id(e.conv().ok_or(DecodeError::MissingField("conv"))?),
+                    group: e.group(),
+                    title: e.title().unwrap_or_default().to_owned(),
+                    members: e.members(),
+                    last_seq: e.last_seq(),
+                    last_ts: e.last_ts(),
+                    last_from: e.last_from().unwrap_or_default().to_owned(),
+                    last_kind: kind(e.last_kind())?,
+                    preview: e.preview().unwrap_or_default().to_owned(),
+                    read: e.read(),
+                    unread: e.unread(),
+                    muted_until: e.muted_until(),
+                    archived: e.archived(),
+                    pinned: e.pinned(),
+                });
+            }
+            ServerFrame::ConversationList(ConversationList {
+                req_id: l.req_id().map(str::to_owned),
+                items,
+                next: l.next().map(str::to_owned),
+                token: l.token(),
+            })
+        }
+        g::Frame::ConvSettings => {
+            ServerFrame::ConvSettings(conv_settings(env.frame_as_conv_settings().ok_or(missing)?)?)
+        }
         other => return Err(DecodeError::UnknownOp(frame_name(other))),
     })
+}
+
+fn g_conv_entry<'a>(b: &mut FlatBufferBuilder<'a>, e: &ConvEntry) -> WIPOffset<g::ConvEntry<'a>> {
+    let title = b.create_string(&e.title);
+    let last_from = b.create_string(&e.last_from);
+    let preview = b.create_string(&e.preview);
+    let conv = g_conv(e.conv);
+    let args = g::ConvEntryArgs {
+        conv: Some(&conv),
+        group: e.group,
+        title: Some(title),
+        members: e.members,
+        last_seq: e.last_seq,
+        last_ts: e.last_ts,
+        last_from: Some(last_from),
+        last_kind: g_kind(e.last_kind),
+        preview: Some(preview),
+        read: e.read,
+        unread: e.unread,
+        muted_until: e.muted_until,
+        archived: e.archived,
+        pinned: e.pinned,
+    };
+    g::ConvEntry::create(b, &args)
 }
 
 #[cfg(test)]

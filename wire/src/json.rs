@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DecodeError;
 use crate::frame::{
-    check, ClientFrame, ConvId, GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, MsgRef, Page,
-    PresenceState, PresenceUpdate, ReceiptList, ReceiptsReq, ServerFrame, SyncPoint,
+    check, ClientFrame, ConvEntry, ConvId, ConvSettings, ConversationList, ConversationsReq, GroupAction, GroupInfo,
+    GroupOp, History, Message, MsgKind, MsgRef, Page, PresenceState, PresenceUpdate, ReceiptList, ReceiptsReq,
+    ServerFrame, SyncPoint,
 };
 
 #[derive(Deserialize)]
@@ -73,6 +74,18 @@ enum JsonClient {
     Settings {
         read_receipts: Option<bool>,
     },
+    Conversations {
+        req_id: Option<String>,
+        cursor: Option<String>,
+        limit: Option<u32>,
+        since: Option<u64>,
+    },
+    ConvSettings {
+        conv: Option<String>,
+        muted_until: Option<u64>,
+        archived: Option<bool>,
+        pinned: Option<bool>,
+    },
 }
 
 fn presence_state(s: &str) -> Result<PresenceState, DecodeError> {
@@ -109,7 +122,7 @@ struct Head {
 }
 
 /// The client frame ops, as they appear in `op`.
-const CLIENT_OPS: [&str; 12] = [
+const CLIENT_OPS: [&str; 14] = [
     "hello",
     "send",
     "history",
@@ -122,6 +135,8 @@ const CLIENT_OPS: [&str; 12] = [
     "read",
     "receipts",
     "settings",
+    "conversations",
+    "conv_settings",
 ];
 
 fn head(payload: &[u8]) -> Option<Head> {
@@ -229,6 +244,13 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             ClientFrame::Receipts(check::receipts(ReceiptsReq { req_id, conv, seq, after, limit })?)
         }
         JsonClient::Settings { read_receipts } => ClientFrame::Settings { read_receipts },
+        JsonClient::Conversations { req_id, cursor, limit, since } => {
+            ClientFrame::Conversations(check::conversations(ConversationsReq { req_id, cursor, limit, since })?)
+        }
+        JsonClient::ConvSettings { conv: c, muted_until, archived, pinned } => {
+            let conv = conv("conv", &c.ok_or(DecodeError::MissingField("conv"))?)?;
+            ClientFrame::ConvSettings(check::conv_settings(ConvSettings { conv, muted_until, archived, pinned })?)
+        }
     })
 }
 
@@ -311,6 +333,48 @@ enum JsonServer<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         next: Option<&'a str>,
     },
+    ConversationList {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<&'a str>,
+        items: Vec<JsonConvEntry<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<&'a str>,
+        token: u64,
+    },
+    ConvSettings(JsonConvSettings),
+}
+
+#[derive(Serialize)]
+struct JsonConvEntry<'a> {
+    conv: String,
+    group: bool,
+    title: &'a str,
+    members: u32,
+    last_seq: u64,
+    last_ts: u64,
+    last_from: &'a str,
+    last_kind: &'static str,
+    preview: &'a str,
+    read: u64,
+    unread: u64,
+    muted_until: u64,
+    archived: bool,
+    pinned: bool,
+}
+
+#[derive(Serialize)]
+struct JsonConvSettings {
+    conv: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    muted_until: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archived: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pinned: Option<bool>,
+}
+
+fn conv_settings(s: &ConvSettings) -> JsonConvSettings {
+    JsonConvSettings { conv: s.conv.to_string(), muted_until: s.muted_until, archived: s.archived, pinned: s.pinned }
 }
 
 #[derive(Serialize)]
@@ -441,6 +505,32 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             read: &l.read,
             next: l.next.as_deref(),
         },
+        ServerFrame::ConversationList(l) => JsonServer::ConversationList {
+            req_id: l.req_id.as_deref(),
+            items: l
+                .items
+                .iter()
+                .map(|e| JsonConvEntry {
+                    conv: e.conv.to_string(),
+                    group: e.group,
+                    title: &e.title,
+                    members: e.members,
+                    last_seq: e.last_seq,
+                    last_ts: e.last_ts,
+                    last_from: &e.last_from,
+                    last_kind: kind_name(e.last_kind),
+                    preview: &e.preview,
+                    read: e.read,
+                    unread: e.unread,
+                    muted_until: e.muted_until,
+                    archived: e.archived,
+                    pinned: e.pinned,
+                })
+                .collect(),
+            next: l.next.as_deref(),
+            token: l.token,
+        },
+        ServerFrame::ConvSettings(c) => JsonServer::ConvSettings(conv_settings(c)),
         ServerFrame::GroupInfo(i) => JsonServer::GroupInfo {
             req_id: i.req_id.as_deref(),
             conv: i.conv.to_string(),
@@ -516,6 +606,27 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             if let Some(x) = read_receipts {
                 v["read_receipts"] = (*x).into();
             }
+            v
+        }
+        ClientFrame::Conversations(c) => {
+            let mut v = serde_json::json!({"op": "conversations"});
+            if let Some(x) = &c.req_id {
+                v["req_id"] = x.as_str().into();
+            }
+            if let Some(x) = &c.cursor {
+                v["cursor"] = x.as_str().into();
+            }
+            if let Some(x) = c.limit {
+                v["limit"] = x.into();
+            }
+            if let Some(x) = c.since {
+                v["since"] = x.into();
+            }
+            v
+        }
+        ClientFrame::ConvSettings(c) => {
+            let mut v = serde_json::to_value(conv_settings(c)).expect("plain struct");
+            v["op"] = "conv_settings".into();
             v
         }
         ClientFrame::History(h) => {
@@ -682,6 +793,22 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
             read: list("read")?,
             next: v.get("next").and_then(|r| r.as_str()).map(str::to_owned),
         }),
+        "conversation_list" => {
+            let items = v.get("items").and_then(|x| x.as_array()).ok_or(DecodeError::MissingField("items"))?;
+            let items = items.iter().map(conv_entry).collect::<Result<_, _>>()?;
+            ServerFrame::ConversationList(ConversationList {
+                req_id: v.get("req_id").and_then(|r| r.as_str()).map(str::to_owned),
+                items,
+                next: v.get("next").and_then(|r| r.as_str()).map(str::to_owned),
+                token: u("token")?,
+            })
+        }
+        "conv_settings" => ServerFrame::ConvSettings(ConvSettings {
+            conv: conv("conv", s("conv")?)?,
+            muted_until: v.get("muted_until").and_then(|x| x.as_u64()),
+            archived: v.get("archived").and_then(|x| x.as_bool()),
+            pinned: v.get("pinned").and_then(|x| x.as_bool()),
+        }),
         "group_info" => ServerFrame::GroupInfo(GroupInfo {
             req_id: v.get("req_id").and_then(|r| r.as_str()).map(str::to_owned),
             conv: conv("conv", s("conv")?)?,
@@ -691,6 +818,28 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
             seq: u("seq")?,
         }),
         other => return Err(DecodeError::UnknownOp(other.to_owned())),
+    })
+}
+
+fn conv_entry(v: &serde_json::Value) -> Result<ConvEntry, DecodeError> {
+    let s = |k: &'static str| v.get(k).and_then(|x| x.as_str()).ok_or(DecodeError::MissingField(k));
+    let u = |k: &'static str| v.get(k).and_then(|x| x.as_u64()).ok_or(DecodeError::MissingField(k));
+    let b = |k: &'static str| v.get(k).and_then(|x| x.as_bool()).ok_or(DecodeError::MissingField(k));
+    Ok(ConvEntry {
+        conv: conv("conv", s("conv")?)?,
+        group: b("group")?,
+        title: s("title")?.to_owned(),
+        members: u32::try_from(u("members")?).map_err(|_| DecodeError::BadValue { field: "members", reason: "u32" })?,
+        last_seq: u("last_seq")?,
+        last_ts: u("last_ts")?,
+        last_from: s("last_from")?.to_owned(),
+        last_kind: kind(Some(s("last_kind")?))?,
+        preview: s("preview")?.to_owned(),
+        read: u("read")?,
+        unread: u("unread")?,
+        muted_until: u("muted_until")?,
+        archived: b("archived")?,
+        pinned: b("pinned")?,
     })
 }
 

@@ -130,7 +130,60 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 limit
             })),
         proptest::option::of(any::<bool>()).prop_map(|read_receipts| ClientFrame::Settings { read_receipts }),
+        (
+            proptest::option::of(id()),
+            proptest::option::of(id()),
+            proptest::option::of(1..=500u32),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(req_id, cursor, limit, since)| ClientFrame::Conversations(ConversationsReq {
+                req_id,
+                cursor,
+                limit,
+                since
+            })),
+        conv_settings().prop_map(ClientFrame::ConvSettings),
     ]
+}
+
+/// A `conv_settings` that changes something.
+fn conv_settings() -> impl Strategy<Value = ConvSettings> {
+    (conv(), proptest::option::of(any::<u64>()), proptest::option::of(any::<bool>()), any::<bool>()).prop_map(
+        |(conv, muted_until, archived, pinned)| ConvSettings {
+            conv,
+            muted_until,
+            archived,
+            pinned: Some(pinned).filter(|_| muted_until.is_none() && archived.is_none() || pinned),
+        },
+    )
+}
+
+fn conv_entry() -> impl Strategy<Value = ConvEntry> {
+    (
+        (conv(), any::<bool>(), ".{0,40}", any::<u32>(), any::<u64>(), any::<u64>(), id()),
+        (stored_kind_body(), ".{0,60}", any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()),
+    )
+        .prop_map(
+            |(
+                (conv, group, title, members, last_seq, last_ts, last_from),
+                ((last_kind, _), preview, read, unread, muted_until, archived, pinned),
+            )| ConvEntry {
+                conv,
+                group,
+                title,
+                members,
+                last_seq,
+                last_ts,
+                last_from,
+                last_kind,
+                preview,
+                read,
+                unread,
+                muted_until,
+                archived,
+                pinned,
+            },
+        )
 }
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
@@ -186,6 +239,15 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 read,
                 next
             })),
+        (proptest::option::of(id()), vec(conv_entry(), 0..4), proptest::option::of(id()), any::<u64>()).prop_map(
+            |(req_id, items, next, token)| ServerFrame::ConversationList(ConversationList {
+                req_id,
+                items,
+                next,
+                token
+            })
+        ),
+        conv_settings().prop_map(ServerFrame::ConvSettings),
     ]
 }
 

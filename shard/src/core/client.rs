@@ -132,6 +132,18 @@ impl Core {
                     }
                 }
             }
+            ClientFrame::Conversations(req) => {
+                if self.limited(id, &user, Limit::History, req.req_id.as_deref()) {
+                    return;
+                }
+                self.list_conversations(id, &user, req);
+            }
+            ClientFrame::ConvSettings(settings) => {
+                if self.limited(id, &user, Limit::Presence, None) {
+                    return;
+                }
+                self.change_conv_settings(id, &user, settings);
+            }
             ClientFrame::Group(op) => {
                 // Group changes are stored like messages and share the send budget.
                 if op.action != GroupAction::Info && self.limited(id, &user, Limit::Send, op.req_id.as_deref()) {

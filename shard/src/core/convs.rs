@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use storage::model::{CursorRecord, GroupMeta};
+use storage::model::{ConvSummary, CursorRecord, GroupMeta};
 use wire::frame::ConvId;
 
 use super::dedupe::Dedupe;
@@ -55,6 +55,9 @@ pub struct Conv {
     /// Members grouped by home shard, shared by every delivery until membership
     /// changes (empty: rebuild on next use).
     fanout: Vec<Arc<[Box<str>]>>,
+    /// What the members' lists show of it, shared by every delivery until membership or
+    /// name changes (`None`: rebuild on next use).
+    summary: Option<Arc<ConvSummary>>,
     /// Messages of this conversation queued or being committed (it stays loaded).
     pub in_flight: u32,
     /// Used since the eviction sweep last passed (CLOCK reference bit).
@@ -87,6 +90,7 @@ impl Conv {
             created: 0,
             typists: Vec::new(),
             fanout: Vec::new(),
+            summary: None,
             in_flight: 0,
             referenced: true,
             cursors: HashMap::new(),
@@ -103,9 +107,26 @@ impl Conv {
         self.members.binary_search_by(|m| (**m).cmp(user)).is_ok()
     }
 
-    /// Membership changed: rebuild the fan-out lists on next use.
+    /// Membership (or a group's name) changed: rebuild the fan-out lists and the
+    /// summary on next use.
     pub fn members_changed(&mut self) {
         self.fanout.clear();
+        self.summary = None;
+    }
+
+    /// What the members' conversation lists show of it.
+    pub fn summary(&mut self) -> Arc<ConvSummary> {
+        let (group, members) = (&self.group, &self.members);
+        self.summary
+            .get_or_insert_with(|| {
+                Arc::new(ConvSummary {
+                    group: group.is_some(),
+                    name: group.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
+                    pair: if group.is_some() { Vec::new() } else { members.iter().map(|m| m.to_string()).collect() },
+                    members: members.len() as u32,
+                })
+            })
+            .clone()
     }
 
     /// Members grouped by home shard.

@@ -92,7 +92,10 @@ impl Core {
                 }
             }
             MsgRoute::ReceiptDeliver { user, frame, except } => self.on_receipt_deliver(&user, *frame, except),
-            MsgRoute::Deliver { conv, seq, msg, recipients, except } => {
+            MsgRoute::Deliver { conv, seq, msg, summary, recipients, except } => {
+                for user in recipients.iter() {
+                    self.inbox_message(user, conv, seq, &msg, &summary);
+                }
                 self.deliver(conv, seq, msg, &recipients, except)
             }
             MsgRoute::TypingDeliver { conv, from, typing, recipients } => {
@@ -280,7 +283,8 @@ impl Core {
     /// Work waits for a commit and none is running.
     pub fn wants_commit(&self) -> bool {
         self.commit.wants_commit()
-            || (self.commit.in_flight.is_none() && (!self.users.unsaved.is_empty() || !self.convs.unsaved.is_empty()))
+            || (self.commit.in_flight.is_none()
+                && (!self.users.unsaved.is_empty() || !self.convs.unsaved.is_empty() || !self.lists.is_empty()))
     }
 
     /// Starts a commit: the writes of everything queued, to be made durable as one
@@ -291,11 +295,13 @@ impl Core {
             return None;
         }
         self.queue_user_records();
-        let cursors = self.cursor_writes();
-        let writes = self.commit.take(cursors);
+        let mut extra = self.cursor_writes();
+        extra.extend(self.inbox_writes());
+        let writes = self.commit.take(extra);
         if writes.is_none() {
-            // Nothing was taken: the cursors listed wait for the next commit.
+            // Nothing was taken: the cursors and list parts wait for the next commit.
             self.cursors_committed(false);
+            self.inbox_committed(false);
         }
         writes
     }
@@ -305,6 +311,7 @@ impl Core {
         self.now = now;
         let Some(batch) = self.commit.in_flight.take() else { return };
         self.cursors_committed(r.is_ok());
+        self.inbox_committed(r.is_ok());
         match r {
             Ok(()) => self.committed(batch),
             Err(e) => self.commit_failed(batch, &e),
@@ -348,11 +355,12 @@ impl Core {
                     duplicate: false,
                 }),
             };
+            let summary = c.summary();
             self.reply(p.from, reply);
             for (k, recipients) in fanout.into_iter().enumerate() {
                 if !recipients.is_empty() {
-                    let (conv, seq, msg) = (p.conv, p.seq, p.msg.clone());
-                    let r = MsgRoute::Deliver { conv, seq, msg, recipients, except: Some(p.from) };
+                    let (conv, seq, msg, summary) = (p.conv, p.seq, p.msg.clone(), summary.clone());
+                    let r = MsgRoute::Deliver { conv, seq, msg, summary, recipients, except: Some(p.from) };
                     self.send_route(ShardId(k as u16), Route::Msg(r));
                 }
             }

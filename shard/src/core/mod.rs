@@ -27,6 +27,7 @@ pub mod commit;
 pub mod convs;
 pub mod dedupe;
 pub mod groups;
+pub mod inbox;
 pub mod limits;
 pub mod messaging;
 pub mod presence;
@@ -209,6 +210,10 @@ enum ReadFor {
     Sync { from: ConnRef },
     /// Loading a user's record.
     User(std::rc::Rc<str>),
+    /// A page of a user's conversation list (`token`: what the reply carries).
+    List { conn: ConnId, req: wire::frame::ConversationsReq, token: u64 },
+    /// Checking a conversation is in the user's list before changing its settings.
+    ConvSettings { conn: ConnId, settings: wire::frame::ConvSettings },
 }
 
 /// Figures the gateway publishes.
@@ -231,6 +236,8 @@ pub struct CoreCounts {
     pub queued: usize,
     /// Conversations evicted since start.
     pub evicted: u64,
+    /// Conversation-list parts waiting for (or in) a commit.
+    pub list_parts: usize,
 }
 
 /// One shard's core.
@@ -249,6 +256,8 @@ pub struct Core {
     convs: ConvTable,
     /// Group commits.
     commit: CommitQueue,
+    /// Conversation-list parts of users homed here, on their way to storage.
+    lists: inbox::InboxQueue,
     /// Reads in flight. Bound: `cfg.max_reads`.
     reads: Map<u64, ReadFor>,
     /// Id of the next read.
@@ -276,6 +285,7 @@ impl Core {
             users: UserTable::new(Hasher::with_seed(cfg.hash_seed)),
             convs: ConvTable::new(cfg.negative_cache, Hasher::with_seed(cfg.hash_seed)),
             commit: CommitQueue::default(),
+            lists: inbox::InboxQueue::new(Hasher::with_seed(cfg.hash_seed)),
             reads: Map::with_hasher(Hasher::with_seed(cfg.hash_seed)),
             next_read: 1,
             ids: MessageIdGen::new(cfg.host_id, me),
@@ -331,12 +341,13 @@ impl Core {
             reads: self.reads.len(),
             queued: self.commit.queued_len(),
             evicted: self.convs.evicted,
+            list_parts: self.lists.len(),
         }
     }
 
     /// Nothing queued, committing or read (a drain waits for this).
     pub fn is_idle(&self) -> bool {
-        self.commit.is_idle() && self.reads.is_empty() && self.inbox.is_empty()
+        self.commit.is_idle() && self.reads.is_empty() && self.inbox.is_empty() && self.lists.is_empty()
     }
 
     // ---- events ----
@@ -380,6 +391,8 @@ impl Core {
             Some(ReadFor::History { from, conv, req_id }) => self.on_history_read(from, conv, req_id, r),
             Some(ReadFor::Sync { from }) => self.on_sync_read(from, r),
             Some(ReadFor::User(name)) => self.on_user_loaded(name, r),
+            Some(ReadFor::List { conn, req, token }) => self.on_list_read(conn, req, token, r),
+            Some(ReadFor::ConvSettings { conn, settings }) => self.on_settings_read(conn, settings, r),
             None => {}
         }
         self.settle();

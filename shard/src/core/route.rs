@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use storage::model::StoredMessage;
+use storage::model::{ConvSummary, StoredMessage};
 use wire::frame::{ConvId, GroupOp, History, PresenceUpdate, Send, ServerFrame, SyncPoint};
 
 use crate::ids::{ConnId, ConnRef, ShardId};
@@ -45,6 +45,8 @@ pub enum MsgRoute {
         seq: u64,
         /// The message (shared by every destination shard: never copied).
         msg: Arc<StoredMessage>,
+        /// The conversation as the members' lists show it (shared until it changes).
+        summary: Arc<ConvSummary>,
         /// User ids homed on the receiving shard (shared by the conversation's
         /// deliveries until its membership changes).
         recipients: Arc<[Box<str>]>,

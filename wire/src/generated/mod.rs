@@ -66,6 +66,14 @@ pub mod switchboard {
     pub use self::receipt_count_generated::*;
     mod receipt_list_generated;
     pub use self::receipt_list_generated::*;
+    mod conversations_generated;
+    pub use self::conversations_generated::*;
+    mod conv_settings_generated;
+    pub use self::conv_settings_generated::*;
+    mod conv_entry_generated;
+    pub use self::conv_entry_generated::*;
+    mod conversation_list_generated;
+    pub use self::conversation_list_generated::*;
     mod envelope_generated;
     pub use self::envelope_generated::*;
   } // v_1

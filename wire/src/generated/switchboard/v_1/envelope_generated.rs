@@ -411,6 +411,51 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_conversations(&self) -> Option<Conversations<'a>> {
+    if self.frame_type() == Frame::Conversations {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Conversations::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_conv_settings(&self) -> Option<ConvSettings<'a>> {
+    if self.frame_type() == Frame::ConvSettings {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ConvSettings::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_conversation_list(&self) -> Option<ConversationList<'a>> {
+    if self.frame_type() == Frame::ConversationList {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ConversationList::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -445,6 +490,9 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Frame::Receipt => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Receipt>>("Frame::Receipt", pos),
           Frame::ReceiptCount => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReceiptCount>>("Frame::ReceiptCount", pos),
           Frame::ReceiptList => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReceiptList>>("Frame::ReceiptList", pos),
+          Frame::Conversations => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Conversations>>("Frame::Conversations", pos),
+          Frame::ConvSettings => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ConvSettings>>("Frame::ConvSettings", pos),
+          Frame::ConversationList => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ConversationList>>("Frame::ConversationList", pos),
           _ => Ok(()),
         }
      })?
@@ -662,6 +710,27 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Frame::ReceiptList => {
           if let Some(x) = self.frame_as_receipt_list() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::Conversations => {
+          if let Some(x) = self.frame_as_conversations() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::ConvSettings => {
+          if let Some(x) = self.frame_as_conv_settings() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::ConversationList => {
+          if let Some(x) = self.frame_as_conversation_list() {
             ds.field("frame", &x)
           } else {
             ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_FRAME: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_FRAME: u8 = 24;
+pub const ENUM_MAX_FRAME: u8 = 27;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_FRAME: [Frame; 25] = [
+pub const ENUM_VALUES_FRAME: [Frame; 28] = [
   Frame::NONE,
   Frame::Hello,
   Frame::Send,
@@ -34,6 +34,9 @@ pub const ENUM_VALUES_FRAME: [Frame; 25] = [
   Frame::Receipt,
   Frame::ReceiptCount,
   Frame::ReceiptList,
+  Frame::Conversations,
+  Frame::ConvSettings,
+  Frame::ConversationList,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -66,9 +69,12 @@ impl Frame {
   pub const Receipt: Self = Self(22);
   pub const ReceiptCount: Self = Self(23);
   pub const ReceiptList: Self = Self(24);
+  pub const Conversations: Self = Self(25);
+  pub const ConvSettings: Self = Self(26);
+  pub const ConversationList: Self = Self(27);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 24;
+  pub const ENUM_MAX: u8 = 27;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -95,6 +101,9 @@ impl Frame {
     Self::Receipt,
     Self::ReceiptCount,
     Self::ReceiptList,
+    Self::Conversations,
+    Self::ConvSettings,
+    Self::ConversationList,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -124,6 +133,9 @@ impl Frame {
       Self::Receipt => Some("Receipt"),
       Self::ReceiptCount => Some("ReceiptCount"),
       Self::ReceiptList => Some("ReceiptList"),
+      Self::Conversations => Some("Conversations"),
+      Self::ConvSettings => Some("ConvSettings"),
+      Self::ConversationList => Some("ConversationList"),
       _ => None,
     }
   }

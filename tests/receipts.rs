@@ -9,19 +9,9 @@ use common::*;
 use wire::frame::{ClientFrame, ConvId, GroupAction, GroupOp, MsgKind, ReceiptsReq, Send, ServerFrame, Target};
 use wire::Encoding;
 
-/// Reads frames until `want` picks one (other frames are skipped).
-fn until<T>(c: &mut Client, mut want: impl FnMut(&ServerFrame) -> Option<T>) -> T {
-    loop {
-        let f = c.recv();
-        if let Some(t) = want(&f) {
-            return t;
-        }
-    }
-}
-
 /// The next `receipt` about `user` whose cursors are at least `(delivered, read)`.
 fn receipt_at_least(c: &mut Client, user: &str, delivered: u64, read: u64) -> (u64, u64) {
-    until(c, |f| match f {
+    c.until(|f| match f {
         ServerFrame::Receipt { user: u, delivered: d, read: r, .. } if u == user && *d >= delivered && *r >= read => {
             Some((*d, *r))
         }
@@ -57,7 +47,7 @@ fn dm_receipts_flow_to_the_sender_and_the_readers_devices_and_survive_kill_9() {
     // Never backwards: a stale read changes nothing; the next real change shows 3/3.
     tablet.send(&ClientFrame::Read { conv, seq: 1 });
     tablet.send(&ClientFrame::Read { conv, seq: 3 });
-    let (d, r) = until(&mut alice, |f| match f {
+    let (d, r) = alice.until(|f| match f {
         ServerFrame::Receipt { delivered, read, .. } => Some((*delivered, *read)),
         _ => None,
     });
@@ -68,7 +58,7 @@ fn dm_receipts_flow_to_the_sender_and_the_readers_devices_and_survive_kill_9() {
     let server = Server::start_in(&dir, 2, "");
     let mut alice = server.connect("rc-alice", "phone", Encoding::Json);
     alice.send(&receipts_req(conv, 3));
-    let list = until(&mut alice, |f| if let ServerFrame::ReceiptList(l) = f { Some(l.clone()) } else { None });
+    let list = alice.until(|f| if let ServerFrame::ReceiptList(l) = f { Some(l.clone()) } else { None });
     assert_eq!((list.delivered, list.read, list.next), (vec!["rc-bob".to_owned()], vec!["rc-bob".to_owned()], None));
 }
 
@@ -86,19 +76,19 @@ fn a_thousand_member_group_gives_its_sender_coalesced_counts() {
         members: members.to_vec(),
     };
     owner.send(&ClientFrame::Group(op(GroupAction::Create, None, &members[..249])));
-    let conv = until(&mut owner, |f| if let ServerFrame::GroupInfo(g) = f { Some(g.conv) } else { None });
+    let conv = owner.until(|f| if let ServerFrame::GroupInfo(g) = f { Some(g.conv) } else { None });
     for chunk in members[249..].chunks(250) {
         owner.send(&ClientFrame::Group(op(GroupAction::Add, Some(conv), chunk)));
-        until(&mut owner, |f| matches!(f, ServerFrame::GroupInfo(_)).then_some(()));
+        owner.until(|f| matches!(f, ServerFrame::GroupInfo(_)).then_some(()));
     }
     let mut conns: Vec<Client> = members.iter().map(|m| server.connect(m, "d", Encoding::FlatBuffers)).collect();
     let send =
         Send { client_msg_id: "all".into(), target: Target::Conv(conv), body: b"hello".to_vec(), kind: MsgKind::Text };
     owner.send(&ClientFrame::Send(send));
-    let seq = until(&mut owner, |f| if let ServerFrame::Ack(a) = f { Some(a.seq) } else { None });
+    let seq = owner.until(|f| if let ServerFrame::Ack(a) = f { Some(a.seq) } else { None });
     // Every member receives the message, says so, and every other one reads it.
     for (i, c) in conns.iter_mut().enumerate() {
-        until(c, |f| matches!(f, ServerFrame::Msg(m) if m.seq == seq).then_some(()));
+        c.until(|f| matches!(f, ServerFrame::Msg(m) if m.seq == seq).then_some(()));
         let mut frames = vec![ClientFrame::Delivered { conv, seq }];
         if i % 2 == 0 {
             frames.push(ClientFrame::Read { conv, seq });
@@ -107,7 +97,7 @@ fn a_thousand_member_group_gives_its_sender_coalesced_counts() {
     }
     // The sender sees the counts rise to 999 received, 500 read, in few frames.
     let mut frames = 0;
-    let last = until(&mut owner, |f| match f {
+    let last = owner.until(|f| match f {
         ServerFrame::ReceiptCount { seq: s, members, delivered, read, .. } if *s == seq => {
             frames += 1;
             assert_eq!(*members, 999);
@@ -123,7 +113,7 @@ fn a_thousand_member_group_gives_its_sender_coalesced_counts() {
     loop {
         let req = ReceiptsReq { req_id: None, conv, seq, after: after.clone(), limit: Some(400) };
         owner.send(&ClientFrame::Receipts(req));
-        let l = until(&mut owner, |f| if let ServerFrame::ReceiptList(l) = f { Some(l.clone()) } else { None });
+        let l = owner.until(|f| if let ServerFrame::ReceiptList(l) = f { Some(l.clone()) } else { None });
         readers += l.read.len();
         match l.next {
             Some(n) => after = Some(n),

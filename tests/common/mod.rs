@@ -246,6 +246,17 @@ impl Client {
         }
     }
 
+    /// Reads frames until `want` picks one (other frames are skipped); each read is
+    /// bounded by the deadline.
+    pub fn until<T>(&mut self, mut want: impl FnMut(&ServerFrame) -> Option<T>) -> T {
+        loop {
+            let f = self.recv();
+            if let Some(t) = want(&f) {
+                return t;
+            }
+        }
+    }
+
     /// The next frame, which must be an ack (panics with what came instead).
     pub fn ack(&mut self) -> wire::frame::Ack {
         match self.recv() {

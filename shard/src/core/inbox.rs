@@ -15,8 +15,9 @@
 //! Paging is by `(last message time, conversation)`, newest first, with an opaque
 //! cursor: a page never repeats an entry of an earlier page. An entry that gets a new
 //! message while a client pages moves to the top instead of appearing later; every
-//! reply carries a `token`, and `conversations{since: token}` returns every entry changed
-//! at or after it, so a client that pages and then asks with the token misses nothing.
+//! reply carries a `token` (the time of its read: the reply holds every change before
+//! it), and `conversations{since: token}` returns every entry changed at or after it, so
+//! a client that pages and then asks with the first page's token misses nothing.
 //!
 //! Bounds: parts waiting for a commit are at most one per (user, conversation, part)
 //! with a change in one commit window, and are taken by the next commit; a list read
@@ -92,6 +93,9 @@ impl Parts {
 
 /// A user's parts waiting for a commit, per conversation.
 type UserParts = Vec<(ConvId, Parts)>;
+
+/// A copy of a user's parts not yet durable, kept with a read of their list.
+pub type Unsaved = Vec<(ConvId, Parts)>;
 
 /// The conversation-list parts of a shard's users on their way to storage.
 #[derive(Debug)]
@@ -230,12 +234,9 @@ impl Core {
 
     /// A `conversations` request from connection `id` (on the user's home).
     pub(super) fn list_conversations(&mut self, id: ConnId, user: &str, req: ConversationsReq) {
-        // Parts not yet durable may be missing from the read: the token is no later than
-        // the oldest of them, so asking `since: token` finds them.
-        let oldest = self.lists.unsaved_of(user).map(|(_, p)| p.at).min();
-        let token = oldest.map_or(self.now, |t| t.min(self.now));
         let ref_id = req.req_id.clone();
-        if !self.read(ReadReq::Inbox { user: user.to_owned() }, ReadFor::List { conn: id, req, token }) {
+        let why = ReadFor::List { conn: id, req, token: self.now, unsaved: self.unsaved_snapshot(user) };
+        if !self.read(ReadReq::Inbox { user: user.to_owned() }, why) {
             let (code, msg) = busy("storage reads");
             self.frame(id, error_frame(code, msg, ref_id, None));
         }
@@ -244,15 +245,24 @@ impl Core {
     /// A `conv_settings` from connection `id`: applied once the conversation is known
     /// to be in the user's list.
     pub(super) fn change_conv_settings(&mut self, id: ConnId, user: &str, settings: ConvSettings) {
-        if !self.read(ReadReq::Inbox { user: user.to_owned() }, ReadFor::ConvSettings { conn: id, settings }) {
+        let why = ReadFor::ConvSettings { conn: id, settings, unsaved: self.unsaved_snapshot(user) };
+        if !self.read(ReadReq::Inbox { user: user.to_owned() }, why) {
             let (code, msg) = busy("storage reads");
             self.frame(id, error_frame(code, msg, None, None));
         }
     }
 
-    /// The user's entries: what storage returned with the parts not yet durable on top.
-    fn merged_inbox(&self, user: &str, mut entries: Vec<InboxEntry>) -> Vec<InboxEntry> {
-        for (conv, parts) in self.lists.unsaved_of(user) {
+    /// `user`'s parts not yet durable now. A store read issued now sees every commit
+    /// acknowledged before it, but maybe not the one running or the next: the read's
+    /// answer is merged with this copy, so it reflects everything up to now.
+    fn unsaved_snapshot(&self, user: &str) -> Unsaved {
+        self.lists.unsaved_of(user).cloned().collect()
+    }
+
+    /// The user's entries: what storage returned, then `snapshot` (parts not durable
+    /// when the read was issued), then the parts not durable now.
+    fn merged_inbox(&self, user: &str, mut entries: Vec<InboxEntry>, snapshot: &Unsaved) -> Vec<InboxEntry> {
+        for (conv, parts) in snapshot.iter().chain(self.lists.unsaved_of(user)) {
             let i = match entries.iter().position(|e| e.conv == *conv) {
                 Some(i) => i,
                 None => {
@@ -270,11 +280,12 @@ impl Core {
         id: ConnId,
         req: ConversationsReq,
         token: u64,
+        unsaved: Unsaved,
         r: Result<ReadDone, StoreError>,
     ) {
         let Some(user) = self.conns.get(id).map(|c| c.user.clone()) else { return };
         let frame = match r {
-            Ok(ReadDone::Inbox(entries)) => match page(self.merged_inbox(&user, entries), &req, token) {
+            Ok(ReadDone::Inbox(entries)) => match page(self.merged_inbox(&user, entries, &unsaved), &req, token) {
                 Ok(list) => ServerFrame::ConversationList(list),
                 Err(msg) => error_frame(ErrorCode::BadValue, msg, req.req_id, None),
             },
@@ -287,7 +298,13 @@ impl Core {
         self.frame(id, frame);
     }
 
-    pub(super) fn on_settings_read(&mut self, id: ConnId, s: ConvSettings, r: Result<ReadDone, StoreError>) {
+    pub(super) fn on_settings_read(
+        &mut self,
+        id: ConnId,
+        s: ConvSettings,
+        unsaved: Unsaved,
+        r: Result<ReadDone, StoreError>,
+    ) {
         let Some(user) = self.conns.get(id).map(|c| c.user.clone()) else { return };
         let entries = match r {
             Ok(ReadDone::Inbox(entries)) => entries,
@@ -297,7 +314,8 @@ impl Core {
                 return self.frame(id, error_frame(code, msg, None, None));
             }
         };
-        let known = entries.iter().any(|e| e.conv == s.conv) || self.lists.unsaved_of(&user).any(|(c, _)| *c == s.conv);
+        let known = entries.iter().any(|e| e.conv == s.conv)
+            || unsaved.iter().chain(self.lists.unsaved_of(&user)).any(|(c, _)| *c == s.conv);
         if !known {
             let msg = "that conversation is not in your list".to_owned();
             return self.frame(id, error_frame(ErrorCode::NotMember, msg, None, None));

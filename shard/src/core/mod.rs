@@ -211,9 +211,9 @@ enum ReadFor {
     /// Loading a user's record.
     User(std::rc::Rc<str>),
     /// A page of a user's conversation list (`token`: what the reply carries).
-    List { conn: ConnId, req: wire::frame::ConversationsReq, token: u64 },
+    List { conn: ConnId, req: wire::frame::ConversationsReq, token: u64, unsaved: inbox::Unsaved },
     /// Checking a conversation is in the user's list before changing its settings.
-    ConvSettings { conn: ConnId, settings: wire::frame::ConvSettings },
+    ConvSettings { conn: ConnId, settings: wire::frame::ConvSettings, unsaved: inbox::Unsaved },
 }
 
 /// Figures the gateway publishes.
@@ -391,8 +391,10 @@ impl Core {
             Some(ReadFor::History { from, conv, req_id }) => self.on_history_read(from, conv, req_id, r),
             Some(ReadFor::Sync { from }) => self.on_sync_read(from, r),
             Some(ReadFor::User(name)) => self.on_user_loaded(name, r),
-            Some(ReadFor::List { conn, req, token }) => self.on_list_read(conn, req, token, r),
-            Some(ReadFor::ConvSettings { conn, settings }) => self.on_settings_read(conn, settings, r),
+            Some(ReadFor::List { conn, req, token, unsaved }) => self.on_list_read(conn, req, token, unsaved, r),
+            Some(ReadFor::ConvSettings { conn, settings, unsaved }) => {
+                self.on_settings_read(conn, settings, unsaved, r)
+            }
             None => {}
         }
         self.settle();

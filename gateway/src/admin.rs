@@ -98,6 +98,8 @@ pub struct ShardStats {
     pub negative: AtomicU64,
     /// Storage reads in flight.
     pub reads: AtomicU64,
+    /// Conversation-list parts waiting for (or in) a group commit.
+    pub list_parts: AtomicU64,
     /// Messages waiting for a group commit.
     pub queued: AtomicU64,
     /// `mesh_backlog[k]`: batches towards shard k waiting for room in the channel.
@@ -188,7 +190,7 @@ type Series = (&'static str, &'static str, &'static str, fn(&ShardStats) -> &Ato
 
 fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
     let mut out = String::new();
-    let series: [Series; 21] = [
+    let series: [Series; 22] = [
         ("switchboard_connections", "gauge", "Open connections.", |s| &s.connections),
         ("switchboard_accepted_total", "counter", "Sockets accepted.", |s| &s.accepted),
         ("switchboard_upgrades_refused_total", "counter", "Upgrades refused (401, 503, ...).", |s| &s.refused),
@@ -223,6 +225,7 @@ fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
         ("switchboard_negative_cache", "gauge", "Conversation ids remembered as missing.", |s| &s.negative),
         ("switchboard_storage_reads", "gauge", "Storage reads in flight.", |s| &s.reads),
         ("switchboard_commit_queue", "gauge", "Messages waiting for a group commit.", |s| &s.queued),
+        ("switchboard_list_parts", "gauge", "Conversation-list parts waiting for a group commit.", |s| &s.list_parts),
     ];
     for (name, kind, help, get) in series {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));

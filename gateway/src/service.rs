@@ -355,6 +355,7 @@ impl Shard {
             (&st.negative, c.negative),
             (&st.reads, c.reads),
             (&st.queued, c.queued),
+            (&st.list_parts, c.list_parts),
         ] {
             gauge.store(v as u64, Ordering::Relaxed);
         }

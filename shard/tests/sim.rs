@@ -518,6 +518,29 @@ impl Sim {
     }
 
     /// Dense seqs and one stored message per client id, in shard k's partition.
+    /// Every user's conversation list, as stored at their home, names only stored
+    /// messages: an entry's last message is the message stored at that seq, never one
+    /// past the conversation's end (a crash may leave it behind, never ahead).
+    fn check_lists(&self) {
+        for u in 0..USERS {
+            let name = user(u);
+            let home = home_of_user(&name, SHARDS).index();
+            for e in self.stores[home].inbox(&name).expect("memory store") {
+                let Some(last) = &e.last else { continue };
+                let stored = self.stores[home_of_conv(e.conv, SHARDS).index()].messages(e.conv);
+                let at = stored.iter().find(|(s, _)| *s == last.seq);
+                let (_, m) =
+                    at.unwrap_or_else(|| panic!("{name}'s list names {:?} seq {} (not stored)", e.conv, last.seq));
+                assert_eq!(
+                    (m.ts, &m.from),
+                    (last.ts, &last.from),
+                    "{name}'s list entry differs from the stored message"
+                );
+                assert!(e.unread() <= last.seq);
+            }
+        }
+    }
+
     fn check_store(&self, k: usize) {
         for conv in self.stores[k].convs() {
             let msgs = self.stores[k].messages(conv);
@@ -612,6 +635,7 @@ fn run(seed: u64, steps: u64) -> Sim {
     for k in 0..SHARDS {
         sim.check_store(k);
     }
+    sim.check_lists();
     sim
 }
 

@@ -50,6 +50,8 @@ fn request_errors_keep_the_connection_open() {
     }
     // Not a member: a conversation that does not exist, and someone else's DM.
     c.send(&ClientFrame::Send(Send {
+        reply_to: None,
+        target_seq: None,
         client_msg_id: "c2".into(),
         target: Target::Conv(ConvId(42)),
         body: b"x".to_vec(),
@@ -63,6 +65,8 @@ fn request_errors_keep_the_connection_open() {
         other => panic!("{other:?}"),
     };
     c.send(&ClientFrame::Send(Send {
+        reply_to: None,
+        target_seq: None,
         client_msg_id: "c3".into(),
         target: Target::Conv(dm),
         body: b"x".to_vec(),

@@ -61,7 +61,14 @@ fn the_list_orders_by_activity_counts_unread_syncs_devices_and_survives_kill_9()
     let group = alice.until(|f| if let ServerFrame::GroupInfo(g) = f { Some(g.conv) } else { None });
     got_msg(&mut bob, group, 1);
     let body = "x".repeat(300);
-    let send = Send { client_msg_id: "g1".into(), target: Target::Conv(group), body: body.into(), kind: MsgKind::Text };
+    let send = Send {
+        reply_to: None,
+        target_seq: None,
+        client_msg_id: "g1".into(),
+        target: Target::Conv(group),
+        body: body.into(),
+        kind: MsgKind::Text,
+    };
     bob.send(&ClientFrame::Send(send));
     bob.until(|f| matches!(f, ServerFrame::Ack(_)).then_some(()));
     got_msg(&mut tablet, group, 2);

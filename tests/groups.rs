@@ -20,6 +20,8 @@ fn op(action: GroupAction, req: &str, conv: Option<ConvId>, name: Option<&str>, 
 
 fn send_conv(conv: ConvId, cmid: &str, body: &str) -> ClientFrame {
     ClientFrame::Send(wire::frame::Send {
+        reply_to: None,
+        target_seq: None,
         client_msg_id: cmid.into(),
         target: Target::Conv(conv),
         body: body.as_bytes().to_vec(),

@@ -61,6 +61,8 @@ fn hostile_clients_cannot_grow_the_servers_memory_past_its_bounds() {
             let conv = ConvId(0xdead_0000_0000 + u * per_user + i);
             match i % 3 {
                 0 => ClientFrame::Send(Send {
+                    reply_to: None,
+                    target_seq: None,
                     client_msg_id: format!("x{i}"),
                     target: Target::Conv(conv),
                     body: b"?".to_vec(),

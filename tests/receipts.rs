@@ -82,8 +82,14 @@ fn a_thousand_member_group_gives_its_sender_coalesced_counts() {
         owner.until(|f| matches!(f, ServerFrame::GroupInfo(_)).then_some(()));
     }
     let mut conns: Vec<Client> = members.iter().map(|m| server.connect(m, "d", Encoding::FlatBuffers)).collect();
-    let send =
-        Send { client_msg_id: "all".into(), target: Target::Conv(conv), body: b"hello".to_vec(), kind: MsgKind::Text };
+    let send = Send {
+        reply_to: None,
+        target_seq: None,
+        client_msg_id: "all".into(),
+        target: Target::Conv(conv),
+        body: b"hello".to_vec(),
+        kind: MsgKind::Text,
+    };
     owner.send(&ClientFrame::Send(send));
     let seq = owner.until(|f| if let ServerFrame::Ack(a) = f { Some(a.seq) } else { None });
     // Every member receives the message, says so, and every other one reads it.

@@ -25,6 +25,7 @@ fn msg() -> Message {
         kind: MsgKind::Text,
         body: vec![b'x'; 64],
         client_msg_id: "c-1029".into(),
+        extra: None,
     }
 }
 
@@ -32,6 +33,8 @@ fn codecs(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     let frame = ServerFrame::Msg(msg());
     let send = ClientFrame::Send(Send {
+        reply_to: None,
+        target_seq: None,
         client_msg_id: "c-1029".into(),
         target: Target::User("bob".into()),
         body: vec![b'x'; 64],
@@ -138,6 +141,7 @@ fn writes(n: usize, seq: &mut u64) -> Vec<storage::model::Write> {
                 conv: ConvId(1),
                 seq: *seq,
                 msg: std::sync::Arc::new(StoredMessage {
+                    ext: None,
                     message_id: *seq,
                     from: "alice".into(),
                     from_device: "d".into(),

@@ -277,7 +277,14 @@ async fn exec_main(args: ChatArgs, t: usize, setup: Arc<Setup>, live: Arc<Live>,
                 tv.push(ts);
                 tv.len() - 1
             };
-            let f = ClientFrame::Send(Send { client_msg_id: id.to_string(), target: to, body, kind: MsgKind::Data });
+            let f = ClientFrame::Send(Send {
+                reply_to: None,
+                target_seq: None,
+                client_msg_id: id.to_string(),
+                target: to,
+                body,
+                kind: MsgKind::Data,
+            });
             if let Some(tx) = txs.get_mut(&from) {
                 tx.queue(&f);
                 dirty.push(from);

@@ -125,6 +125,8 @@ async fn exec_main(args: FanoutArgs, t: usize, sh: Arc<Shared>, live: Arc<Live>,
             body[8..16].copy_from_slice(&n.to_le_bytes());
             out.borrow_mut().sent_at.insert(n, ts);
             let f = ClientFrame::Send(Send {
+                reply_to: None,
+                target_seq: None,
                 client_msg_id: n.to_string(),
                 target: To::Conv(conv),
                 body,

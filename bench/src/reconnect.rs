@@ -89,6 +89,8 @@ async fn exec_main(a: ReconnectArgs, t: usize, p: Arc<Phase>, live: Arc<Live>, r
         for n in 0..a.before {
             let body = text(format!("before {n}"));
             c.tx.queue(&ClientFrame::Send(Send {
+                reply_to: None,
+                target_seq: None,
                 client_msg_id: format!("b{n}"),
                 target: To::User(user(&a, *i ^ 1)),
                 body,
@@ -135,6 +137,8 @@ async fn exec_main(a: ReconnectArgs, t: usize, p: Arc<Phase>, live: Arc<Live>, r
         for &i in &targets {
             for n in 0..a.missed {
                 c.tx.queue(&ClientFrame::Send(Send {
+                    reply_to: None,
+                    target_seq: None,
                     client_msg_id: format!("m{i}-{n}"),
                     target: To::User(user(&a, i)),
                     body: text(format!("missed {n}")),

@@ -109,6 +109,8 @@ fn main() {
     };
     let send = |i: u64| {
         ClientFrame::Send(Send {
+            reply_to: None,
+            target_seq: None,
             client_msg_id: format!("m{i}"),
             target: Target::User(bob.clone()),
             body: vec![b'x'; 64],

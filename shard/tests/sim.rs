@@ -210,6 +210,8 @@ impl Sim {
                 self.client(
                     d,
                     ClientFrame::Send(Send {
+                        reply_to: None,
+                        target_seq: None,
                         client_msg_id: o.cmid,
                         target: o.target,
                         body: b"again".to_vec(),
@@ -384,7 +386,14 @@ impl Sim {
                 dv.unacked.push(Outgoing { cmid: cmid.clone(), target: target.clone() });
                 self.client(
                     d,
-                    ClientFrame::Send(Send { client_msg_id: cmid, target, body: b"hi".to_vec(), kind: MsgKind::Text }),
+                    ClientFrame::Send(Send {
+                        reply_to: None,
+                        target_seq: None,
+                        client_msg_id: cmid,
+                        target,
+                        body: b"hi".to_vec(),
+                        kind: MsgKind::Text,
+                    }),
                 );
             }
             11..=12 => {
@@ -394,6 +403,8 @@ impl Sim {
                     self.client(
                         d,
                         ClientFrame::Send(Send {
+                            reply_to: None,
+                            target_seq: None,
                             client_msg_id: cmid,
                             target: Target::Conv(conv),
                             body: b"dup".to_vec(),

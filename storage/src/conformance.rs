@@ -11,6 +11,7 @@ use crate::Store;
 
 fn msg(i: u64) -> StoredMessage {
     StoredMessage {
+        ext: None,
         message_id: 1000 + i,
         from: "alice".into(),
         from_device: "d".into(),

@@ -192,7 +192,7 @@ impl Store for EmbeddedStore {
                 has_more = true;
                 break;
             }
-            let msg: StoredMessage = postcard::from_bytes(&v).map_err(corrupt)?;
+            let msg = StoredMessage::decode(&v).map_err(corrupt)?;
             messages.push((seq_of(&k)?, msg));
         }
         messages.reverse();

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use wire::frame::ConvId;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::model::{ConvMeta, CursorRecord, InboxValue, StoredMessage, UserRecord, Write};
+use crate::model::{ConvMeta, CursorRecord, InboxValue, StoredMessage, StoredMessageV1, UserRecord, Write};
 use crate::{Store, StoreError};
 
 /// The log file's name inside a partition directory.
@@ -55,12 +55,43 @@ const RECORD_MAGIC: &[u8; 4] = b"SBLR";
 /// What a write is stored as in the log (borrowing, to encode without copies).
 #[derive(Serialize)]
 enum LogWrite<'a> {
-    Conv { conv: u128, meta: &'a ConvMeta },
-    Unindex { conv: u128, user: &'a str },
-    Message { conv: u128, seq: u64, msg: &'a StoredMessage },
-    User { user: &'a str, record: UserRecord },
-    Cursor { conv: u128, user: &'a str, cursor: CursorRecord },
-    Inbox { user: &'a str, conv: u128, at: u64, value: &'a InboxValue },
+    Conv {
+        conv: u128,
+        meta: &'a ConvMeta,
+    },
+    Unindex {
+        conv: u128,
+        user: &'a str,
+    },
+    /// Written by versions before `Message2`; never written now, kept so the variants
+    /// after it keep their numbers (a record names its variant by position).
+    #[allow(dead_code)]
+    Message {
+        conv: u128,
+        seq: u64,
+        msg: &'a StoredMessageV1,
+    },
+    User {
+        user: &'a str,
+        record: UserRecord,
+    },
+    Cursor {
+        conv: u128,
+        user: &'a str,
+        cursor: CursorRecord,
+    },
+    Inbox {
+        user: &'a str,
+        conv: u128,
+        at: u64,
+        value: &'a InboxValue,
+    },
+    /// A message with its lifecycle fields (logs written before them hold `Message`).
+    Message2 {
+        conv: u128,
+        seq: u64,
+        msg: &'a StoredMessage,
+    },
 }
 
 /// What a write is read back as; the same encoding as [`LogWrite`].
@@ -68,10 +99,11 @@ enum LogWrite<'a> {
 enum OwnedLogWrite {
     Conv { conv: u128, meta: ConvMeta },
     Unindex { conv: u128, user: String },
-    Message { conv: u128, seq: u64, msg: StoredMessage },
+    Message { conv: u128, seq: u64, msg: StoredMessageV1 },
     User { user: String, record: UserRecord },
     Cursor { conv: u128, user: String, cursor: CursorRecord },
     Inbox { user: String, conv: u128, at: u64, value: InboxValue },
+    Message2 { conv: u128, seq: u64, msg: StoredMessage },
 }
 
 impl<'a> From<&'a Write> for LogWrite<'a> {
@@ -79,7 +111,7 @@ impl<'a> From<&'a Write> for LogWrite<'a> {
         match w {
             Write::Conv { conv, meta } => LogWrite::Conv { conv: conv.0, meta },
             Write::Unindex { conv, user } => LogWrite::Unindex { conv: conv.0, user },
-            Write::Message { conv, seq, msg } => LogWrite::Message { conv: conv.0, seq: *seq, msg },
+            Write::Message { conv, seq, msg } => LogWrite::Message2 { conv: conv.0, seq: *seq, msg },
             Write::User { user, record } => LogWrite::User { user, record: *record },
             Write::Cursor { conv, user, cursor } => LogWrite::Cursor { conv: conv.0, user, cursor: *cursor },
             Write::Inbox { user, conv, at, value } => LogWrite::Inbox { user, conv: conv.0, at: *at, value },
@@ -92,7 +124,10 @@ impl From<OwnedLogWrite> for Write {
         match w {
             OwnedLogWrite::Conv { conv, meta } => Write::Conv { conv: ConvId(conv), meta },
             OwnedLogWrite::Unindex { conv, user } => Write::Unindex { conv: ConvId(conv), user },
-            OwnedLogWrite::Message { conv, seq, msg } => Write::Message { conv: ConvId(conv), seq, msg: msg.into() },
+            OwnedLogWrite::Message { conv, seq, msg } => {
+                Write::Message { conv: ConvId(conv), seq, msg: StoredMessage::from(msg).into() }
+            }
+            OwnedLogWrite::Message2 { conv, seq, msg } => Write::Message { conv: ConvId(conv), seq, msg: msg.into() },
             OwnedLogWrite::User { user, record } => Write::User { user, record },
             OwnedLogWrite::Cursor { conv, user, cursor } => Write::Cursor { conv: ConvId(conv), user, cursor },
             OwnedLogWrite::Inbox { user, conv, at, value } => Write::Inbox { user, conv: ConvId(conv), at, value },
@@ -286,6 +321,7 @@ mod tests {
             conv: ConvId(conv),
             seq,
             msg: std::sync::Arc::new(StoredMessage {
+                ext: None,
                 message_id: seq,
                 from: "alice".into(),
                 from_device: "phone".into(),

@@ -20,9 +20,41 @@ pub struct StoredMessage {
     pub kind: u8,
     /// Opaque body.
     pub body: Vec<u8>,
+    /// Reply, event target, edit and delete marks (absent on most messages). Always
+    /// the last field: a record written before it existed ends before it.
+    pub ext: Option<Box<wire::frame::MsgExtra>>,
+}
+
+/// A message as stored before `ext` existed.
+#[derive(Serialize, Deserialize)]
+pub struct StoredMessageV1 {
+    message_id: u64,
+    from: String,
+    from_device: String,
+    client_msg_id: String,
+    ts: u64,
+    kind: u8,
+    body: Vec<u8>,
+}
+
+impl From<StoredMessageV1> for StoredMessage {
+    fn from(m: StoredMessageV1) -> StoredMessage {
+        let StoredMessageV1 { message_id, from, from_device, client_msg_id, ts, kind, body } = m;
+        StoredMessage { message_id, from, from_device, client_msg_id, ts, kind, body, ext: None }
+    }
 }
 
 impl StoredMessage {
+    /// Decodes a stored message record, of this format or the one before `ext`. A
+    /// record of the older format ends where `ext` would start, so decoding it as this
+    /// format fails (and a current record never decodes as the older one first).
+    pub fn decode(bytes: &[u8]) -> Result<StoredMessage, postcard::Error> {
+        match postcard::from_bytes::<StoredMessage>(bytes) {
+            Ok(m) => Ok(m),
+            Err(e) => postcard::from_bytes::<StoredMessageV1>(bytes).map(StoredMessage::from).map_err(|_| e),
+        }
+    }
+
     /// This message as the `msg` frame of `(conv, seq)` is encoded from.
     pub fn msg_ref(&self, conv: ConvId, seq: u64) -> wire::frame::MsgRef<'_> {
         wire::frame::MsgRef {
@@ -35,6 +67,7 @@ impl StoredMessage {
             kind: wire::frame::MsgKind::from_tag(self.kind).unwrap_or(wire::frame::MsgKind::Data),
             body: &self.body,
             client_msg_id: &self.client_msg_id,
+            extra: self.ext.as_deref(),
         }
     }
 }
@@ -359,4 +392,30 @@ pub struct Tail {
     /// `(seq, entry)` of the newest messages that carry a client idempotency key,
     /// ascending.
     pub recent: Vec<(u64, DedupeEntry)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_ext_existed_still_decode() {
+        let old = StoredMessageV1 {
+            message_id: 7,
+            from: "a".into(),
+            from_device: "d".into(),
+            client_msg_id: "c".into(),
+            ts: 9,
+            kind: 0,
+            body: b"hi".to_vec(),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let m = StoredMessage::decode(&bytes).unwrap();
+        assert_eq!((m.message_id, m.body.as_slice(), m.ext), (7, &b"hi"[..], None));
+        // A current record with lifecycle fields decodes as itself.
+        let ext = wire::frame::MsgExtra { reply_to: Some(3), edited_at: Some(11), ..Default::default() };
+        let new = StoredMessage { ext: Some(Box::new(ext)), ..m };
+        assert_eq!(StoredMessage::decode(&postcard::to_allocvec(&new).unwrap()).unwrap(), new);
+        assert!(StoredMessage::decode(&bytes[..bytes.len() - 1]).is_err(), "a torn record is refused");
+    }
 }

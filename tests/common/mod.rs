@@ -281,6 +281,8 @@ impl Client {
 /// A text `send` to a user.
 pub fn send_to(user: &str, cmid: &str, body: &str) -> ClientFrame {
     ClientFrame::Send(wire::frame::Send {
+        reply_to: None,
+        target_seq: None,
         client_msg_id: cmid.into(),
         target: wire::frame::Target::User(user.into()),
         body: body.as_bytes().to_vec(),

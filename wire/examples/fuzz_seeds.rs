@@ -8,12 +8,16 @@ fn main() {
     let frames = [
         ClientFrame::Hello { sync: vec![SyncPoint { conv: ConvId(7), seq: 3 }] },
         ClientFrame::Send(Send {
+            reply_to: None,
+            target_seq: None,
             client_msg_id: "c1".into(),
             target: Target::User("bob".into()),
             body: b"hi".to_vec(),
             kind: MsgKind::Text,
         }),
         ClientFrame::Send(Send {
+            reply_to: None,
+            target_seq: None,
             client_msg_id: "c2".into(),
             target: Target::Conv(ConvId(9)),
             body: vec![0, 1, 2],

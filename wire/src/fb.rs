@@ -11,8 +11,8 @@ use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{
     check, Ack, ClientFrame, ConvEntry, ConvId, ConvSettings, ConversationList, ConversationsReq, ErrorFrame,
-    GroupAction, GroupInfo, GroupOp, History, Message, MsgKind, MsgRef, Page, PresenceState, PresenceUpdate,
-    ReceiptList, ReceiptsReq, ServerFrame, SyncPoint, Target,
+    GroupAction, GroupInfo, GroupOp, History, Message, MsgExtra, MsgKind, MsgRef, Page, PresenceState, PresenceUpdate,
+    ReactionCount, ReceiptList, ReceiptsReq, ServerFrame, SyncPoint, Target,
 };
 use crate::generated::switchboard::v_1 as g;
 
@@ -42,20 +42,11 @@ fn g_conv(c: ConvId) -> g::ConvId {
 }
 
 fn kind(k: g::MsgKind) -> Result<MsgKind, DecodeError> {
-    match k {
-        g::MsgKind::Text => Ok(MsgKind::Text),
-        g::MsgKind::Data => Ok(MsgKind::Data),
-        g::MsgKind::System => Ok(MsgKind::System),
-        _ => Err(DecodeError::BadValue { field: "kind", reason: "unknown kind" }),
-    }
+    MsgKind::from_tag(k.0).ok_or(DecodeError::BadValue { field: "kind", reason: "unknown kind" })
 }
 
 fn g_kind(k: MsgKind) -> g::MsgKind {
-    match k {
-        MsgKind::Text => g::MsgKind::Text,
-        MsgKind::Data => g::MsgKind::Data,
-        MsgKind::System => g::MsgKind::System,
-    }
+    g::MsgKind(k.tag())
 }
 
 fn group_action(a: g::GroupAction) -> Result<GroupAction, DecodeError> {
@@ -138,6 +129,8 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
                 s.conv().map(conv_id),
                 s.body().map(|b| b.bytes().to_vec()),
                 kind(s.kind())?,
+                s.reply_to(),
+                s.target(),
             )?)
         }
         g::Frame::History => {
@@ -253,20 +246,38 @@ fn g_message<'a>(b: &mut FlatBufferBuilder<'a>, m: &MsgRef<'_>) -> WIPOffset<g::
     let body = b.create_vector(m.body);
     let cmid = b.create_string(m.client_msg_id);
     let conv = g_conv(m.conv);
-    g::Msg::create(
-        b,
-        &g::MsgArgs {
-            conv: Some(&conv),
-            seq: m.seq,
-            message_id: m.message_id,
-            from: Some(from),
-            from_device: Some(from_device),
-            ts: m.ts,
-            kind: g_kind(m.kind),
-            body: Some(body),
-            client_msg_id: Some(cmid),
-        },
-    )
+    let mut args = g::MsgArgs {
+        conv: Some(&conv),
+        seq: m.seq,
+        message_id: m.message_id,
+        from: Some(from),
+        from_device: Some(from_device),
+        ts: m.ts,
+        kind: g_kind(m.kind),
+        body: Some(body),
+        client_msg_id: Some(cmid),
+        ..g::MsgArgs::default()
+    };
+    if let Some(x) = m.extra {
+        args.reply_to = x.reply_to;
+        args.target = x.target;
+        args.edited_at = x.edited_at;
+        args.deleted_by = x.deleted_by.as_deref().map(|d| b.create_string(d));
+        args.deleted_at = x.deleted_at;
+        if !x.reactions.is_empty() {
+            let rs: Vec<_> = x
+                .reactions
+                .iter()
+                .map(|r| {
+                    let emoji = Some(b.create_string(&r.emoji));
+                    g::ReactionCount::create(b, &g::ReactionCountArgs { emoji, count: r.count })
+                })
+                .collect();
+            args.reactions = Some(b.create_vector(&rs));
+        }
+        args.my_reaction = x.my_reaction.as_deref().map(|r| b.create_string(r));
+    }
+    g::Msg::create(b, &args)
 }
 
 fn g_messages<'a>(
@@ -491,6 +502,8 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                     conv: conv.as_ref(),
                     body: Some(body),
                     kind: g_kind(s.kind),
+                    reply_to: s.reply_to,
+                    target: s.target_seq,
                 },
             );
             (g::Frame::Send, o.as_union_value())
@@ -590,7 +603,26 @@ fn message(m: g::Msg<'_>) -> Result<Message, DecodeError> {
         kind: kind(m.kind())?,
         body: m.body().map(|b| b.bytes().to_vec()).unwrap_or_default(),
         client_msg_id: m.client_msg_id().unwrap_or_default().to_owned(),
+        extra: extra(&m),
     })
+}
+
+fn extra(m: &g::Msg<'_>) -> Option<Box<MsgExtra>> {
+    let x = MsgExtra {
+        reply_to: m.reply_to(),
+        target: m.target(),
+        edited_at: m.edited_at(),
+        deleted_by: m.deleted_by().map(str::to_owned),
+        deleted_at: m.deleted_at(),
+        reactions: m
+            .reactions()
+            .iter()
+            .flatten()
+            .map(|r| ReactionCount { emoji: r.emoji().unwrap_or_default().to_owned(), count: r.count() })
+            .collect(),
+        my_reaction: m.my_reaction().map(str::to_owned),
+    };
+    (x != MsgExtra::default()).then(|| Box::new(x))
 }
 
 fn page(
@@ -799,6 +831,7 @@ mod tests {
             conv: Some(&conv),
             body: Some(body),
             kind: g_kind(MsgKind::Text),
+            ..g::SendArgs::default()
         };
         let o = g::Send::create(&mut b, &args).as_union_value();
         let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: g::Frame::Send, frame: Some(o) });

@@ -39,33 +39,144 @@ pub enum MsgKind {
     /// UTF-8 text (checked by the server).
     #[default]
     Text,
-    /// Opaque bytes: attachments' references, client-side ciphertext. JSON carries it base64.
+    /// Opaque bytes: client-side ciphertext, application payloads. JSON carries it base64.
     Data,
     /// Written by the server only: a group event (created, members added or removed,
     /// renamed, admins changed), stored in the conversation's order like any message.
     /// The body is a UTF-8 JSON object (docs/PROTOCOL.md, "Group events").
     System,
+    /// A media reference: the body is a UTF-8 JSON object ([`MediaRef`]); the bytes
+    /// live elsewhere (docs/PROTOCOL.md, "Media").
+    Media,
+    /// An edit of message `target` (sender only, within the edit window): the body is
+    /// the new body. Stored in the conversation's order; history shows the target with
+    /// its latest body and `edited_at`.
+    Edit,
+    /// Deletes message `target` for everyone (its sender within the delete window, or a
+    /// group admin): empty body. The target's body is removed from storage; history
+    /// shows it as a tombstone (`deleted_by`, `deleted_at`).
+    Delete,
+    /// The sender's reaction to message `target`: one emoji as the body, or empty to
+    /// remove theirs. History carries each message's counts per emoji.
+    Reaction,
 }
 
 impl MsgKind {
+    /// Every kind, in tag order.
+    pub const ALL: [MsgKind; 7] = [
+        MsgKind::Text,
+        MsgKind::Data,
+        MsgKind::System,
+        MsgKind::Media,
+        MsgKind::Edit,
+        MsgKind::Delete,
+        MsgKind::Reaction,
+    ];
+
     /// The stable one-byte tag used in storage.
     pub fn tag(self) -> u8 {
         match self {
             MsgKind::Text => 0,
             MsgKind::Data => 1,
             MsgKind::System => 2,
+            MsgKind::Media => 3,
+            MsgKind::Edit => 4,
+            MsgKind::Delete => 5,
+            MsgKind::Reaction => 6,
         }
     }
 
     /// Inverse of [`MsgKind::tag`].
     pub fn from_tag(tag: u8) -> Option<MsgKind> {
-        match tag {
-            0 => Some(MsgKind::Text),
-            1 => Some(MsgKind::Data),
-            2 => Some(MsgKind::System),
-            _ => None,
+        MsgKind::ALL.get(tag as usize).copied()
+    }
+
+    /// The JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MsgKind::Text => "text",
+            MsgKind::Data => "data",
+            MsgKind::System => "system",
+            MsgKind::Media => "media",
+            MsgKind::Edit => "edit",
+            MsgKind::Delete => "delete",
+            MsgKind::Reaction => "reaction",
         }
     }
+
+    /// Inverse of [`MsgKind::name`].
+    pub fn from_name(s: &str) -> Option<MsgKind> {
+        MsgKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// An event acting on another message (`target`).
+    pub fn is_event(self) -> bool {
+        matches!(self, MsgKind::Edit | MsgKind::Delete | MsgKind::Reaction)
+    }
+
+    /// The body is UTF-8 (carried as a string in JSON).
+    pub fn is_text(self) -> bool {
+        !matches!(self, MsgKind::Data)
+    }
+}
+
+/// A message's lifecycle fields, absent on most messages (so a plain message carries
+/// one null pointer).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct MsgExtra {
+    /// The message this one replies to (a seq of the same conversation).
+    pub reply_to: Option<u64>,
+    /// For `edit`, `delete` and `reaction`: the message acted on.
+    pub target: Option<u64>,
+    /// Last edited (ms since the epoch).
+    pub edited_at: Option<u64>,
+    /// Deleted for everyone by this user (the body is gone).
+    pub deleted_by: Option<String>,
+    /// When it was deleted (ms since the epoch).
+    pub deleted_at: Option<u64>,
+    /// Reactions, per emoji (history and sync pages only), most first.
+    pub reactions: Vec<ReactionCount>,
+    /// The asking user's own reaction (history and sync pages only).
+    pub my_reaction: Option<String>,
+}
+
+/// How many members reacted to a message with one emoji.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReactionCount {
+    /// The emoji.
+    pub emoji: String,
+    /// How many.
+    pub count: u32,
+}
+
+/// A media reference, the body of a `media` message. The server checks its shape and
+/// the configured size and type limits; it never fetches the bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaRef {
+    /// Where the bytes are (`https://`).
+    pub url: String,
+    /// MIME type (`type/subtype`).
+    pub mime: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, 64 lowercase hex digits.
+    pub sha256: String,
+    /// A thumbnail (`https://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
+    /// Pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Audio or video length, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Caption text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
 }
 
 /// The last sequence number a device has seen in one conversation.
@@ -98,6 +209,11 @@ pub struct Send {
     pub body: Vec<u8>,
     /// How the body is to be read.
     pub kind: MsgKind,
+    /// The message this one replies to (not for events).
+    pub reply_to: Option<u64>,
+    /// For `edit`, `delete` and `reaction`: the seq of the message acted on (`target`
+    /// on the wire; required for them, refused for other kinds).
+    pub target_seq: Option<u64>,
 }
 
 /// `history`: a page of older messages.
@@ -436,6 +552,8 @@ pub struct Message {
     pub body: Vec<u8>,
     /// The sender's `client_msg_id`.
     pub client_msg_id: String,
+    /// Reply, event target, edit and delete marks, reactions (absent on most).
+    pub extra: Option<Box<MsgExtra>>,
 }
 
 /// A `msg` frame's content, borrowed: what the server encodes a stored message from,
@@ -460,6 +578,8 @@ pub struct MsgRef<'a> {
     pub body: &'a [u8],
     /// The sender's idempotency key.
     pub client_msg_id: &'a str,
+    /// Lifecycle fields.
+    pub extra: Option<&'a MsgExtra>,
 }
 
 impl Message {
@@ -475,6 +595,7 @@ impl Message {
             kind: self.kind,
             body: &self.body,
             client_msg_id: &self.client_msg_id,
+            extra: self.extra.as_deref(),
         }
     }
 }
@@ -612,13 +733,19 @@ pub mod check {
     /// Longest user id, in bytes.
     pub const MAX_USER_ID: usize = 128;
 
+    /// Longest reaction, in bytes.
+    pub const MAX_REACTION: usize = 64;
+
     /// Validates and builds a `send`.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         client_msg_id: Option<String>,
         to: Option<String>,
         conv: Option<ConvId>,
         body: Option<Vec<u8>>,
         kind: MsgKind,
+        reply_to: Option<u64>,
+        target_seq: Option<u64>,
     ) -> Result<Send, DecodeError> {
         let client_msg_id = client_msg_id.ok_or(DecodeError::MissingField("client_msg_id"))?;
         client_id("client_msg_id", &client_msg_id)?;
@@ -637,10 +764,82 @@ pub mod check {
         if kind == MsgKind::System {
             return Err(DecodeError::BadValue { field: "kind", reason: "only the server writes system messages" });
         }
-        if kind == MsgKind::Text && std::str::from_utf8(&body).is_err() {
-            return Err(DecodeError::BadValue { field: "body", reason: "a text body must be UTF-8" });
+        if kind.is_text() && std::str::from_utf8(&body).is_err() {
+            return Err(DecodeError::BadValue { field: "body", reason: "this kind's body must be UTF-8" });
         }
-        Ok(Send { client_msg_id, target, body, kind })
+        match (kind.is_event(), target_seq) {
+            (true, None) => return Err(DecodeError::MissingField("target")),
+            (true, Some(0)) => return Err(DecodeError::BadValue { field: "target", reason: "seqs start at 1" }),
+            (false, Some(_)) => {
+                return Err(DecodeError::BadValue {
+                    field: "target",
+                    reason: "only edit, delete and reaction act on a target",
+                })
+            }
+            _ => {}
+        }
+        if kind.is_event() && reply_to.is_some() {
+            return Err(DecodeError::BadValue { field: "reply_to", reason: "an event does not reply" });
+        }
+        if reply_to == Some(0) {
+            return Err(DecodeError::BadValue { field: "reply_to", reason: "seqs start at 1" });
+        }
+        match kind {
+            MsgKind::Delete if !body.is_empty() => {
+                return Err(DecodeError::BadValue { field: "body", reason: "a delete has an empty body" })
+            }
+            MsgKind::Reaction => reaction(&body)?,
+            MsgKind::Media => {
+                media(&body)?;
+            }
+            _ => {}
+        }
+        Ok(Send { client_msg_id, target, body, kind, reply_to, target_seq })
+    }
+
+    /// Checks a reaction body: empty (remove) or one emoji.
+    pub fn reaction(body: &[u8]) -> Result<(), DecodeError> {
+        let ok = body.is_empty()
+            || (body.len() <= MAX_REACTION && std::str::from_utf8(body).ok().and_then(emojis::get).is_some());
+        if ok {
+            Ok(())
+        } else {
+            Err(DecodeError::BadValue { field: "body", reason: "a reaction is one emoji (or empty to remove it)" })
+        }
+    }
+
+    /// Longest media URL, in bytes.
+    pub const MAX_URL: usize = 2048;
+    /// Longest media caption, in bytes.
+    pub const MAX_CAPTION: usize = 4096;
+
+    /// Parses and checks the shape of a media reference (size and type limits are the
+    /// server's configuration).
+    pub fn media(body: &[u8]) -> Result<MediaRef, DecodeError> {
+        let bad = |reason| DecodeError::BadValue { field: "body", reason };
+        let m: MediaRef = serde_json::from_slice(body)
+            .map_err(|_| bad("a media body is a JSON object: url, mime, size, sha256, and optional thumbnail_url, width, height, duration_ms, caption"))?;
+        let url_ok = |u: &str| u.len() <= MAX_URL && u.starts_with("https://") && !u.chars().any(char::is_control);
+        if !url_ok(&m.url) || m.thumbnail_url.as_deref().is_some_and(|u| !url_ok(u)) {
+            return Err(bad("media URLs are https:// and at most 2,048 bytes"));
+        }
+        let mime_ok = m.mime.len() <= 255
+            && m.mime.split_once('/').is_some_and(|(t, s)| {
+                let token = |x: &str| {
+                    !x.is_empty() && x.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                };
+                token(t) && token(s)
+            });
+        if !mime_ok {
+            return Err(bad("mime is a type/subtype"));
+        }
+        if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(bad("sha256 is 64 lowercase hex digits"));
+        }
+        if m.caption.as_ref().is_some_and(|c| c.len() > MAX_CAPTION) {
+            return Err(bad("a caption is at most 4,096 bytes"));
+        }
+        Ok(m)
     }
 
     /// Checks a client-chosen id (`client_msg_id`, `req_id`).

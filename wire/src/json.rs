@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::DecodeError;
 use crate::frame::{
     check, ClientFrame, ConvEntry, ConvId, ConvSettings, ConversationList, ConversationsReq, GroupAction, GroupInfo,
-    GroupOp, History, Message, MsgKind, MsgRef, Page, PresenceState, PresenceUpdate, ReceiptList, ReceiptsReq,
-    ServerFrame, SyncPoint,
+    GroupOp, History, Message, MsgExtra, MsgKind, MsgRef, Page, PresenceState, PresenceUpdate, ReactionCount,
+    ReceiptList, ReceiptsReq, ServerFrame, SyncPoint,
 };
 
 #[derive(Deserialize)]
@@ -27,6 +27,8 @@ enum JsonClient {
         conv: Option<String>,
         body: Option<String>,
         kind: Option<String>,
+        reply_to: Option<u64>,
+        target: Option<u64>,
     },
     History {
         req_id: Option<String>,
@@ -105,11 +107,22 @@ fn conv(field: &'static str, s: &str) -> Result<ConvId, DecodeError> {
 
 fn kind(s: Option<&str>) -> Result<MsgKind, DecodeError> {
     match s {
-        None | Some("text") => Ok(MsgKind::Text),
-        Some("data") => Ok(MsgKind::Data),
-        Some("system") => Ok(MsgKind::System),
-        Some(_) => Err(DecodeError::BadValue { field: "kind", reason: "kind is \"text\" or \"data\"" }),
+        None => Ok(MsgKind::Text),
+        Some(name) => MsgKind::from_name(name).ok_or(DecodeError::BadValue {
+            field: "kind",
+            reason: "kind is text, data, media, edit, delete or reaction",
+        }),
     }
+}
+
+/// A body as JSON carries it: the text for text-like kinds, base64 for `data`.
+fn body_bytes(kind: MsgKind, body: &str) -> Result<Vec<u8>, DecodeError> {
+    if kind.is_text() {
+        return Ok(body.as_bytes().to_vec());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .map_err(|_| DecodeError::BadValue { field: "body", reason: "a data body is standard base64" })
 }
 
 /// What a frame that failed to decode still tells: its op and the id its error should
@@ -183,19 +196,11 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             }
             ClientFrame::Hello { sync: points }
         }
-        JsonClient::Send { client_msg_id, to, conv: c, body, kind: k } => {
+        JsonClient::Send { client_msg_id, to, conv: c, body, kind: k, reply_to, target } => {
             let kind = kind(k.as_deref())?;
             let c = c.map(|c| conv("conv", &c)).transpose()?;
-            let body = match (body, kind) {
-                (None, _) => None,
-                (Some(text), MsgKind::Text | MsgKind::System) => Some(text.into_bytes()),
-                (Some(b64), MsgKind::Data) => {
-                    Some(base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()).map_err(|_| {
-                        DecodeError::BadValue { field: "body", reason: "a data body is standard base64" }
-                    })?)
-                }
-            };
-            ClientFrame::Send(check::send(client_msg_id, to, c, body, kind)?)
+            let body = body.map(|b| body_bytes(kind, &b)).transpose()?;
+            ClientFrame::Send(check::send(client_msg_id, to, c, body, kind, reply_to, target)?)
         }
         JsonClient::History { req_id, conv: c, before_seq, limit } => {
             if let Some(r) = &req_id {
@@ -396,6 +401,20 @@ struct JsonMessage<'a> {
     kind: &'static str,
     body: JsonBody<'a>,
     client_msg_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edited_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<u64>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    reactions: &'a [ReactionCount],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    my_reaction: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -415,15 +434,13 @@ struct JsonPage<'a> {
 }
 
 fn message<'a>(m: &MsgRef<'a>) -> JsonMessage<'a> {
-    let name = kind_name(m.kind);
-    let (kind, body) = match (m.kind, std::str::from_utf8(m.body)) {
-        (MsgKind::Text | MsgKind::System, Ok(text)) => (name, JsonBody::Text(text)),
-        // Stored text and system bodies are always UTF-8 (checked on send, written by the
+    let body = match (m.kind.is_text(), std::str::from_utf8(m.body)) {
+        (true, Ok(text)) => JsonBody::Text(text),
+        // Stored text-like bodies are always UTF-8 (checked on send, written by the
         // server); base64 keeps the codec total.
-        (MsgKind::Text | MsgKind::System, Err(_)) | (MsgKind::Data, _) => {
-            (name, JsonBody::Base64(base64::engine::general_purpose::STANDARD.encode(m.body)))
-        }
+        _ => JsonBody::Base64(base64::engine::general_purpose::STANDARD.encode(m.body)),
     };
+    let x = m.extra;
     JsonMessage {
         conv: m.conv.to_string(),
         seq: m.seq,
@@ -431,18 +448,21 @@ fn message<'a>(m: &MsgRef<'a>) -> JsonMessage<'a> {
         from: m.from,
         from_device: m.from_device,
         ts: m.ts,
-        kind,
+        kind: m.kind.name(),
         body,
         client_msg_id: m.client_msg_id,
+        reply_to: x.and_then(|x| x.reply_to),
+        target: x.and_then(|x| x.target),
+        edited_at: x.and_then(|x| x.edited_at),
+        deleted_by: x.and_then(|x| x.deleted_by.as_deref()),
+        deleted_at: x.and_then(|x| x.deleted_at),
+        reactions: x.map_or(&[], |x| &x.reactions),
+        my_reaction: x.and_then(|x| x.my_reaction.as_deref()),
     }
 }
 
 fn kind_name(k: MsgKind) -> &'static str {
-    match k {
-        MsgKind::Text => "text",
-        MsgKind::Data => "data",
-        MsgKind::System => "system",
-    }
+    k.name()
 }
 
 fn page(p: &Page) -> JsonPage<'_> {
@@ -561,11 +581,18 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                 "op": "send",
                 "client_msg_id": s.client_msg_id,
                 "kind": kind_name(s.kind),
-                "body": match s.kind {
-                    MsgKind::Text | MsgKind::System => String::from_utf8_lossy(&s.body).into_owned(),
-                    MsgKind::Data => base64::engine::general_purpose::STANDARD.encode(&s.body),
+                "body": if s.kind.is_text() {
+                    String::from_utf8_lossy(&s.body).into_owned()
+                } else {
+                    base64::engine::general_purpose::STANDARD.encode(&s.body)
                 },
             });
+            if let Some(r) = s.reply_to {
+                v["reply_to"] = r.into();
+            }
+            if let Some(t) = s.target_seq {
+                v["target"] = t.into();
+            }
             match &s.target {
                 crate::frame::Target::User(u) => v["to"] = u.as_str().into(),
                 crate::frame::Target::Conv(c) => v["conv"] = c.to_string().into(),
@@ -681,11 +708,26 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         let s = |k: &'static str| v.get(k).and_then(|x| x.as_str()).ok_or(DecodeError::MissingField(k));
         let u = |k: &'static str| v.get(k).and_then(|x| x.as_u64()).ok_or(DecodeError::MissingField(k));
         let kind = kind(Some(s("kind")?))?;
-        let body = match kind {
-            MsgKind::Text | MsgKind::System => s("body")?.as_bytes().to_vec(),
-            MsgKind::Data => base64::engine::general_purpose::STANDARD
-                .decode(s("body")?)
-                .map_err(|_| DecodeError::BadValue { field: "body", reason: "base64" })?,
+        let body = body_bytes(kind, s("body")?)?;
+        let reactions = match v.get("reactions").and_then(|r| r.as_array()) {
+            None => Vec::new(),
+            Some(rs) => rs
+                .iter()
+                .map(|r| {
+                    let emoji = r.get("emoji").and_then(|e| e.as_str()).ok_or(DecodeError::MissingField("emoji"))?;
+                    let count = r.get("count").and_then(|c| c.as_u64()).ok_or(DecodeError::MissingField("count"))?;
+                    Ok(ReactionCount { emoji: emoji.to_owned(), count: count as u32 })
+                })
+                .collect::<Result<_, DecodeError>>()?,
+        };
+        let extra = MsgExtra {
+            reply_to: v.get("reply_to").and_then(|x| x.as_u64()),
+            target: v.get("target").and_then(|x| x.as_u64()),
+            edited_at: v.get("edited_at").and_then(|x| x.as_u64()),
+            deleted_by: v.get("deleted_by").and_then(|x| x.as_str()).map(str::to_owned),
+            deleted_at: v.get("deleted_at").and_then(|x| x.as_u64()),
+            reactions,
+            my_reaction: v.get("my_reaction").and_then(|x| x.as_str()).map(str::to_owned),
         };
         Ok(Message {
             conv: conv("conv", s("conv")?)?,
@@ -699,6 +741,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
             kind,
             body,
             client_msg_id: s("client_msg_id")?.to_owned(),
+            extra: (extra != MsgExtra::default()).then(|| Box::new(extra)),
         })
     }
     let page = |v: &serde_json::Value| -> Result<Page, DecodeError> {

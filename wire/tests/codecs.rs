@@ -15,6 +15,7 @@ fn msg(kind: MsgKind, body: &[u8]) -> Message {
         kind,
         body: body.to_vec(),
         client_msg_id: "c-1".into(),
+        extra: None,
     }
 }
 
@@ -87,12 +88,16 @@ fn client_frames() -> Vec<ClientFrame> {
             target: Target::User("bob".into()),
             body: "ünïcode ✓".as_bytes().to_vec(),
             kind: MsgKind::Text,
+            reply_to: None,
+            target_seq: None,
         }),
         ClientFrame::Send(Send {
             client_msg_id: "c-2".into(),
             target: Target::Conv(ConvId(12345)),
             body: vec![0, 159, 146, 150],
             kind: MsgKind::Data,
+            reply_to: None,
+            target_seq: None,
         }),
         ClientFrame::History(History {
             req_id: Some("r".into()),
@@ -182,6 +187,46 @@ fn fb_bad_input_is_rejected_not_read() {
         target: Target::User("bob".into()),
         body: vec![0xff, 0xfe],
         kind: MsgKind::Text,
+        reply_to: None,
+        target_seq: None,
     }));
     assert_eq!(fb::decode_client(&bad).unwrap_err().code(), ErrorCode::BadValue);
+}
+
+#[test]
+fn lifecycle_sends_are_checked_in_both_encodings() {
+    let bad = |j: &str| json::decode_client(j.as_bytes()).unwrap_err().code();
+    let to = r#""op":"send","client_msg_id":"c","conv":"0000000000000000000000000000002a""#;
+    assert_eq!(
+        bad(&format!(r#"{{{to},"kind":"edit","body":"x"}}"#)),
+        ErrorCode::MissingField,
+        "an edit needs a target"
+    );
+    assert_eq!(bad(&format!(r#"{{{to},"kind":"text","body":"x","target":3}}"#)), ErrorCode::BadValue);
+    assert_eq!(bad(&format!(r#"{{{to},"kind":"delete","body":"x","target":3}}"#)), ErrorCode::BadValue);
+    assert_eq!(bad(&format!(r#"{{{to},"kind":"reaction","body":"hello","target":3}}"#)), ErrorCode::BadValue);
+    assert_eq!(bad(&format!(r#"{{{to},"kind":"reaction","body":"👍👍","target":3}}"#)), ErrorCode::BadValue);
+    assert_eq!(bad(&format!(r#"{{{to},"kind":"edit","body":"x","target":3,"reply_to":1}}"#)), ErrorCode::BadValue);
+    assert_eq!(bad(&format!(r#"{{{to},"kind":"text","body":"x","reply_to":0}}"#)), ErrorCode::BadValue);
+    assert_eq!(bad(&format!(r#"{{{to},"kind":"media","body":"{{\"url\":\"http://x\"}}"}}"#)), ErrorCode::BadValue);
+    let media = r#"{\"url\":\"https://cdn.example/v.mp4\",\"mime\":\"video/mp4\",\"size\":10,\"sha256\":\"HEX\"}"#;
+    let ok = media.replace("HEX", &"0f".repeat(32));
+    assert!(json::decode_client(format!(r#"{{{to},"kind":"media","body":"{ok}"}}"#).as_bytes()).is_ok());
+    let upper = media.replace("HEX", &"0F".repeat(32));
+    assert_eq!(bad(&format!(r#"{{{to},"kind":"media","body":"{upper}"}}"#)), ErrorCode::BadValue);
+    for e in ["👍", "👍🏽", "❤️", "🇫🇷", "👨‍👩‍👧", ""] {
+        let j = format!(r#"{{{to},"kind":"reaction","body":"{e}","target":3}}"#);
+        assert!(json::decode_client(j.as_bytes()).is_ok(), "{e:?} is one emoji");
+    }
+    // The same rules over FlatBuffers.
+    let send = Send {
+        client_msg_id: "c".into(),
+        target: Target::Conv(ConvId(42)),
+        body: b"not an emoji".to_vec(),
+        kind: MsgKind::Reaction,
+        reply_to: None,
+        target_seq: Some(3),
+    };
+    let bytes = fb::encode_client(&ClientFrame::Send(send));
+    assert_eq!(fb::decode_client(&bytes).unwrap_err().code(), ErrorCode::BadValue);
 }

@@ -20,12 +20,76 @@ fn kind_body() -> impl Strategy<Value = (MsgKind, Vec<u8>)> {
     prop_oneof![
         ".{0,200}".prop_map(|t: String| (MsgKind::Text, t.into_bytes())),
         vec(any::<u8>(), 0..300).prop_map(|b| (MsgKind::Data, b)),
+        (".{0,40}", any::<u64>(), proptest::option::of(1..5000u32)).prop_map(|(caption, size, width)| {
+            let m = MediaRef {
+                url: "https://cdn.example/a.jpg".into(),
+                mime: "image/jpeg".into(),
+                size,
+                sha256: "ab".repeat(32),
+                width,
+                caption: Some(caption),
+                ..MediaRef::default()
+            };
+            (MsgKind::Media, serde_json::to_vec(&m).unwrap())
+        }),
     ]
+}
+
+/// A send's kind, body, reply and target, as the rules allow them together.
+fn send_parts() -> impl Strategy<Value = (MsgKind, Vec<u8>, Option<u64>, Option<u64>)> {
+    prop_oneof![
+        (kind_body(), proptest::option::of(1..u64::MAX)).prop_map(|((k, b), reply)| (k, b, reply, None)),
+        (".{0,80}", 1..u64::MAX).prop_map(|(t, target): (String, u64)| (
+            MsgKind::Edit,
+            t.into_bytes(),
+            None,
+            Some(target)
+        )),
+        (1..u64::MAX).prop_map(|target| (MsgKind::Delete, Vec::new(), None, Some(target))),
+        (prop_oneof![Just(""), Just("👍"), Just("❤️"), Just("👍🏽")], 1..u64::MAX).prop_map(|(e, target)| (
+            MsgKind::Reaction,
+            e.as_bytes().to_vec(),
+            None,
+            Some(target)
+        )),
+    ]
+}
+
+fn extra() -> impl Strategy<Value = Option<Box<MsgExtra>>> {
+    proptest::option::of(
+        (
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(id()),
+            proptest::option::of(any::<u64>()),
+            vec(("[😀-🙏]", any::<u32>()), 0..3),
+            proptest::option::of("[😀-🙏]"),
+        )
+            .prop_map(|(reply_to, target, edited_at, deleted_by, deleted_at, rs, my_reaction)| MsgExtra {
+                reply_to,
+                target,
+                edited_at,
+                deleted_by,
+                deleted_at,
+                reactions: rs.into_iter().map(|(emoji, count)| ReactionCount { emoji, count }).collect(),
+                my_reaction,
+            })
+            .prop_filter("an empty extra is encoded as none", |x| *x != MsgExtra::default())
+            .prop_map(Box::new),
+    )
 }
 
 /// Kinds and bodies the server may send (client sends never carry `System`).
 fn stored_kind_body() -> impl Strategy<Value = (MsgKind, Vec<u8>)> {
-    prop_oneof![kind_body(), ".{0,200}".prop_map(|t: String| (MsgKind::System, t.into_bytes()))]
+    prop_oneof![
+        kind_body(),
+        (
+            prop_oneof![Just(MsgKind::System), Just(MsgKind::Edit), Just(MsgKind::Delete), Just(MsgKind::Reaction)],
+            ".{0,200}"
+        )
+            .prop_map(|(k, t): (MsgKind, String)| (k, t.into_bytes()))
+    ]
 }
 
 /// A valid `group` request: the fields each action takes, and only those.
@@ -66,8 +130,8 @@ fn presence_state() -> impl Strategy<Value = PresenceState> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    (conv(), any::<u64>(), any::<u64>(), id(), id(), any::<u64>(), stored_kind_body(), id()).prop_map(
-        |(conv, seq, message_id, from, from_device, ts, (kind, body), client_msg_id)| Message {
+    (conv(), any::<u64>(), any::<u64>(), id(), id(), any::<u64>(), stored_kind_body(), id(), extra()).prop_map(
+        |(conv, seq, message_id, from, from_device, ts, (kind, body), client_msg_id, extra)| Message {
             conv,
             seq,
             message_id,
@@ -77,6 +141,7 @@ fn message() -> impl Strategy<Value = Message> {
             kind,
             body,
             client_msg_id,
+            extra,
         },
     )
 }
@@ -97,8 +162,15 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         vec((conv(), any::<u64>()), 0..5).prop_map(|v| ClientFrame::Hello {
             sync: v.into_iter().map(|(conv, seq)| SyncPoint { conv, seq }).collect()
         }),
-        (id(), prop_oneof![id().prop_map(Target::User), conv().prop_map(Target::Conv)], kind_body()).prop_map(
-            |(client_msg_id, target, (kind, body))| ClientFrame::Send(Send { client_msg_id, target, body, kind })
+        (id(), prop_oneof![id().prop_map(Target::User), conv().prop_map(Target::Conv)], send_parts()).prop_map(
+            |(client_msg_id, target, (kind, body, reply_to, target_seq))| ClientFrame::Send(Send {
+                client_msg_id,
+                target,
+                body,
+                kind,
+                reply_to,
+                target_seq
+            })
         ),
         (proptest::option::of(id()), conv(), proptest::option::of(any::<u64>()), proptest::option::of(any::<u32>()))
             .prop_map(|(req_id, conv, before_seq, limit)| ClientFrame::History(History {

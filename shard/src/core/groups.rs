@@ -215,6 +215,7 @@ impl Core {
             self.convs.created(req.conv);
         }
         let msg = std::sync::Arc::new(StoredMessage {
+            ext: None,
             message_id: self.ids.next(now),
             from: req.user,
             from_device: req.device,

@@ -419,6 +419,7 @@ mod tests {
     #[test]
     fn newer_parts_win_when_merged() {
         let stored = StoredMessage {
+            ext: None,
             message_id: 1,
             from: "a".into(),
             from_device: "d".into(),

@@ -45,6 +45,7 @@ fn message(conv: ConvId, seq: u64, s: StoredMessage) -> Message {
         kind: MsgKind::from_tag(s.kind).unwrap_or(MsgKind::Data),
         body: s.body,
         client_msg_id: s.client_msg_id,
+        extra: s.ext,
     }
 }
 
@@ -260,6 +261,7 @@ impl Core {
         let seq = c.last_seq;
         c.dedupe.insert(key, Accepted { seq, message_id, ts: now });
         let msg = Arc::new(StoredMessage {
+            ext: None,
             message_id,
             from: req.user,
             from_device: req.device,

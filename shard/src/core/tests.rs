@@ -94,11 +94,14 @@ fn message(conv: ConvId, seq: u64, m: &storage::model::StoredMessage) -> wire::f
         kind: r.kind,
         body: r.body.to_vec(),
         client_msg_id: r.client_msg_id.into(),
+        extra: m.ext.clone(),
     }
 }
 
 fn msg(cmid: &str, to: &str) -> ClientFrame {
     ClientFrame::Send(Send {
+        reply_to: None,
+        target_seq: None,
         client_msg_id: cmid.into(),
         target: Target::User(to.into()),
         body: b"x".to_vec(),
@@ -274,6 +277,8 @@ fn group_senders_get_coalesced_counts_and_members_pages() {
     s.send(
         owner,
         ClientFrame::Send(Send {
+            reply_to: None,
+            target_seq: None,
             client_msg_id: "hello".into(),
             target: Target::Conv(conv),
             body: b"hi".to_vec(),

@@ -28,6 +28,8 @@ pub mod switchboard {
     pub use self::ack_generated::*;
     mod msg_generated;
     pub use self::msg_generated::*;
+    mod reaction_count_generated;
+    pub use self::reaction_count_generated::*;
     mod history_page_generated;
     pub use self::history_page_generated::*;
     mod sync_page_generated;

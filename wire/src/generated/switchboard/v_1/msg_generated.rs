@@ -28,6 +28,13 @@ impl<'a> Msg<'a> {
   pub const VT_KIND: ::flatbuffers::VOffsetT = 16;
   pub const VT_BODY: ::flatbuffers::VOffsetT = 18;
   pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 20;
+  pub const VT_REPLY_TO: ::flatbuffers::VOffsetT = 22;
+  pub const VT_TARGET: ::flatbuffers::VOffsetT = 24;
+  pub const VT_EDITED_AT: ::flatbuffers::VOffsetT = 26;
+  pub const VT_DELETED_BY: ::flatbuffers::VOffsetT = 28;
+  pub const VT_DELETED_AT: ::flatbuffers::VOffsetT = 30;
+  pub const VT_REACTIONS: ::flatbuffers::VOffsetT = 32;
+  pub const VT_MY_REACTION: ::flatbuffers::VOffsetT = 34;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -39,9 +46,16 @@ impl<'a> Msg<'a> {
     args: &'args MsgArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Msg<'bldr>> {
     let mut builder = MsgBuilder::new(_fbb);
+    if let Some(x) = args.deleted_at { builder.add_deleted_at(x); }
+    if let Some(x) = args.edited_at { builder.add_edited_at(x); }
+    if let Some(x) = args.target { builder.add_target(x); }
+    if let Some(x) = args.reply_to { builder.add_reply_to(x); }
     builder.add_ts(args.ts);
     builder.add_message_id(args.message_id);
     builder.add_seq(args.seq);
+    if let Some(x) = args.my_reaction { builder.add_my_reaction(x); }
+    if let Some(x) = args.reactions { builder.add_reactions(x); }
+    if let Some(x) = args.deleted_by { builder.add_deleted_by(x); }
     if let Some(x) = args.client_msg_id { builder.add_client_msg_id(x); }
     if let Some(x) = args.body { builder.add_body(x); }
     if let Some(x) = args.from_device { builder.add_from_device(x); }
@@ -115,6 +129,58 @@ impl<'a> Msg<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Msg::VT_CLIENT_MSG_ID, None)}
   }
+  #[inline]
+  pub fn reply_to(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Msg::VT_REPLY_TO, None)}
+  }
+  #[inline]
+  pub fn target(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Msg::VT_TARGET, None)}
+  }
+  /// Last edited (ms).
+  #[inline]
+  pub fn edited_at(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Msg::VT_EDITED_AT, None)}
+  }
+  /// Deleted for everyone by this user (the body is gone), at `deleted_at` (ms).
+  #[inline]
+  pub fn deleted_by(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Msg::VT_DELETED_BY, None)}
+  }
+  #[inline]
+  pub fn deleted_at(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Msg::VT_DELETED_AT, None)}
+  }
+  /// History and sync pages only: counts per emoji, and the asking user's own.
+  #[inline]
+  pub fn reactions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReactionCount<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReactionCount>>>>(Msg::VT_REACTIONS, None)}
+  }
+  #[inline]
+  pub fn my_reaction(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Msg::VT_MY_REACTION, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Msg<'_> {
@@ -132,6 +198,13 @@ impl ::flatbuffers::Verifiable for Msg<'_> {
      .visit_field::<MsgKind>("kind", Self::VT_KIND, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("body", Self::VT_BODY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
+     .visit_field::<u64>("reply_to", Self::VT_REPLY_TO, false)?
+     .visit_field::<u64>("target", Self::VT_TARGET, false)?
+     .visit_field::<u64>("edited_at", Self::VT_EDITED_AT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("deleted_by", Self::VT_DELETED_BY, false)?
+     .visit_field::<u64>("deleted_at", Self::VT_DELETED_AT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReactionCount>>>>("reactions", Self::VT_REACTIONS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("my_reaction", Self::VT_MY_REACTION, false)?
      .finish();
     Ok(())
   }
@@ -146,6 +219,13 @@ pub struct MsgArgs<'a> {
     pub kind: MsgKind,
     pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub client_msg_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub reply_to: Option<u64>,
+    pub target: Option<u64>,
+    pub edited_at: Option<u64>,
+    pub deleted_by: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub deleted_at: Option<u64>,
+    pub reactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReactionCount<'a>>>>>,
+    pub my_reaction: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for MsgArgs<'a> {
   #[inline]
@@ -160,6 +240,13 @@ impl<'a> Default for MsgArgs<'a> {
       kind: MsgKind::Text,
       body: None,
       client_msg_id: None,
+      reply_to: None,
+      target: None,
+      edited_at: None,
+      deleted_by: None,
+      deleted_at: None,
+      reactions: None,
+      my_reaction: None,
     }
   }
 }
@@ -206,6 +293,34 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MsgBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Msg::VT_CLIENT_MSG_ID, client_msg_id);
   }
   #[inline]
+  pub fn add_reply_to(&mut self, reply_to: u64) {
+    self.fbb_.push_slot_always::<u64>(Msg::VT_REPLY_TO, reply_to);
+  }
+  #[inline]
+  pub fn add_target(&mut self, target: u64) {
+    self.fbb_.push_slot_always::<u64>(Msg::VT_TARGET, target);
+  }
+  #[inline]
+  pub fn add_edited_at(&mut self, edited_at: u64) {
+    self.fbb_.push_slot_always::<u64>(Msg::VT_EDITED_AT, edited_at);
+  }
+  #[inline]
+  pub fn add_deleted_by(&mut self, deleted_by: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Msg::VT_DELETED_BY, deleted_by);
+  }
+  #[inline]
+  pub fn add_deleted_at(&mut self, deleted_at: u64) {
+    self.fbb_.push_slot_always::<u64>(Msg::VT_DELETED_AT, deleted_at);
+  }
+  #[inline]
+  pub fn add_reactions(&mut self, reactions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReactionCount<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Msg::VT_REACTIONS, reactions);
+  }
+  #[inline]
+  pub fn add_my_reaction(&mut self, my_reaction: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Msg::VT_MY_REACTION, my_reaction);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MsgBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MsgBuilder {
@@ -232,6 +347,13 @@ impl ::core::fmt::Debug for Msg<'_> {
       ds.field("kind", &self.kind());
       ds.field("body", &self.body());
       ds.field("client_msg_id", &self.client_msg_id());
+      ds.field("reply_to", &self.reply_to());
+      ds.field("target", &self.target());
+      ds.field("edited_at", &self.edited_at());
+      ds.field("deleted_by", &self.deleted_by());
+      ds.field("deleted_at", &self.deleted_at());
+      ds.field("reactions", &self.reactions());
+      ds.field("my_reaction", &self.my_reaction());
       ds.finish()
   }
 }

@@ -5,18 +5,24 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_MSG_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_MSG_KIND: u8 = 2;
+pub const ENUM_MAX_MSG_KIND: u8 = 6;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_MSG_KIND: [MsgKind; 3] = [
+pub const ENUM_VALUES_MSG_KIND: [MsgKind; 7] = [
   MsgKind::Text,
   MsgKind::Data,
   MsgKind::System,
+  MsgKind::Media,
+  MsgKind::Edit,
+  MsgKind::Delete,
+  MsgKind::Reaction,
 ];
 
 /// How a message body is to be read. The server checks `Text` bodies are UTF-8 and
 /// treats everything else as opaque bytes.
 /// `System`: a group event written by the server (a UTF-8 JSON body; clients never send it).
+/// `Media`: a media reference (UTF-8 JSON). `Edit`, `Delete`, `Reaction`: events acting on
+/// message `target` (new body; empty; one emoji or empty).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
 pub struct MsgKind(pub u8);
@@ -25,13 +31,21 @@ impl MsgKind {
   pub const Text: Self = Self(0);
   pub const Data: Self = Self(1);
   pub const System: Self = Self(2);
+  pub const Media: Self = Self(3);
+  pub const Edit: Self = Self(4);
+  pub const Delete: Self = Self(5);
+  pub const Reaction: Self = Self(6);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_MAX: u8 = 6;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Text,
     Self::Data,
     Self::System,
+    Self::Media,
+    Self::Edit,
+    Self::Delete,
+    Self::Reaction,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -39,6 +53,10 @@ impl MsgKind {
       Self::Text => Some("Text"),
       Self::Data => Some("Data"),
       Self::System => Some("System"),
+      Self::Media => Some("Media"),
+      Self::Edit => Some("Edit"),
+      Self::Delete => Some("Delete"),
+      Self::Reaction => Some("Reaction"),
       _ => None,
     }
   }

@@ -24,6 +24,8 @@ impl<'a> Send<'a> {
   pub const VT_CONV: ::flatbuffers::VOffsetT = 8;
   pub const VT_BODY: ::flatbuffers::VOffsetT = 10;
   pub const VT_KIND: ::flatbuffers::VOffsetT = 12;
+  pub const VT_REPLY_TO: ::flatbuffers::VOffsetT = 14;
+  pub const VT_TARGET: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -35,6 +37,8 @@ impl<'a> Send<'a> {
     args: &'args SendArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Send<'bldr>> {
     let mut builder = SendBuilder::new(_fbb);
+    if let Some(x) = args.target { builder.add_target(x); }
+    if let Some(x) = args.reply_to { builder.add_reply_to(x); }
     if let Some(x) = args.body { builder.add_body(x); }
     if let Some(x) = args.conv { builder.add_conv(x); }
     if let Some(x) = args.to { builder.add_to(x); }
@@ -79,6 +83,22 @@ impl<'a> Send<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<MsgKind>(Send::VT_KIND, Some(MsgKind::Text)).unwrap()}
   }
+  /// The seq this message replies to (not for events).
+  #[inline]
+  pub fn reply_to(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Send::VT_REPLY_TO, None)}
+  }
+  /// For Edit, Delete, Reaction: the seq acted on.
+  #[inline]
+  pub fn target(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Send::VT_TARGET, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Send<'_> {
@@ -92,6 +112,8 @@ impl ::flatbuffers::Verifiable for Send<'_> {
      .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("body", Self::VT_BODY, false)?
      .visit_field::<MsgKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<u64>("reply_to", Self::VT_REPLY_TO, false)?
+     .visit_field::<u64>("target", Self::VT_TARGET, false)?
      .finish();
     Ok(())
   }
@@ -102,6 +124,8 @@ pub struct SendArgs<'a> {
     pub conv: Option<&'a ConvId>,
     pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub kind: MsgKind,
+    pub reply_to: Option<u64>,
+    pub target: Option<u64>,
 }
 impl<'a> Default for SendArgs<'a> {
   #[inline]
@@ -112,6 +136,8 @@ impl<'a> Default for SendArgs<'a> {
       conv: None,
       body: None,
       kind: MsgKind::Text,
+      reply_to: None,
+      target: None,
     }
   }
 }
@@ -142,6 +168,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SendBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<MsgKind>(Send::VT_KIND, kind, MsgKind::Text);
   }
   #[inline]
+  pub fn add_reply_to(&mut self, reply_to: u64) {
+    self.fbb_.push_slot_always::<u64>(Send::VT_REPLY_TO, reply_to);
+  }
+  #[inline]
+  pub fn add_target(&mut self, target: u64) {
+    self.fbb_.push_slot_always::<u64>(Send::VT_TARGET, target);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SendBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     SendBuilder {
@@ -164,6 +198,8 @@ impl ::core::fmt::Debug for Send<'_> {
       ds.field("conv", &self.conv());
       ds.field("body", &self.body());
       ds.field("kind", &self.kind());
+      ds.field("reply_to", &self.reply_to());
+      ds.field("target", &self.target());
       ds.finish()
   }
 }

@@ -52,11 +52,11 @@ impl Core {
                     let ref_id = Some(send.client_msg_id);
                     return self.frame(id, error_frame(ErrorCode::BodyTooLarge, msg, ref_id, None));
                 }
-                let (conv, dm_peer) = match &send.target {
-                    Target::User(peer) => (dm_conv(&user, peer), Some(peer.clone())),
-                    Target::Conv(c) => (*c, None),
+                let conv = match &send.target {
+                    Target::User(peer) => dm_conv(&user, peer),
+                    Target::Conv(c) => *c,
                 };
-                let req = SendReq { from, user: user.to_string(), device: self.device_of(id), conv, dm_peer, send };
+                let req = SendReq { from, user: user.to_string(), device: self.device_of(id), conv, send };
                 self.route_to_conv_home(ConvReq::Send(req));
             }
             ClientFrame::History(req) => {

@@ -73,7 +73,7 @@ impl ConvReq {
     /// Can this request bring conversation `conv` into being?
     fn creates(&self, conv: ConvId) -> bool {
         match self {
-            ConvReq::Send(r) => r.dm_peer.as_deref().is_some_and(|p| dm_conv(&r.user, p) == conv),
+            ConvReq::Send(r) => r.dm_peer().is_some_and(|p| dm_conv(&r.user, p) == conv),
             ConvReq::Group(r) => r.op.action == wire::frame::GroupAction::Create,
             _ => false,
         }
@@ -216,9 +216,9 @@ impl Core {
         let mut create = None;
         if !c.exists {
             // Only a DM can come into being by a send, and only between its two users.
-            let is_dm = req.dm_peer.as_deref().is_some_and(|p| dm_conv(&req.user, p) == req.conv);
-            if let (true, Some(peer)) = (is_dm, &req.dm_peer) {
-                let mut members = vec![req.user.clone(), peer.clone()];
+            let is_dm = req.dm_peer().is_some_and(|p| dm_conv(&req.user, p) == req.conv);
+            if let (true, Some(peer)) = (is_dm, req.dm_peer()) {
+                let mut members = vec![req.user.clone(), peer.to_owned()];
                 members.sort();
                 members.dedup();
                 c.members = members.iter().map(|m| Box::from(m.as_str())).collect();

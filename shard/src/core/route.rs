@@ -197,10 +197,19 @@ pub struct SendReq {
     pub device: String,
     /// The conversation.
     pub conv: ConvId,
-    /// For `to` sends: the other user, so the DM can be created on first use.
-    pub dm_peer: Option<String>,
-    /// The frame.
+    /// The frame (for `to` sends, its target names the other user, so the DM can be
+    /// created on first use).
     pub send: Send,
+}
+
+impl SendReq {
+    /// For `to` sends: the other user.
+    pub fn dm_peer(&self) -> Option<&str> {
+        match &self.send.target {
+            wire::frame::Target::User(peer) => Some(peer),
+            wire::frame::Target::Conv(_) => None,
+        }
+    }
 }
 
 /// A `group` request on its way to the group's home shard.

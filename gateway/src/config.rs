@@ -110,6 +110,16 @@ pub struct Config {
     pub presence_window_ms: u32,
     /// A typing indicator without refresh expires after this many seconds.
     pub typing_ttl_secs: u32,
+    /// Seconds after sending during which a message's sender may edit it.
+    pub edit_window_secs: u64,
+    /// Seconds after sending during which a message's sender may delete it for
+    /// everyone (a group admin may at any time).
+    pub delete_window_secs: u64,
+    /// Largest `size` a media reference may announce, in bytes; beyond: `limit_exceeded`.
+    pub media_max_bytes: u64,
+    /// MIME types media references may name: exact (`application/pdf`) or a whole type
+    /// ending in `/` (`image/`); others: `limit_exceeded`.
+    pub media_types: Vec<String>,
     /// `typing` frames per second a user may send (0 = unlimited); beyond: `rate_limited`.
     pub typing_rate: u32,
     /// `typing` frames a user may send in a burst above `typing_rate`.
@@ -207,6 +217,10 @@ impl Default for Config {
             retry_after_secs: 5,
             presence_window_ms: 2000,
             typing_ttl_secs: 6,
+            edit_window_secs: 15 * 60,
+            delete_window_secs: 48 * 3600,
+            media_max_bytes: 100 << 20,
+            media_types: ["image/", "video/", "audio/", "application/pdf"].map(String::from).to_vec(),
             typing_rate: 5,
             typing_burst: 10,
             history_rate: 20,
@@ -311,6 +325,10 @@ impl Config {
         anyhow::ensure!(self.max_outbound >= self.max_frame, "max_outbound must be at least max_frame");
         anyhow::ensure!(self.presence_window_ms >= 50, "presence_window_ms must be at least 50");
         anyhow::ensure!(self.typing_ttl_secs >= 1, "typing_ttl_secs must be at least 1");
+        anyhow::ensure!(
+            self.media_types.iter().all(|t| t.contains('/') && !t.starts_with('/')),
+            "media_types are MIME types (`application/pdf`) or whole types ending in `/` (`image/`)"
+        );
         anyhow::ensure!(self.max_presence_subs >= 1, "max_presence_subs must be at least 1");
         anyhow::ensure!(self.conv_memory_mib >= 1, "conv_memory_mib must be at least 1");
         anyhow::ensure!(self.max_waiters >= 1, "max_waiters must be at least 1");
@@ -353,6 +371,10 @@ impl Config {
             max_group_members: self.max_group_members,
             dedupe_window: self.dedupe_window,
             max_devices_per_user: self.max_devices_per_user,
+            edit_window_ms: self.edit_window_secs.saturating_mul(1000),
+            delete_window_ms: self.delete_window_secs.saturating_mul(1000),
+            media_max_bytes: self.media_max_bytes,
+            media_types: self.media_types.clone(),
             send_rate: self.send_rate,
             send_burst: self.send_burst,
             typing_rate: self.typing_rate,

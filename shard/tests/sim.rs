@@ -72,6 +72,22 @@ const USERS: usize = 8;
 struct Outgoing {
     cmid: String,
     target: Target,
+    kind: MsgKind,
+    target_seq: Option<u64>,
+    body: Vec<u8>,
+}
+
+impl Outgoing {
+    fn frame(&self) -> ClientFrame {
+        ClientFrame::Send(Send {
+            reply_to: None,
+            target_seq: self.target_seq,
+            client_msg_id: self.cmid.clone(),
+            target: self.target.clone(),
+            body: self.body.clone(),
+            kind: self.kind,
+        })
+    }
 }
 
 /// One device of one user.
@@ -207,20 +223,21 @@ impl Sim {
             dv.cursors.clear();
             // A reconnecting client resends what was never acked.
             for o in dv.unacked.clone() {
-                self.client(
-                    d,
-                    ClientFrame::Send(Send {
-                        reply_to: None,
-                        target_seq: None,
-                        client_msg_id: o.cmid,
-                        target: o.target,
-                        body: b"again".to_vec(),
-                        kind: MsgKind::Text,
-                    }),
-                );
+                self.client(d, o.frame());
             }
         }
         self.drain(k);
+    }
+
+    /// A new send from device `d`, remembered until acked (resent on reconnect).
+    fn send_new(&mut self, d: usize, target: Target, kind: MsgKind, target_seq: Option<u64>, body: Vec<u8>) {
+        let dv = &mut self.devices[d];
+        dv.next_msg += 1;
+        let cmid = format!("{}-{}-{}", dv.device, dv.next_msg, self.steps);
+        let o = Outgoing { cmid, target, kind, target_seq, body };
+        let frame = o.frame();
+        dv.unacked.push(o);
+        self.client(d, frame);
     }
 
     fn disconnect(&mut self, d: usize) {
@@ -380,21 +397,20 @@ impl Sim {
                     (Some(g), true) => Target::Conv(g),
                     _ => Target::User(user(self.rng.below(USERS))),
                 };
-                let dv = &mut self.devices[d];
-                dv.next_msg += 1;
-                let cmid = format!("{}-{}-{}", dv.device, dv.next_msg, self.steps);
-                dv.unacked.push(Outgoing { cmid: cmid.clone(), target: target.clone() });
-                self.client(
-                    d,
-                    ClientFrame::Send(Send {
-                        reply_to: None,
-                        target_seq: None,
-                        client_msg_id: cmid,
-                        target,
-                        body: b"hi".to_vec(),
-                        kind: MsgKind::Text,
-                    }),
-                );
+                self.send_new(d, target, MsgKind::Text, None, b"hi".to_vec());
+            }
+            11 if self.rng.chance(60) => {
+                // An edit, reaction or delete of one of this device's acked messages
+                // (or events: refused), through the same ack and commit path.
+                let picked = self.devices[d].acked.values().nth(self.rng.below(8)).copied();
+                if let Some((conv, seq)) = picked {
+                    let (kind, body) = match self.rng.below(3) {
+                        0 => (MsgKind::Edit, b"edited".to_vec()),
+                        1 => (MsgKind::Reaction, "👍".as_bytes().to_vec()),
+                        _ => (MsgKind::Delete, Vec::new()),
+                    };
+                    self.send_new(d, Target::Conv(conv), kind, Some(seq), body);
+                }
             }
             11..=12 => {
                 // A resend of an acked message: must get its original seq back.

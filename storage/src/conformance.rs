@@ -146,4 +146,25 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
     assert_eq!((e.read, e.own, e.pinned, e.archived, e.changed), (7, 8, true, false, 16));
     assert_eq!(e.unread(), 2);
     assert_eq!(s.inbox("bo").unwrap().len(), 1);
+
+    // Reactions: one per member per message, replaced, removed, listed by seq.
+    let r = |seq, user: &str, emoji: &str| Write::Reaction { conv: a, seq, user: user.into(), emoji: emoji.into() };
+    s.commit(&[r(3, "bob", "👍"), r(3, "carol", "❤️"), r(4, "bob", "😂"), r(9, "bob", "👍")]).unwrap();
+    s.commit(&[r(3, "bob", "🎉"), r(4, "bob", "")]).unwrap();
+    let got = s.reactions(a, 3, 4).unwrap();
+    assert_eq!(got, vec![(3, "bob".into(), "🎉".into()), (3, "carol".into(), "❤️".into())]);
+    assert!(s.reactions(b, 0, u64::MAX).unwrap().is_empty());
+    // A page carries counts per emoji and the viewer's own.
+    let page =
+        crate::read::execute(&*s, &crate::read::ReadReq::Page { conv: a, before: 4, limit: 1, viewer: "carol".into() })
+            .unwrap();
+    let crate::read::ReadDone::Page(page) = page else { panic!("a page") };
+    let ext = page.messages[0].1.ext.as_ref().unwrap();
+    assert_eq!(ext.reactions.len(), 2);
+    assert_eq!(ext.my_reaction.as_deref(), Some("❤️"));
+    // An edit or delete replaces the stored message at its seq.
+    let mut edited = msg(5);
+    edited.body = b"edited".to_vec();
+    s.commit(&[Write::Message { conv: a, seq: 5, msg: edited.clone().into() }]).unwrap();
+    assert_eq!(s.newest(a, 4, 6, 5).unwrap().messages, vec![(5, edited)]);
 }

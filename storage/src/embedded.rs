@@ -11,6 +11,7 @@
 //! - `users`: `user` -> postcard [`UserRecord`] (last seen, privacy).
 //! - `cursors`: `conv ++ user` -> delivered and read seqs and a private flag (17 bytes),
 //!   a member's receipts.
+//! - `reactions`: `conv ++ seq ++ user` -> the emoji (UTF-8), one per member per message.
 //! - `inbox`: `user ++ 0xFF ++ conv ++ tag` -> postcard `(at, InboxValue)`, one record per
 //!   part of a user's conversation-list entry (last message, read, own, muted, archived,
 //!   pinned), so no write reads another first and a user's list is one prefix scan.
@@ -39,6 +40,7 @@ pub struct EmbeddedStore {
     users: Keyspace,
     cursors: Keyspace,
     inbox: Keyspace,
+    reactions: Keyspace,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -74,7 +76,8 @@ impl EmbeddedStore {
         let users = db.keyspace("users", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let cursors = db.keyspace("cursors", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let inbox = db.keyspace("inbox", KeyspaceCreateOptions::default).map_err(unavailable)?;
-        Ok(EmbeddedStore { db, msgs, convs, user_convs, dedupe, users, cursors, inbox })
+        let reactions = db.keyspace("reactions", KeyspaceCreateOptions::default).map_err(unavailable)?;
+        Ok(EmbeddedStore { db, msgs, convs, user_convs, dedupe, users, cursors, inbox, reactions })
     }
 }
 
@@ -122,6 +125,15 @@ impl EmbeddedStore {
                     v[8..16].copy_from_slice(&cursor.read.to_be_bytes());
                     v[16] = u8::from(cursor.private);
                     batch.insert(&self.cursors, k, v.to_vec());
+                }
+                Write::Reaction { conv, seq, user, emoji } => {
+                    let mut k = msg_key(*conv, *seq).to_vec();
+                    k.extend_from_slice(user.as_bytes());
+                    if emoji.is_empty() {
+                        batch.remove(&self.reactions, k);
+                    } else {
+                        batch.insert(&self.reactions, k, emoji.as_bytes().to_vec());
+                    }
                 }
                 Write::Inbox { user, conv, at, value: v } => {
                     let mut k = user_prefix(user);
@@ -207,6 +219,20 @@ impl Store for EmbeddedStore {
             let id: [u8; 16] =
                 k.get(prefix.len()..).and_then(|s| s.try_into().ok()).ok_or_else(|| corrupt("bad user_convs key"))?;
             out.push(ConvId(u128::from_be_bytes(id)));
+        }
+        Ok(out)
+    }
+
+    fn reactions(&self, conv: ConvId, lo: u64, hi: u64) -> Result<Vec<(u64, String, String)>, StoreError> {
+        let (from, to) = (msg_key(conv, lo), msg_key(conv, hi.saturating_add(1)));
+        let mut out = Vec::new();
+        for item in self.reactions.range(from..to) {
+            let (k, v) = item.into_inner().map_err(unavailable)?;
+            let seq = seq_of(&k)?;
+            let user =
+                k.get(24..).and_then(|u| std::str::from_utf8(u).ok()).ok_or_else(|| corrupt("bad reactions key"))?;
+            let emoji = String::from_utf8(v.to_vec()).map_err(|_| corrupt("bad reaction"))?;
+            out.push((seq, user.to_owned(), emoji));
         }
         Ok(out)
     }

@@ -95,6 +95,9 @@ pub trait Store: Send + Sync + 'static {
     /// What the user's home keeps about `user` (default when never written).
     fn user_record(&self, user: &str) -> Result<model::UserRecord, StoreError>;
 
+    /// Reactions to messages `lo..=hi` of a conversation: `(seq, user, emoji)`, by seq.
+    fn reactions(&self, conv: ConvId, lo: u64, hi: u64) -> Result<Vec<(u64, String, String)>, StoreError>;
+
     /// The user's conversation-list entries (at the user's home), ordered by conversation.
     fn inbox(&self, user: &str) -> Result<Vec<model::InboxEntry>, StoreError>;
 }

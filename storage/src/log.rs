@@ -92,6 +92,12 @@ enum LogWrite<'a> {
         seq: u64,
         msg: &'a StoredMessage,
     },
+    Reaction {
+        conv: u128,
+        seq: u64,
+        user: &'a str,
+        emoji: &'a str,
+    },
 }
 
 /// What a write is read back as; the same encoding as [`LogWrite`].
@@ -104,6 +110,7 @@ enum OwnedLogWrite {
     Cursor { conv: u128, user: String, cursor: CursorRecord },
     Inbox { user: String, conv: u128, at: u64, value: InboxValue },
     Message2 { conv: u128, seq: u64, msg: StoredMessage },
+    Reaction { conv: u128, seq: u64, user: String, emoji: String },
 }
 
 impl<'a> From<&'a Write> for LogWrite<'a> {
@@ -115,6 +122,7 @@ impl<'a> From<&'a Write> for LogWrite<'a> {
             Write::User { user, record } => LogWrite::User { user, record: *record },
             Write::Cursor { conv, user, cursor } => LogWrite::Cursor { conv: conv.0, user, cursor: *cursor },
             Write::Inbox { user, conv, at, value } => LogWrite::Inbox { user, conv: conv.0, at: *at, value },
+            Write::Reaction { conv, seq, user, emoji } => LogWrite::Reaction { conv: conv.0, seq: *seq, user, emoji },
         }
     }
 }
@@ -131,6 +139,9 @@ impl From<OwnedLogWrite> for Write {
             OwnedLogWrite::User { user, record } => Write::User { user, record },
             OwnedLogWrite::Cursor { conv, user, cursor } => Write::Cursor { conv: ConvId(conv), user, cursor },
             OwnedLogWrite::Inbox { user, conv, at, value } => Write::Inbox { user, conv: ConvId(conv), at, value },
+            OwnedLogWrite::Reaction { conv, seq, user, emoji } => {
+                Write::Reaction { conv: ConvId(conv), seq, user, emoji }
+            }
         }
     }
 }

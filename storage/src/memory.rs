@@ -20,6 +20,7 @@ struct Data {
     users: HashMap<String, UserRecord>,
     cursors: BTreeMap<(ConvId, String), CursorRecord>,
     inbox: BTreeMap<(String, ConvId, u8), (u64, InboxValue)>,
+    reactions: BTreeMap<(ConvId, u64, String), String>,
 }
 
 /// One partition in memory.
@@ -73,6 +74,14 @@ impl Store for MemStore {
                 }
                 Write::Cursor { conv, user, cursor } => {
                     next.cursors.insert((*conv, user.clone()), *cursor);
+                }
+                Write::Reaction { conv, seq, user, emoji } => {
+                    let k = (*conv, *seq, user.clone());
+                    if emoji.is_empty() {
+                        next.reactions.remove(&k);
+                    } else {
+                        next.reactions.insert(k, emoji.clone());
+                    }
                 }
                 Write::Inbox { user, conv, at, value: v } => {
                     next.inbox.insert((user.clone(), *conv, v.tag()), (*at, v.clone()));
@@ -129,6 +138,12 @@ impl Store for MemStore {
     fn cursors(&self, conv: ConvId) -> Result<Vec<(String, CursorRecord)>, StoreError> {
         let d = self.data();
         Ok(d.cursors.iter().filter(|((c, _), _)| *c == conv).map(|((_, u), r)| (u.clone(), *r)).collect())
+    }
+
+    fn reactions(&self, conv: ConvId, lo: u64, hi: u64) -> Result<Vec<(u64, String, String)>, StoreError> {
+        let d = self.data();
+        let range = d.reactions.range((conv, lo, String::new())..).take_while(|((c, s, _), _)| *c == conv && *s <= hi);
+        Ok(range.map(|((_, s, u), e)| (*s, u.clone(), e.clone())).collect())
     }
 
     fn inbox(&self, user: &str) -> Result<Vec<InboxEntry>, StoreError> {
@@ -198,6 +213,14 @@ mod tests {
         }
         fn inbox(&self, u: &str) -> Result<Vec<crate::model::InboxEntry>, crate::StoreError> {
             self.0.inbox(u)
+        }
+        fn reactions(
+            &self,
+            c: wire::frame::ConvId,
+            lo: u64,
+            hi: u64,
+        ) -> Result<Vec<(u64, String, String)>, crate::StoreError> {
+            self.0.reactions(c, lo, hi)
         }
     }
 }

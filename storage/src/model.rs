@@ -147,7 +147,19 @@ pub enum Write {
         /// What changed.
         value: InboxValue,
     },
-    /// Append a message.
+    /// A member's reaction to a message (empty `emoji`: removed).
+    Reaction {
+        /// The conversation.
+        conv: ConvId,
+        /// The message reacted to.
+        seq: u64,
+        /// The member.
+        user: String,
+        /// One emoji, or empty.
+        emoji: String,
+    },
+    /// Append a message (or, for an edit or a delete, replace the stored message at
+    /// `seq` with its new state).
     Message {
         /// The conversation.
         conv: ConvId,

@@ -3,7 +3,7 @@
 //! owns the store (the gateway's blocking pool, or the simulation) runs [`execute`] and
 //! hands the answer back as an event. Every backend answers the same requests.
 
-use wire::frame::{ConvId, SyncPoint};
+use wire::frame::{ConvId, ReactionCount, SyncPoint};
 
 use crate::model::{ConvMeta, CursorRecord, InboxEntry, Tail, UserRecord};
 use crate::{Slice, Store, StoreError};
@@ -26,6 +26,8 @@ pub enum ReadReq {
         before: u64,
         /// At most this many.
         limit: usize,
+        /// Who asks (their own reactions are marked).
+        viewer: String,
     },
     /// A device's sync: for each of `user`'s conversations in this partition, the
     /// newest `per_conv` messages after the device's last seen seq.
@@ -82,12 +84,17 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
             };
             ReadDone::Conv { meta, tail, cursors }
         }
-        ReadReq::Page { conv, before, limit } => ReadDone::Page(store.newest(*conv, 0, *before, *limit)?),
+        ReadReq::Page { conv, before, limit, viewer } => {
+            let mut slice = store.newest(*conv, 0, *before, *limit)?;
+            with_reactions(store, *conv, &mut slice, viewer)?;
+            ReadDone::Page(slice)
+        }
         ReadReq::Sync { user, points, per_conv } => {
             let mut pages = Vec::new();
             for conv in store.user_convs(user)? {
                 let after = points.iter().find(|p| p.conv == conv).map_or(0, |p| p.seq);
-                let slice = store.newest(conv, after, u64::MAX, *per_conv)?;
+                let mut slice = store.newest(conv, after, u64::MAX, *per_conv)?;
+                with_reactions(store, conv, &mut slice, user)?;
                 if !slice.messages.is_empty() {
                     pages.push((conv, slice));
                 }
@@ -97,4 +104,32 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
         ReadReq::User { user } => ReadDone::User(store.user_record(user)?),
         ReadReq::Inbox { user } => ReadDone::Inbox(store.inbox(user)?),
     })
+}
+
+/// Adds each message's reactions (counts per emoji, most first, and `viewer`'s own) to
+/// the messages of `slice`.
+fn with_reactions(store: &dyn Store, conv: ConvId, slice: &mut Slice, viewer: &str) -> Result<(), StoreError> {
+    let (Some(first), Some(last)) = (slice.messages.first(), slice.messages.last()) else { return Ok(()) };
+    let all = store.reactions(conv, first.0, last.0)?;
+    if all.is_empty() {
+        return Ok(());
+    }
+    for (seq, m) in &mut slice.messages {
+        let mine: Vec<&(u64, String, String)> = all.iter().filter(|r| r.0 == *seq).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut counts: Vec<ReactionCount> = Vec::new();
+        for (_, _, emoji) in &mine {
+            match counts.iter_mut().find(|c| c.emoji == *emoji) {
+                Some(c) => c.count += 1,
+                None => counts.push(ReactionCount { emoji: emoji.clone(), count: 1 }),
+            }
+        }
+        counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.emoji.cmp(&b.emoji)));
+        let ext = m.ext.get_or_insert_with(Default::default);
+        ext.reactions = counts;
+        ext.my_reaction = mine.iter().find(|r| r.1 == viewer).map(|r| r.2.clone());
+    }
+    Ok(())
 }

@@ -30,6 +30,24 @@ pub struct Pending {
     pub removed: Vec<String>,
     /// For a group event: the `group_info` the requester gets instead of an ack.
     pub info: Option<GroupInfo>,
+    /// For an edit, delete or reaction: what else it writes, in the same batch.
+    pub side: Option<Side>,
+}
+
+/// What an edit, a delete or a reaction writes besides its own event.
+#[derive(Debug)]
+pub enum Side {
+    /// The message at `.0` in its new state (new body, or the tombstone).
+    Rewrite(u64, Arc<StoredMessage>),
+    /// A member's reaction to message `seq` (empty: removed).
+    Reaction {
+        /// The message.
+        seq: u64,
+        /// The member.
+        user: String,
+        /// The emoji.
+        emoji: String,
+    },
 }
 
 /// A shard's group commits.
@@ -79,6 +97,15 @@ impl CommitQueue {
                 writes.push(Write::Unindex { conv: p.conv, user: user.clone() });
             }
             writes.push(Write::Message { conv: p.conv, seq: p.seq, msg: p.msg.clone() });
+            match &p.side {
+                Some(Side::Rewrite(seq, msg)) => {
+                    writes.push(Write::Message { conv: p.conv, seq: *seq, msg: msg.clone() })
+                }
+                Some(Side::Reaction { seq, user, emoji }) => {
+                    writes.push(Write::Reaction { conv: p.conv, seq: *seq, user: user.clone(), emoji: emoji.clone() })
+                }
+                None => {}
+            }
         }
         writes.append(&mut self.user_writes);
         writes.extend(extra);

@@ -75,6 +75,14 @@ pub struct Conv {
     /// Recent messages whose senders are told their receipt counts (groups). Bound:
     /// [`super::receipts::RECENT_SENDERS`].
     pub recent: VecDeque<super::receipts::Sent>,
+    /// Edits, deletes and reactions waiting for their target to be read, one at a time
+    /// (the first is being read when `event_reading`). Bound: `max_waiters`.
+    pub events: VecDeque<super::route::SendReq>,
+    /// The first of `events` is reading its target.
+    pub event_reading: bool,
+    /// Messages rewritten by an edit or delete not yet durable, newest last: what the
+    /// next event on them starts from instead of storage.
+    pub rewrites: Vec<(u64, Arc<storage::model::StoredMessage>)>,
 }
 
 impl Conv {
@@ -99,6 +107,9 @@ impl Conv {
             cursors_in_flight: 0,
             receipts_dirty: false,
             recent: VecDeque::new(),
+            events: VecDeque::new(),
+            event_reading: false,
+            rewrites: Vec::new(),
         }
     }
 
@@ -144,6 +155,7 @@ impl Conv {
             && self.cursors_unsaved.is_empty()
             && self.cursors_in_flight == 0
             && !self.receipts_dirty
+            && self.events.is_empty()
     }
 
     /// Estimated bytes held (the entry, member ids, dedupe window, fan-out lists).

@@ -225,7 +225,16 @@ impl Core {
             body,
         });
         let (conv, removed, info) = (req.conv, ch.removed, Some(info));
-        self.commit.queued.push(Pending { from: req.from, conv, seq, msg, meta: Some(meta), removed, info });
+        self.commit.queued.push(Pending {
+            from: req.from,
+            conv,
+            seq,
+            msg,
+            meta: Some(meta),
+            removed,
+            info,
+            side: None,
+        });
     }
 }
 

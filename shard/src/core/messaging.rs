@@ -21,9 +21,9 @@ use storage::model::{dedupe_key, ConvKind, ConvMeta, StoredMessage, Write};
 use storage::read::{ReadDone, ReadReq};
 use storage::{Slice, StoreError};
 use wire::error::ErrorCode;
-use wire::frame::{Ack, ConvId, Message, MsgKind, Page, ServerFrame};
+use wire::frame::{Ack, ConvId, Message, MsgExtra, MsgKind, Page, ServerFrame};
 
-use super::commit::Pending;
+use super::commit::{Pending, Side};
 use super::convs::{by_home_shard, Conv, Slot};
 use super::dedupe::Accepted;
 use super::receipts::{Sent, RECENT_SENDERS};
@@ -192,7 +192,8 @@ impl Core {
                     return self.reply_error(from, code, msg, req.req_id);
                 }
                 let limit = req.limit.unwrap_or(self.cfg.history_default).clamp(1, self.cfg.history_max) as usize;
-                let read = ReadReq::Page { conv, before: req.before_seq.unwrap_or(u64::MAX), limit };
+                let before = req.before_seq.unwrap_or(u64::MAX);
+                let read = ReadReq::Page { conv, before, limit, viewer: user };
                 if !self.read(read, ReadFor::History { from, conv, req_id: req.req_id.clone() }) {
                     let (code, msg) = busy("storage reads");
                     self.reply_error(from, code, msg, req.req_id);
@@ -206,7 +207,7 @@ impl Core {
         }
     }
 
-    fn accept_send(&mut self, req: SendReq) {
+    pub(super) fn accept_send(&mut self, req: SendReq) {
         let now = self.now;
         if self.commit.queued_len() >= self.cfg.max_commit_queue {
             let (code, msg) = busy("commit queue");
@@ -249,6 +250,34 @@ impl Core {
             }
             return;
         }
+        if let Some(r) = req.send.reply_to.filter(|r| *r > c.last_seq) {
+            let msg = format!("reply_to {r}: this conversation has no such message");
+            return self.reply_error(req.from, ErrorCode::BadValue, msg, Some(req.send.client_msg_id));
+        }
+        if req.send.kind == MsgKind::Media {
+            if let Err(msg) = self.media_allowed(&req.send.body) {
+                return self.reply_error(req.from, ErrorCode::LimitExceeded, msg, Some(req.send.client_msg_id));
+            }
+        }
+        if req.send.kind.is_event() {
+            return self.queue_event(req);
+        }
+        let ext = req.send.reply_to.map(|r| Box::new(MsgExtra { reply_to: Some(r), ..MsgExtra::default() }));
+        self.store_message(req, key, ext, create, None);
+    }
+
+    /// Gives an accepted send its seq and queues it for the next commit (with `create`:
+    /// the new DM's metadata; with `side`: an event's other write).
+    pub(super) fn store_message(
+        &mut self,
+        req: SendReq,
+        key: u128,
+        ext: Option<Box<MsgExtra>>,
+        create: Option<ConvMeta>,
+        side: Option<Side>,
+    ) {
+        let now = self.now;
+        let Some(c) = self.convs.ready(req.conv) else { return };
         // Sending a message ends the sender's typing indicator.
         let was_typing = c.typists.iter().position(|t| *t.0 == *req.user);
         if let Some(i) = was_typing {
@@ -260,8 +289,11 @@ impl Core {
         c.in_flight += 1;
         let seq = c.last_seq;
         c.dedupe.insert(key, Accepted { seq, message_id, ts: now });
+        if let Some(Side::Rewrite(target, m)) = &side {
+            c.rewrites.push((*target, m.clone()));
+        }
         let msg = Arc::new(StoredMessage {
-            ext: None,
+            ext,
             message_id,
             from: req.user,
             from_device: req.device,
@@ -276,7 +308,8 @@ impl Core {
         if was_typing.is_some() {
             self.relay_typing(req.conv, &msg.from, false);
         }
-        let p = Pending { from: req.from, conv: req.conv, seq, msg, meta: create, removed: Vec::new(), info: None };
+        let p =
+            Pending { from: req.from, conv: req.conv, seq, msg, meta: create, removed: Vec::new(), info: None, side };
         self.commit.queued.push(p);
     }
 
@@ -328,6 +361,10 @@ impl Core {
             let Some(c) = self.convs.ready(p.conv) else { continue };
             c.durable_seq = c.durable_seq.max(p.seq);
             c.in_flight = c.in_flight.saturating_sub(1);
+            if let Some(Side::Rewrite(_, m)) = &p.side {
+                // Durable: the next event on it reads the store.
+                c.rewrites.retain(|(_, r)| !Arc::ptr_eq(r, m));
+            }
             if c.group.is_some() && p.info.is_none() {
                 // Its sender is told its receipt counts while it is recent.
                 c.recent.push_back(Sent { seq: p.seq, from: Box::from(p.msg.from.as_str()), told: (0, 0) });
@@ -398,6 +435,10 @@ impl Core {
         let (behind, keep): (Vec<_>, Vec<_>) = queued.into_iter().partition(|p| failed.binary_search(&p.conv).is_ok());
         self.commit.queued = keep;
         for conv in &failed {
+            // Events waiting on a target in it go with it.
+            for r in self.convs.ready(*conv).map(|c| std::mem::take(&mut c.events)).unwrap_or_default() {
+                self.reply_error(r.from, code, msg.clone(), Some(r.send.client_msg_id));
+            }
             self.convs.remove(*conv);
         }
         for p in batch.into_iter().chain(behind) {

@@ -28,6 +28,7 @@ pub mod convs;
 pub mod dedupe;
 pub mod groups;
 pub mod inbox;
+pub mod lifecycle;
 pub mod limits;
 pub mod messaging;
 pub mod presence;
@@ -69,6 +70,16 @@ pub struct CoreConfig {
     pub dedupe_window: usize,
     /// Most connected devices per user.
     pub max_devices_per_user: usize,
+    /// How long after sending its sender may edit a message (ms).
+    pub edit_window_ms: u64,
+    /// How long after sending its sender may delete a message for everyone (ms); a
+    /// group admin may at any time.
+    pub delete_window_ms: u64,
+    /// Largest media `size` a reference may announce (bytes).
+    pub media_max_bytes: u64,
+    /// MIME types a media reference may name: exact (`application/pdf`) or a whole
+    /// type (`image/`).
+    pub media_types: Vec<String>,
     /// Per-user `send` (and group change) rate and burst.
     pub send_rate: u32,
     /// Burst of `send_rate`.
@@ -124,6 +135,10 @@ impl Default for CoreConfig {
             max_group_members: 1024,
             dedupe_window: 1024,
             max_devices_per_user: 10,
+            edit_window_ms: 15 * 60 * 1000,
+            delete_window_ms: 48 * 3600 * 1000,
+            media_max_bytes: 100 << 20,
+            media_types: ["image/", "video/", "audio/", "application/pdf"].map(String::from).to_vec(),
             send_rate: 20,
             send_burst: 40,
             typing_rate: 5,
@@ -212,6 +227,8 @@ enum ReadFor {
     User(std::rc::Rc<str>),
     /// A page of a user's conversation list (`token`: what the reply carries).
     List { conn: ConnId, req: wire::frame::ConversationsReq, token: u64, unsaved: inbox::Unsaved },
+    /// The message an edit, delete or reaction acts on.
+    Target(ConvId),
     /// Checking a conversation is in the user's list before changing its settings.
     ConvSettings { conn: ConnId, settings: wire::frame::ConvSettings, unsaved: inbox::Unsaved },
 }
@@ -391,6 +408,7 @@ impl Core {
             Some(ReadFor::History { from, conv, req_id }) => self.on_history_read(from, conv, req_id, r),
             Some(ReadFor::Sync { from }) => self.on_sync_read(from, r),
             Some(ReadFor::User(name)) => self.on_user_loaded(name, r),
+            Some(ReadFor::Target(conv)) => self.on_target_read(conv, r),
             Some(ReadFor::List { conn, req, token, unsaved }) => self.on_list_read(conn, req, token, unsaved, r),
             Some(ReadFor::ConvSettings { conn, settings, unsaved }) => {
                 self.on_settings_read(conn, settings, unsaved, r)

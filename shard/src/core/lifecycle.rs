@@ -1,0 +1,197 @@
+//! Edits, deletes for everyone and reactions, at the conversation's home.
+//!
+//! Each is a message of its own (kinds `edit`, `delete`, `reaction`) in the
+//! conversation's order, acknowledged, deduplicated and delivered like any send, that
+//! acts on an earlier message (`target`). The rules need the target (its sender, time,
+//! kind, whether it is deleted), which the home does not keep in memory: the event
+//! waits in the conversation's `events` queue while the target is read, one event at a
+//! time per conversation, so two events on one message never start from the same
+//! state. An edit or delete also rewrites the target in the same group commit (new
+//! body and `edited_at`; or an empty body and `deleted_by`/`deleted_at`: the body is
+//! gone from the stored record), and the rewritten target stays in memory until that
+//! commit is durable, for the next event on it. A reaction writes the member's reaction
+//! record (one per member per message; empty removes it).
+//!
+//! Rules: only a message's sender edits it, within `edit_window_ms`, and not `data`
+//! messages (opaque bytes a client would re-send); its sender deletes it within
+//! `delete_window_ms`, a group admin at any time; nothing acts on an event, a group
+//! event or a deleted message. Refusals: `forbidden` (who or when), `bad_value` (what).
+
+use std::sync::Arc;
+
+use storage::model::{dedupe_key, StoredMessage};
+use storage::read::{ReadDone, ReadReq};
+use storage::StoreError;
+use wire::error::ErrorCode;
+use wire::frame::{ConvId, MsgExtra, MsgKind};
+
+use super::commit::Side;
+use super::{busy, storage_failed, Core, ReadFor, SendReq};
+
+impl Core {
+    /// Checks a media reference against the configured limits.
+    pub(super) fn media_allowed(&self, body: &[u8]) -> Result<(), String> {
+        let m = wire::frame::check::media(body).map_err(|e| e.to_string())?;
+        if m.size > self.cfg.media_max_bytes {
+            return Err(format!("media of {} bytes exceeds media_max_bytes ({})", m.size, self.cfg.media_max_bytes));
+        }
+        let allowed = self.cfg.media_types.iter().any(|t| {
+            if t.ends_with('/') {
+                m.mime.starts_with(t.as_str())
+            } else {
+                *t == m.mime
+            }
+        });
+        if !allowed {
+            return Err(format!(
+                "media type {} is not allowed (media_types: {})",
+                m.mime,
+                self.cfg.media_types.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// An edit, delete or reaction from a member: waits its turn, then reads its target.
+    pub(super) fn queue_event(&mut self, req: SendReq) {
+        let conv = req.conv;
+        let max = self.cfg.max_waiters;
+        let Some(c) = self.convs.ready(conv) else { return };
+        let target = req.send.target_seq.unwrap_or(0);
+        if target == 0 || target > c.durable_seq {
+            let msg = format!("target {target}: no stored message of this conversation has that seq");
+            return self.reply_error(req.from, ErrorCode::BadValue, msg, Some(req.send.client_msg_id));
+        }
+        if c.events.len() >= max {
+            let (code, msg) = busy("edits, deletes and reactions waiting in this conversation");
+            return self.reply_error(req.from, code, msg, Some(req.send.client_msg_id));
+        }
+        c.events.push_back(req);
+        if !c.event_reading {
+            self.next_event(conv);
+        }
+    }
+
+    /// Starts the first waiting event of `conv`: from a rewrite still in memory, or by
+    /// reading its target.
+    fn next_event(&mut self, conv: ConvId) {
+        loop {
+            let Some(c) = self.convs.ready(conv) else { return };
+            let Some(target) = c.events.front().map(|r| r.send.target_seq.unwrap_or(0)) else { return };
+            if let Some(m) = c.rewrites.iter().rev().find(|(s, _)| *s == target).map(|(_, m)| m.clone()) {
+                let Some(req) = c.events.pop_front() else { return };
+                self.apply_event(req, &m);
+                continue;
+            }
+            let read = ReadReq::Page { conv, before: target + 1, limit: 1, viewer: String::new() };
+            if self.read(read, ReadFor::Target(conv)) {
+                if let Some(c) = self.convs.ready(conv) {
+                    c.event_reading = true;
+                }
+                return;
+            }
+            let Some(req) = self.convs.ready(conv).and_then(|c| c.events.pop_front()) else { return };
+            let (code, msg) = busy("storage reads");
+            self.reply_error(req.from, code, msg, Some(req.send.client_msg_id));
+        }
+    }
+
+    pub(super) fn on_target_read(&mut self, conv: ConvId, r: Result<ReadDone, StoreError>) {
+        let Some(c) = self.convs.ready(conv) else { return };
+        c.event_reading = false;
+        let Some(req) = c.events.pop_front() else { return };
+        let target = req.send.target_seq.unwrap_or(0);
+        match r {
+            Ok(ReadDone::Page(slice)) => match slice.messages.into_iter().find(|(s, _)| *s == target) {
+                Some((_, m)) => self.apply_event(req, &m),
+                None => {
+                    let msg = format!("target {target}: no stored message of this conversation has that seq");
+                    self.reply_error(req.from, ErrorCode::BadValue, msg, Some(req.send.client_msg_id));
+                }
+            },
+            Ok(_) => {}
+            Err(e) => {
+                let (code, msg) = storage_failed(&e);
+                self.reply_error(req.from, code, msg, Some(req.send.client_msg_id));
+            }
+        }
+        self.next_event(conv);
+    }
+
+    /// Checks `req` against its target `orig` and, if allowed, stores it.
+    fn apply_event(&mut self, req: SendReq, orig: &StoredMessage) {
+        let now = self.now;
+        if self.commit.queued_len() >= self.cfg.max_commit_queue {
+            let (code, msg) = busy("commit queue");
+            return self.reply_error(req.from, code, msg, Some(req.send.client_msg_id));
+        }
+        let Some(c) = self.convs.ready(req.conv) else { return };
+        // A resend of an event accepted while this one waited: the original ack.
+        let key = dedupe_key(&req.user, &req.send.client_msg_id);
+        if c.dedupe.get(key).is_some() {
+            return self.accept_send(req);
+        }
+        let target = req.send.target_seq.unwrap_or(0);
+        let kind = MsgKind::from_tag(orig.kind).unwrap_or(MsgKind::Data);
+        let is_admin = c.group.as_ref().is_some_and(|g| g.admins.contains(&req.user));
+        let refuse = |code, msg: String| Err((code, msg));
+        let verdict = if kind.is_event() || kind == MsgKind::System {
+            refuse(ErrorCode::BadValue, format!("message {target} is an event; act on a message"))
+        } else if orig.ext.as_ref().is_some_and(|x| x.deleted_by.is_some()) {
+            refuse(ErrorCode::BadValue, format!("message {target} was deleted"))
+        } else {
+            match req.send.kind {
+                MsgKind::Edit if orig.from != req.user => {
+                    refuse(ErrorCode::Forbidden, "only its sender edits a message".to_owned())
+                }
+                MsgKind::Edit if now.saturating_sub(orig.ts) > self.cfg.edit_window_ms => refuse(
+                    ErrorCode::Forbidden,
+                    format!("the edit window ({} s) has passed", self.cfg.edit_window_ms / 1000),
+                ),
+                MsgKind::Edit if kind == MsgKind::Data => {
+                    refuse(ErrorCode::BadValue, "data messages are not edited: send a new one".to_owned())
+                }
+                MsgKind::Edit if kind == MsgKind::Media => {
+                    self.media_allowed(&req.send.body).map_err(|m| (ErrorCode::BadValue, m))
+                }
+                MsgKind::Delete
+                    if !is_admin
+                        && (orig.from != req.user || now.saturating_sub(orig.ts) > self.cfg.delete_window_ms) =>
+                {
+                    let msg = format!(
+                        "a message is deleted for everyone by its sender within {} s, or by a group admin",
+                        self.cfg.delete_window_ms / 1000
+                    );
+                    refuse(ErrorCode::Forbidden, msg)
+                }
+                _ => Ok(()),
+            }
+        };
+        if let Err((code, msg)) = verdict {
+            return self.reply_error(req.from, code, msg, Some(req.send.client_msg_id));
+        }
+        let side = match req.send.kind {
+            MsgKind::Edit => {
+                let mut m = orig.clone();
+                m.body = req.send.body.clone();
+                m.ext.get_or_insert_with(Default::default).edited_at = Some(now);
+                Side::Rewrite(target, Arc::new(m))
+            }
+            MsgKind::Delete => {
+                let mut m = orig.clone();
+                m.body = Vec::new();
+                let x = m.ext.get_or_insert_with(Default::default);
+                x.deleted_by = Some(req.user.clone());
+                x.deleted_at = Some(now);
+                Side::Rewrite(target, Arc::new(m))
+            }
+            _ => Side::Reaction {
+                seq: target,
+                user: req.user.clone(),
+                emoji: String::from_utf8_lossy(&req.send.body).into_owned(),
+            },
+        };
+        let ext = Some(Box::new(MsgExtra { target: Some(target), ..MsgExtra::default() }));
+        self.store_message(req, key, ext, None, Some(side));
+    }
+}

@@ -1,0 +1,236 @@
+//! End-to-end: the message lifecycle on the real binary (2 shards, both encodings):
+//! replies, edits (sender only, inside the window), deletes for everyone (sender inside
+//! the window, or a group admin) leaving a tombstone that survives restart, reactions
+//! that aggregate and converge under concurrent changes, and media references checked
+//! against the configured limits.
+
+mod common;
+
+use common::*;
+use wire::error::ErrorCode;
+use wire::frame::{ClientFrame, ConvId, GroupAction, GroupOp, History, Message, MsgKind, Send, ServerFrame, Target};
+use wire::Encoding;
+
+fn send(
+    cmid: &str,
+    conv: ConvId,
+    kind: MsgKind,
+    body: &str,
+    reply_to: Option<u64>,
+    target: Option<u64>,
+) -> ClientFrame {
+    ClientFrame::Send(Send {
+        client_msg_id: cmid.into(),
+        target: Target::Conv(conv),
+        body: body.as_bytes().to_vec(),
+        kind,
+        reply_to,
+        target_seq: target,
+    })
+}
+
+/// The ack's seq, or the error's code.
+fn outcome(c: &mut Client) -> Result<u64, ErrorCode> {
+    c.until(|f| match f {
+        ServerFrame::Ack(a) => Some(Ok(a.seq)),
+        ServerFrame::Error(e) => Some(Err(e.code)),
+        _ => None,
+    })
+}
+
+/// The whole history of `conv`, oldest first.
+fn history(c: &mut Client, conv: ConvId) -> Vec<Message> {
+    c.send(&ClientFrame::History(History { req_id: Some("h".into()), conv, before_seq: None, limit: Some(200) }));
+    let page = c.until(|f| if let ServerFrame::HistoryPage(p) = f { Some(p.clone()) } else { None });
+    assert!(!page.has_more);
+    page.messages
+}
+
+fn at(h: &[Message], seq: u64) -> &Message {
+    h.iter().find(|m| m.seq == seq).unwrap_or_else(|| panic!("no seq {seq}"))
+}
+
+fn live(c: &mut Client, conv: ConvId, seq: u64) -> Message {
+    c.until(|f| match f {
+        ServerFrame::Msg(m) if m.conv == conv && m.seq == seq => Some(m.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn replies_edits_and_deletes_follow_their_rules_and_tombstones_survive_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let mut server = Server::start_in(&dir, 2, "");
+    let mut alice = server.connect("lc-alice", "d", Encoding::Json);
+    let mut bob = server.connect("lc-bob", "d", Encoding::FlatBuffers);
+    alice.send(&send_to("lc-bob", "a1", "helo"));
+    let dm = alice.ack().conv;
+    live(&mut bob, dm, 1);
+    // A reply, and a reply to nothing.
+    bob.send(&send("b1", dm, MsgKind::Text, "hi!", Some(1), None));
+    assert_eq!(outcome(&mut bob), Ok(2));
+    bob.send(&send("b2", dm, MsgKind::Text, "?", Some(99), None));
+    assert_eq!(outcome(&mut bob), Err(ErrorCode::BadValue));
+    // Alice fixes her typo; bob may not edit her message.
+    alice.send(&send("a2", dm, MsgKind::Edit, "hello", None, Some(1)));
+    assert_eq!(outcome(&mut alice), Ok(3));
+    let ev = live(&mut bob, dm, 3);
+    assert_eq!(
+        (ev.kind, ev.body.as_slice(), ev.extra.as_ref().and_then(|x| x.target)),
+        (MsgKind::Edit, &b"hello"[..], Some(1))
+    );
+    bob.send(&send("b3", dm, MsgKind::Edit, "hacked", None, Some(1)));
+    assert_eq!(outcome(&mut bob), Err(ErrorCode::Forbidden));
+    // Resending the edit is answered with the original ack, not stored twice.
+    alice.send(&send("a2", dm, MsgKind::Edit, "hello", None, Some(1)));
+    assert_eq!(outcome(&mut alice), Ok(3));
+    // No event on an event; no edit of what does not exist.
+    alice.send(&send("a3", dm, MsgKind::Edit, "x", None, Some(3)));
+    assert_eq!(outcome(&mut alice), Err(ErrorCode::BadValue));
+    alice.send(&send("a4", dm, MsgKind::Edit, "x", None, Some(50)));
+    assert_eq!(outcome(&mut alice), Err(ErrorCode::BadValue));
+    // Bob deletes his reply; alice may not delete it for him.
+    alice.send(&send("a5", dm, MsgKind::Delete, "", None, Some(2)));
+    assert_eq!(outcome(&mut alice), Err(ErrorCode::Forbidden));
+    bob.send(&send("b4", dm, MsgKind::Delete, "", None, Some(2)));
+    assert_eq!(outcome(&mut bob), Ok(4));
+    assert_eq!(live(&mut alice, dm, 4).kind, MsgKind::Delete);
+    bob.send(&send("b5", dm, MsgKind::Edit, "back", None, Some(2)));
+    assert_eq!(outcome(&mut bob), Err(ErrorCode::BadValue), "a deleted message stays deleted");
+
+    let check = |h: &[Message]| {
+        let first = at(h, 1);
+        let x = first.extra.as_ref().expect("edited");
+        assert_eq!((first.body.as_slice(), x.edited_at.is_some()), (&b"hello"[..], true));
+        let reply = at(h, 2);
+        let x = reply.extra.as_ref().expect("tombstone");
+        assert!(reply.body.is_empty(), "the deleted body is gone");
+        assert_eq!((x.reply_to, x.deleted_by.as_deref(), x.deleted_at.is_some()), (Some(1), Some("lc-bob"), true));
+        assert_eq!(h.len(), 4, "the events keep their seqs in history");
+    };
+    check(&history(&mut alice, dm));
+    check(&history(&mut bob, dm));
+    server.kill9();
+    let server = Server::start_in(&dir, 2, "");
+    let mut alice = server.connect("lc-alice", "d", Encoding::FlatBuffers);
+    check(&history(&mut alice, dm));
+}
+
+#[test]
+fn windows_and_admin_deletes() {
+    // Windows of 0 s: anything older than the current millisecond is past them.
+    let server = Server::start_with(2, "edit_window_secs = 0\ndelete_window_secs = 0");
+    let mut owner = server.connect("lw-owner", "d", Encoding::Json);
+    let mut member = server.connect("lw-member", "d", Encoding::Json);
+    let create = GroupOp {
+        req_id: None,
+        action: GroupAction::Create,
+        conv: None,
+        name: Some("g".into()),
+        members: vec!["lw-member".into()],
+    };
+    owner.send(&ClientFrame::Group(create));
+    let g = owner.until(|f| if let ServerFrame::GroupInfo(i) = f { Some(i.conv) } else { None });
+    member.send(&send("m1", g, MsgKind::Text, "spam", None, None));
+    let seq = outcome(&mut member).unwrap();
+    member.send(&send("m2", g, MsgKind::Text, "more", None, None));
+    let seq2 = outcome(&mut member).unwrap();
+    // The ack came after the commit, but make sure the clock moved past the send's ms.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    member.send(&send("m3", g, MsgKind::Edit, "x", None, Some(seq)));
+    assert_eq!(outcome(&mut member), Err(ErrorCode::Forbidden), "past the edit window");
+    member.send(&send("m4", g, MsgKind::Delete, "", None, Some(seq)));
+    assert_eq!(outcome(&mut member), Err(ErrorCode::Forbidden), "past the delete window");
+    // The admin deletes at any time.
+    owner.send(&send("o1", g, MsgKind::Delete, "", None, Some(seq)));
+    assert!(outcome(&mut owner).is_ok());
+    let h = history(&mut member, g);
+    assert_eq!(at(&h, seq).extra.as_ref().and_then(|x| x.deleted_by.as_deref()), Some("lw-owner"));
+    assert_eq!(at(&h, seq2).body, b"more");
+}
+
+#[test]
+fn reactions_aggregate_and_converge_under_concurrent_changes() {
+    let server = Server::start_with(2, "send_rate = 0");
+    let mut owner = server.connect("lr-owner", "d", Encoding::FlatBuffers);
+    let names: Vec<String> = (0..20).map(|i| format!("lr-{i:02}")).collect();
+    let create = GroupOp {
+        req_id: None,
+        action: GroupAction::Create,
+        conv: None,
+        name: Some("r".into()),
+        members: names.clone(),
+    };
+    owner.send(&ClientFrame::Group(create));
+    let g = owner.until(|f| if let ServerFrame::GroupInfo(i) = f { Some(i.conv) } else { None });
+    owner.send(&send("o1", g, MsgKind::Text, "vote", None, None));
+    let seq = outcome(&mut owner).unwrap();
+    let mut members: Vec<Client> = names.iter().map(|n| server.connect(n, "d", Encoding::Json)).collect();
+    // Everyone reacts at once; half change their mind at once; two take theirs back.
+    for (i, m) in members.iter_mut().enumerate() {
+        m.send(&send("r1", g, MsgKind::Reaction, if i % 2 == 0 { "👍" } else { "❤️" }, None, Some(seq)));
+    }
+    for m in members.iter_mut() {
+        assert!(outcome(m).is_ok());
+    }
+    for (i, m) in members.iter_mut().enumerate().filter(|(i, _)| i % 4 == 0) {
+        m.send(&send("r2", g, MsgKind::Reaction, if i < 8 { "🎉" } else { "" }, None, Some(seq)));
+    }
+    for (_, m) in members.iter_mut().enumerate().filter(|(i, _)| i % 4 == 0) {
+        assert!(outcome(m).is_ok());
+    }
+    // 0, 4: 🎉; 8, 12, 16: removed; other evens 👍 (2, 6, 10, 14, 18); odds ❤️ (10).
+    let (first, rest) = members.split_at_mut(4);
+    for c in [&mut owner, &mut rest[0], &mut first[1]] {
+        let h = history(c, g);
+        let x = at(&h, seq).extra.clone().expect("reactions");
+        let count = |e: &str| x.reactions.iter().find(|r| r.emoji == e).map_or(0, |r| r.count);
+        assert_eq!((count("❤️"), count("👍"), count("🎉")), (10, 5, 2), "{:?}", x.reactions);
+        assert_eq!(x.reactions[0].emoji, "❤️", "most first");
+        let mine = c.user.clone();
+        let want = match mine.as_str() {
+            "lr-04" => Some("🎉"),
+            "lr-01" => Some("❤️"),
+            _ => None,
+        };
+        assert_eq!(x.my_reaction.as_deref(), want, "{mine}");
+    }
+    // Not an emoji: refused before anything is stored.
+    owner.send(&send("o2", g, MsgKind::Reaction, "yes", None, Some(seq)));
+    assert_eq!(outcome(&mut owner), Err(ErrorCode::BadValue));
+}
+
+#[test]
+fn media_references_are_checked_against_the_limits() {
+    let server = Server::start_with(2, "media_max_bytes = 1000000\nmedia_types = [\"image/\", \"application/pdf\"]");
+    let mut a = server.connect("lm-a", "d", Encoding::Json);
+    let mut b = server.connect("lm-b", "d", Encoding::FlatBuffers);
+    a.send(&send_to("lm-b", "t", "hi"));
+    let dm = a.ack().conv;
+    let media = |mime: &str, size: u64| {
+        format!(
+            r#"{{"url":"https://cdn.example/x","mime":"{mime}","size":{size},"sha256":"{}","width":640,"caption":"look"}}"#,
+            "ab".repeat(32)
+        )
+    };
+    a.send(&send("m1", dm, MsgKind::Media, &media("image/jpeg", 5000), None, None));
+    let seq = outcome(&mut a).unwrap();
+    let m = live(&mut b, dm, seq);
+    assert_eq!(m.kind, MsgKind::Media);
+    let r = wire::frame::check::media(&m.body).unwrap();
+    assert_eq!((r.width, r.caption.as_deref()), (Some(640), Some("look")));
+    a.send(&send("m2", dm, MsgKind::Media, &media("image/jpeg", 2_000_000), None, None));
+    assert_eq!(outcome(&mut a), Err(ErrorCode::LimitExceeded));
+    a.send(&send("m3", dm, MsgKind::Media, &media("video/mp4", 10), None, None));
+    assert_eq!(outcome(&mut a), Err(ErrorCode::LimitExceeded));
+    a.send(&send("m4", dm, MsgKind::Media, r#"{"url":"ftp://x"}"#, None, None));
+    assert_eq!(outcome(&mut a), Err(ErrorCode::BadValue));
+    a.send(&send("m5", dm, MsgKind::Media, &media("application/pdf", 10), None, None));
+    assert!(outcome(&mut a).is_ok());
+    // An edited caption is checked like a new reference.
+    a.send(&send("m6", dm, MsgKind::Edit, &media("video/mp4", 10), None, Some(seq)));
+    assert_eq!(outcome(&mut a), Err(ErrorCode::BadValue));
+    a.send(&send("m7", dm, MsgKind::Edit, &media("image/png", 10), None, Some(seq)));
+    assert!(outcome(&mut a).is_ok());
+}

@@ -56,6 +56,8 @@ fn the_list_orders_by_activity_counts_unread_syncs_devices_and_survives_kill_9()
         conv: None,
         name: Some("Team".into()),
         members: vec!["cl-bob".into(), "cl-carol".into()],
+        description: None,
+        avatar: None,
     };
     alice.send(&ClientFrame::Group(create));
     let group = alice.until(|f| if let ServerFrame::GroupInfo(g) = f { Some(g.conv) } else { None });

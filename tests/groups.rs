@@ -15,6 +15,8 @@ fn op(action: GroupAction, req: &str, conv: Option<ConvId>, name: Option<&str>, 
         conv,
         name: name.map(str::to_owned),
         members: members.iter().map(|m| m.to_string()).collect(),
+        description: None,
+        avatar: None,
     })
 }
 
@@ -31,7 +33,7 @@ fn send_conv(conv: ConvId, cmid: &str, body: &str) -> ClientFrame {
 
 fn expect_info(c: &mut Client, req: &str) -> GroupInfo {
     match c.recv() {
-        ServerFrame::GroupInfo(i) if i.req_id.as_deref() == Some(req) => i,
+        ServerFrame::GroupInfo(i) if i.req_id.as_deref() == Some(req) => *i,
         other => panic!("{}: expected group_info for {req}, got {other:?}", c.user),
     }
 }
@@ -283,4 +285,129 @@ fn membership_and_events_survive_a_restart() {
         ServerFrame::Error(e) => assert_eq!(e.code, ErrorCode::NotMember),
         other => panic!("expected not_member, got {other:?}"),
     }
+}
+
+/// A `describe` request.
+fn describe(req: &str, conv: ConvId, description: Option<&str>, avatar: Option<&str>) -> ClientFrame {
+    ClientFrame::Group(GroupOp {
+        req_id: Some(req.into()),
+        action: GroupAction::Describe,
+        conv: Some(conv),
+        name: None,
+        members: Vec::new(),
+        description: description.map(str::to_owned),
+        avatar: avatar.map(str::to_owned),
+    })
+}
+
+/// The `group_info` for `req`, or the error's code.
+fn group_outcome(c: &mut Client, req: &str) -> Result<GroupInfo, ErrorCode> {
+    c.until(|f| match f {
+        ServerFrame::GroupInfo(i) if i.req_id.as_deref() == Some(req) => Some(Ok((**i).clone())),
+        ServerFrame::Error(e) if e.ref_id.as_deref() == Some(req) => Some(Err(e.code)),
+        _ => None,
+    })
+}
+
+#[test]
+fn owner_admin_and_member_each_may_do_exactly_their_part() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let mut server = Server::start_in(&dir, 2, "");
+    let mut owner = server.connect("pm-owner", "d", Encoding::Json);
+    let mut admin = server.connect("pm-admin", "d", Encoding::FlatBuffers);
+    let mut member = server.connect("pm-member", "d", Encoding::Json);
+    owner.send(&op(GroupAction::Create, "c", None, Some("Team"), &["pm-admin", "pm-member", "pm-x"]));
+    let g = group_outcome(&mut owner, "c").unwrap();
+    assert_eq!((g.owner.as_str(), g.admins.clone()), ("pm-owner", users(&["pm-owner"])));
+    let conv = Some(g.conv);
+    owner.send(&op(GroupAction::Promote, "p", conv, None, &["pm-admin"]));
+    group_outcome(&mut owner, "p").unwrap();
+
+    // Every operation, by member, admin and owner in turn: accepted (a change that
+    // changes nothing is answered too), or refused with this code.
+    let no = Err(ErrorCode::Forbidden);
+    type Case = (&'static str, ClientFrame, [Result<(), ErrorCode>; 3]);
+    let cases: Vec<Case> = vec![
+        ("add", op(GroupAction::Add, "add", conv, None, &["pm-y"]), [no, Ok(()), Ok(())]),
+        ("rm", op(GroupAction::Remove, "rm", conv, None, &["pm-y"]), [no, Ok(()), Ok(())]),
+        ("ren", op(GroupAction::Rename, "ren", conv, Some("T2"), &[]), [no, Ok(()), Ok(())]),
+        ("desc", describe("desc", g.conv, Some("our team"), Some("https://cdn.example/t.png")), [no, Ok(()), Ok(())]),
+        ("pro", op(GroupAction::Promote, "pro", conv, None, &["pm-x"]), [no, Ok(()), Ok(())]),
+        ("dem", op(GroupAction::Demote, "dem", conv, None, &["pm-owner"]), [no, no, no]),
+        ("rmo", op(GroupAction::Remove, "rmo", conv, None, &["pm-owner"]), [no, no, no]),
+        ("tr", op(GroupAction::Transfer, "tr", conv, None, &["pm-admin"]), [no, no, Ok(())]),
+    ];
+    for (name, frame, want) in cases {
+        for (role, c) in [&mut member, &mut admin, &mut owner].into_iter().enumerate() {
+            c.send(&frame);
+            assert_eq!(group_outcome(c, name).map(|_| ()), want[role], "{name} by role {role}");
+        }
+    }
+    // Ownership moved: the old owner is an admin, the new one may delete; the old one may not.
+    owner.send(&op(GroupAction::Info, "i", conv, None, &[]));
+    let info = group_outcome(&mut owner, "i").unwrap();
+    assert_eq!(info.owner, "pm-admin");
+    assert!(info.admins.contains(&"pm-owner".to_owned()));
+    assert_eq!((info.description.as_str(), info.avatar.as_str()), ("our team", "https://cdn.example/t.png"));
+    owner.send(&op(GroupAction::Delete, "d1", conv, None, &[]));
+    assert_eq!(group_outcome(&mut owner, "d1").map(|_| ()), Err(ErrorCode::Forbidden));
+    admin.send(&op(GroupAction::Delete, "d2", conv, None, &[]));
+    assert!(group_outcome(&mut admin, "d2").unwrap().deleted);
+    // Members are told; nothing more is accepted; history stays readable.
+    let (_, ev) = expect_event_until(&mut member, "delete");
+    assert_eq!(ev["by"], "pm-admin");
+    member.send(&send_conv(g.conv, "late", "anyone?"));
+    expect_error_until(&mut member, ErrorCode::Forbidden);
+    owner.send(&op(GroupAction::Add, "late-add", conv, None, &["pm-z"]));
+    assert_eq!(group_outcome(&mut owner, "late-add").map(|_| ()), Err(ErrorCode::Forbidden));
+    server.kill9();
+    let server = Server::start_in(&dir, 2, "");
+    let mut member = server.connect("pm-member", "d", Encoding::Json);
+    member.send(&op(GroupAction::Info, "i2", conv, None, &[]));
+    let info = group_outcome(&mut member, "i2").unwrap();
+    assert!(info.deleted && info.owner == "pm-admin" && info.description == "our team");
+    member.send(&ClientFrame::History(wire::frame::History {
+        req_id: None,
+        conv: g.conv,
+        before_seq: None,
+        limit: None,
+    }));
+    let page = member.until(|f| if let ServerFrame::HistoryPage(p) = f { Some(p.clone()) } else { None });
+    assert!(page.messages.len() > 5, "history stays readable after deletion");
+}
+
+#[test]
+fn an_owner_who_leaves_hands_the_group_to_an_admin() {
+    let server = Server::start_with(2, "");
+    let mut owner = server.connect("lv-owner", "d", Encoding::Json);
+    let mut other = server.connect("lv-b", "d", Encoding::Json);
+    owner.send(&op(GroupAction::Create, "c", None, None, &["lv-b", "lv-a"]));
+    let g = group_outcome(&mut owner, "c").unwrap();
+    owner.send(&op(GroupAction::Promote, "p", Some(g.conv), None, &["lv-b"]));
+    group_outcome(&mut owner, "p").unwrap();
+    owner.send(&op(GroupAction::Leave, "l", Some(g.conv), None, &[]));
+    group_outcome(&mut owner, "l").unwrap();
+    let (_, ev) = expect_event_until(&mut other, "leave");
+    assert_eq!(ev["owner"], "lv-b", "the first other admin, not the first member (lv-a)");
+    other.send(&op(GroupAction::Info, "i", Some(g.conv), None, &[]));
+    let info = group_outcome(&mut other, "i").unwrap();
+    assert_eq!((info.owner.as_str(), info.members.len()), ("lv-b", 2));
+}
+
+/// Skips frames until the group event `event`.
+fn expect_event_until(c: &mut Client, event: &str) -> (Message, serde_json::Value) {
+    c.until(|f| match f {
+        ServerFrame::Msg(m) if m.kind == MsgKind::System => {
+            let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+            (v["event"] == event).then(|| (m.clone(), v))
+        }
+        _ => None,
+    })
+}
+
+/// Skips frames until an error, which must have `code`.
+fn expect_error_until(c: &mut Client, code: ErrorCode) {
+    let got = c.until(|f| if let ServerFrame::Error(e) = f { Some(e.code) } else { None });
+    assert_eq!(got, code);
 }

@@ -129,6 +129,8 @@ fn windows_and_admin_deletes() {
         conv: None,
         name: Some("g".into()),
         members: vec!["lw-member".into()],
+        description: None,
+        avatar: None,
     };
     owner.send(&ClientFrame::Group(create));
     let g = owner.until(|f| if let ServerFrame::GroupInfo(i) = f { Some(i.conv) } else { None });
@@ -161,6 +163,8 @@ fn reactions_aggregate_and_converge_under_concurrent_changes() {
         conv: None,
         name: Some("r".into()),
         members: names.clone(),
+        description: None,
+        avatar: None,
     };
     owner.send(&ClientFrame::Group(create));
     let g = owner.until(|f| if let ServerFrame::GroupInfo(i) = f { Some(i.conv) } else { None });

@@ -74,6 +74,8 @@ fn a_thousand_member_group_gives_its_sender_coalesced_counts() {
         conv,
         name: None,
         members: members.to_vec(),
+        description: None,
+        avatar: None,
     };
     owner.send(&ClientFrame::Group(op(GroupAction::Create, None, &members[..249])));
     let conv = owner.until(|f| if let ServerFrame::GroupInfo(g) = f { Some(g.conv) } else { None });

@@ -349,7 +349,15 @@ pub async fn create_group(target: &Target, creator: &str, names: &[String]) -> a
     let mut chunks = names.chunks(256);
     let first = chunks.next().map(<[String]>::to_vec).unwrap_or_default();
     let op = |action, conv, members: Vec<String>| {
-        ClientFrame::Group(GroupOp { req_id: Some("setup".into()), action, conv, name: None, members })
+        ClientFrame::Group(GroupOp {
+            req_id: Some("setup".into()),
+            action,
+            conv,
+            name: None,
+            members,
+            description: None,
+            avatar: None,
+        })
     };
     c.tx.send(&op(GroupAction::Create, None, first)).await?;
     let conv = group_reply(&mut c.rx).await?;

@@ -448,7 +448,15 @@ impl Sim {
             17 => {
                 if self.group.is_none() {
                     let members = (0..USERS).map(user).collect();
-                    let op = GroupOp { req_id: None, action: GroupAction::Create, conv: None, name: None, members };
+                    let op = GroupOp {
+                        req_id: None,
+                        action: GroupAction::Create,
+                        conv: None,
+                        name: None,
+                        members,
+                        description: None,
+                        avatar: None,
+                    };
                     self.client(d, ClientFrame::Group(op));
                 }
             }

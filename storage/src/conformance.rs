@@ -67,7 +67,13 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
     // A group: metadata round-trips, and a removed member leaves the user index.
     let g = ConvId(1 << 127 | 7);
     let group = |members: &[&str]| ConvMeta {
-        kind: ConvKind::Group(GroupMeta { name: "team".into(), admins: vec!["alice".into()] }),
+        kind: ConvKind::Group(GroupMeta {
+            name: "team".into(),
+            admins: vec!["alice".into()],
+            owner: "alice".into(),
+            description: "d".into(),
+            ..GroupMeta::default()
+        }),
         members: members.iter().map(|m| m.to_string()).collect(),
         created: 2,
     };

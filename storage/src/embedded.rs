@@ -186,7 +186,7 @@ impl Store for EmbeddedStore {
     fn conv_meta(&self, conv: ConvId) -> Result<Option<ConvMeta>, StoreError> {
         match self.convs.get(conv.to_be_bytes()).map_err(unavailable)? {
             None => Ok(None),
-            Some(v) => postcard::from_bytes(&v).map(Some).map_err(corrupt),
+            Some(v) => ConvMeta::decode(&v).map(Some).map_err(corrupt),
         }
     }
 

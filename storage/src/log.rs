@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use wire::frame::ConvId;
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::model::disk::ConvMetaV1;
 use crate::model::{ConvMeta, CursorRecord, InboxValue, StoredMessage, StoredMessageV1, UserRecord, Write};
 use crate::{Store, StoreError};
 
@@ -55,9 +56,11 @@ const RECORD_MAGIC: &[u8; 4] = b"SBLR";
 /// What a write is stored as in the log (borrowing, to encode without copies).
 #[derive(Serialize)]
 enum LogWrite<'a> {
+    /// Written by versions before `Conv2` (first-format metadata); never written now.
+    #[allow(dead_code)]
     Conv {
         conv: u128,
-        meta: &'a ConvMeta,
+        meta: &'a ConvMetaV1,
     },
     Unindex {
         conv: u128,
@@ -98,12 +101,17 @@ enum LogWrite<'a> {
         user: &'a str,
         emoji: &'a str,
     },
+    /// Metadata in the current format.
+    Conv2 {
+        conv: u128,
+        meta: &'a ConvMeta,
+    },
 }
 
 /// What a write is read back as; the same encoding as [`LogWrite`].
 #[derive(Deserialize)]
 enum OwnedLogWrite {
-    Conv { conv: u128, meta: ConvMeta },
+    Conv { conv: u128, meta: ConvMetaV1 },
     Unindex { conv: u128, user: String },
     Message { conv: u128, seq: u64, msg: StoredMessageV1 },
     User { user: String, record: UserRecord },
@@ -111,12 +119,13 @@ enum OwnedLogWrite {
     Inbox { user: String, conv: u128, at: u64, value: InboxValue },
     Message2 { conv: u128, seq: u64, msg: StoredMessage },
     Reaction { conv: u128, seq: u64, user: String, emoji: String },
+    Conv2 { conv: u128, meta: ConvMeta },
 }
 
 impl<'a> From<&'a Write> for LogWrite<'a> {
     fn from(w: &'a Write) -> Self {
         match w {
-            Write::Conv { conv, meta } => LogWrite::Conv { conv: conv.0, meta },
+            Write::Conv { conv, meta } => LogWrite::Conv2 { conv: conv.0, meta },
             Write::Unindex { conv, user } => LogWrite::Unindex { conv: conv.0, user },
             Write::Message { conv, seq, msg } => LogWrite::Message2 { conv: conv.0, seq: *seq, msg },
             Write::User { user, record } => LogWrite::User { user, record: *record },
@@ -130,7 +139,8 @@ impl<'a> From<&'a Write> for LogWrite<'a> {
 impl From<OwnedLogWrite> for Write {
     fn from(w: OwnedLogWrite) -> Self {
         match w {
-            OwnedLogWrite::Conv { conv, meta } => Write::Conv { conv: ConvId(conv), meta },
+            OwnedLogWrite::Conv { conv, meta } => Write::Conv { conv: ConvId(conv), meta: meta.into() },
+            OwnedLogWrite::Conv2 { conv, meta } => Write::Conv { conv: ConvId(conv), meta },
             OwnedLogWrite::Unindex { conv, user } => Write::Unindex { conv: ConvId(conv), user },
             OwnedLogWrite::Message { conv, seq, msg } => {
                 Write::Message { conv: ConvId(conv), seq, msg: StoredMessage::from(msg).into() }

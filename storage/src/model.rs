@@ -73,7 +73,7 @@ impl StoredMessage {
 }
 
 /// What kind of conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConvKind {
     /// Two users (or one user's notes to self).
     Direct,
@@ -82,16 +82,25 @@ pub enum ConvKind {
 }
 
 /// What a group has beyond its members.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GroupMeta {
     /// Display name (may be empty).
     pub name: String,
-    /// Admins. Invariant: sorted, no duplicates, each a member.
+    /// Admins. Invariant: sorted, no duplicates, each a member, the owner among them.
     pub admins: Vec<String>,
+    /// The one member who may delete the group or hand it over.
+    pub owner: String,
+    /// Description (may be empty).
+    pub description: String,
+    /// Avatar image (`https://` URL; empty: none).
+    pub avatar: String,
+    /// Deleted by its owner: no more messages or changes; history stays readable.
+    pub deleted: bool,
 }
 
 /// A conversation's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "disk::ConvMetaDisk", from = "disk::ConvMetaDisk")]
 pub struct ConvMeta {
     /// Its kind.
     pub kind: ConvKind,
@@ -99,6 +108,122 @@ pub struct ConvMeta {
     pub members: Vec<String>,
     /// Creation time, ms since the epoch.
     pub created: u64,
+}
+
+impl ConvMeta {
+    /// Decodes a stored metadata record, of this format or the one before groups had
+    /// owners, descriptions and avatars (whose records end where those would start).
+    pub fn decode(bytes: &[u8]) -> Result<ConvMeta, postcard::Error> {
+        match postcard::from_bytes::<ConvMeta>(bytes) {
+            Ok(m) => Ok(m),
+            Err(e) => postcard::from_bytes::<disk::ConvMetaV1>(bytes).map(ConvMeta::from).map_err(|_| e),
+        }
+    }
+}
+
+/// How metadata is laid out on disk: the first format's fields, then what groups
+/// gained later, last (so older records decode, see [`ConvMeta::decode`]).
+pub mod disk {
+    use super::*;
+
+    /// A group's first-format fields.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct GroupV1 {
+        name: String,
+        admins: Vec<String>,
+    }
+
+    /// The first format's kind.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub enum KindV1 {
+        /// A DM.
+        Direct,
+        /// A group.
+        Group(GroupV1),
+    }
+
+    /// What groups gained after the first format.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct GroupExt {
+        owner: String,
+        description: String,
+        avatar: String,
+        deleted: bool,
+    }
+
+    /// The first format.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ConvMetaV1 {
+        kind: KindV1,
+        members: Vec<String>,
+        created: u64,
+    }
+
+    #[cfg(test)]
+    impl ConvMetaV1 {
+        /// A first-format group.
+        pub fn sample() -> ConvMetaV1 {
+            ConvMetaV1 {
+                kind: KindV1::Group(GroupV1 { name: "g".into(), admins: vec!["ann".into(), "bob".into()] }),
+                members: vec!["ann".into(), "bob".into(), "cat".into()],
+                created: 1,
+            }
+        }
+    }
+
+    /// The current format.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ConvMetaDisk {
+        kind: KindV1,
+        members: Vec<String>,
+        created: u64,
+        group: Option<GroupExt>,
+    }
+
+    impl From<ConvMeta> for ConvMetaDisk {
+        fn from(m: ConvMeta) -> ConvMetaDisk {
+            let (kind, group) = match m.kind {
+                ConvKind::Direct => (KindV1::Direct, None),
+                ConvKind::Group(g) => (
+                    KindV1::Group(GroupV1 { name: g.name, admins: g.admins }),
+                    Some(GroupExt { owner: g.owner, description: g.description, avatar: g.avatar, deleted: g.deleted }),
+                ),
+            };
+            ConvMetaDisk { kind, members: m.members, created: m.created, group }
+        }
+    }
+
+    impl From<ConvMetaDisk> for ConvMeta {
+        fn from(d: ConvMetaDisk) -> ConvMeta {
+            let kind = match d.kind {
+                KindV1::Direct => ConvKind::Direct,
+                KindV1::Group(g) => {
+                    let ext = d.group.unwrap_or_else(|| GroupExt {
+                        // The first format had no owner: the first admin becomes it.
+                        owner: g.admins.first().cloned().unwrap_or_default(),
+                        description: String::new(),
+                        avatar: String::new(),
+                        deleted: false,
+                    });
+                    ConvKind::Group(GroupMeta {
+                        name: g.name,
+                        admins: g.admins,
+                        owner: ext.owner,
+                        description: ext.description,
+                        avatar: ext.avatar,
+                        deleted: ext.deleted,
+                    })
+                }
+            };
+            ConvMeta { kind, members: d.members, created: d.created }
+        }
+    }
+
+    impl From<ConvMetaV1> for ConvMeta {
+        fn from(v: ConvMetaV1) -> ConvMeta {
+            ConvMeta::from(ConvMetaDisk { kind: v.kind, members: v.members, created: v.created, group: None })
+        }
+    }
 }
 
 /// One durable write.
@@ -424,6 +549,13 @@ mod tests {
         let bytes = postcard::to_allocvec(&old).unwrap();
         let m = StoredMessage::decode(&bytes).unwrap();
         assert_eq!((m.message_id, m.body.as_slice(), m.ext), (7, &b"hi"[..], None));
+        // Group metadata of the first format gets its first admin as owner.
+        let v1 = disk::ConvMetaV1::sample();
+        let m = ConvMeta::decode(&postcard::to_allocvec(&v1).unwrap()).unwrap();
+        let ConvKind::Group(g) = &m.kind else { panic!("a group") };
+        assert_eq!((g.owner.as_str(), g.admins.len()), ("ann", 2));
+        assert_eq!(ConvMeta::decode(&postcard::to_allocvec(&m).unwrap()).unwrap(), m);
+        let m = StoredMessage::decode(&bytes).unwrap();
         // A current record with lifecycle fields decodes as itself.
         let ext = wire::frame::MsgExtra { reply_to: Some(3), edited_at: Some(11), ..Default::default() };
         let new = StoredMessage { ext: Some(Box::new(ext)), ..m };

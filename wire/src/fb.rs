@@ -174,6 +174,8 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
                 conv: o.conv().map(conv_id),
                 name: o.name().map(str::to_owned),
                 members: strings(o.members()),
+                description: o.description().map(str::to_owned),
+                avatar: o.avatar().map(str::to_owned),
             })?)
         }
         g::Frame::Delivered => {
@@ -397,6 +399,9 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                 let name = b.create_string(&i.name);
                 let members = g_users(&mut b, &i.members);
                 let admins = g_users(&mut b, &i.admins);
+                let owner = b.create_string(&i.owner);
+                let description = b.create_string(&i.description);
+                let avatar = b.create_string(&i.avatar);
                 let conv = g_conv(i.conv);
                 let o = g::GroupInfo::create(
                     &mut b,
@@ -407,6 +412,10 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                         members: Some(members),
                         admins: Some(admins),
                         seq: i.seq,
+                        owner: Some(owner),
+                        description: Some(description),
+                        avatar: Some(avatar),
+                        deleted: i.deleted,
                     },
                 );
                 (g::Frame::GroupInfo, o.as_union_value())
@@ -545,6 +554,8 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             let req_id = op.req_id.as_deref().map(|r| b.create_string(r));
             let name = op.name.as_deref().map(|n| b.create_string(n));
             let members = g_users(&mut b, &op.members);
+            let description = op.description.as_deref().map(|d| b.create_string(d));
+            let avatar = op.avatar.as_deref().map(|a| b.create_string(a));
             let conv = op.conv.map(g_conv);
             let o = g::GroupOp::create(
                 &mut b,
@@ -554,6 +565,8 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                     conv: conv.as_ref(),
                     name,
                     members: Some(members),
+                    description,
+                    avatar,
                 },
             );
             (g::Frame::GroupOp, o.as_union_value())
@@ -707,14 +720,18 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         }
         g::Frame::GroupInfo => {
             let i = env.frame_as_group_info().ok_or(missing)?;
-            ServerFrame::GroupInfo(GroupInfo {
+            ServerFrame::GroupInfo(Box::new(GroupInfo {
                 req_id: i.req_id().map(str::to_owned),
                 conv: conv_id(i.conv().ok_or(DecodeError::MissingField("conv"))?),
                 name: i.name().unwrap_or_default().to_owned(),
                 members: strings(i.members()),
                 admins: strings(i.admins()),
                 seq: i.seq(),
-            })
+                owner: i.owner().unwrap_or_default().to_owned(),
+                description: i.description().unwrap_or_default().to_owned(),
+                avatar: i.avatar().unwrap_or_default().to_owned(),
+                deleted: i.deleted(),
+            }))
         }
         g::Frame::Receipt => {
             let r = env.frame_as_receipt().ok_or(missing)?;

@@ -248,11 +248,18 @@ pub enum GroupAction {
     Demote,
     /// Reply with the group's current state (members only); changes nothing.
     Info,
+    /// Set the group's `description` and/or `avatar` (admins only).
+    Describe,
+    /// Make `members[0]` the owner (the owner only; the old owner stays an admin).
+    Transfer,
+    /// Delete the group (the owner only): no more messages or changes; members keep
+    /// reading its history.
+    Delete,
 }
 
 impl GroupAction {
     /// Every action, in wire-tag order.
-    pub const ALL: [GroupAction; 8] = [
+    pub const ALL: [GroupAction; 11] = [
         GroupAction::Create,
         GroupAction::Add,
         GroupAction::Remove,
@@ -261,6 +268,9 @@ impl GroupAction {
         GroupAction::Promote,
         GroupAction::Demote,
         GroupAction::Info,
+        GroupAction::Describe,
+        GroupAction::Transfer,
+        GroupAction::Delete,
     ];
 
     /// The JSON name (also the `event` of the group event it stores).
@@ -274,6 +284,9 @@ impl GroupAction {
             GroupAction::Promote => "promote",
             GroupAction::Demote => "demote",
             GroupAction::Info => "info",
+            GroupAction::Describe => "describe",
+            GroupAction::Transfer => "transfer",
+            GroupAction::Delete => "delete",
         }
     }
 
@@ -294,8 +307,13 @@ pub struct GroupOp {
     pub conv: Option<ConvId>,
     /// The name (`create`, `rename`).
     pub name: Option<String>,
-    /// The users acted on (`create`, `add`, `remove`, `promote`, `demote`).
+    /// The users acted on (`create`, `add`, `remove`, `promote`, `demote`; `transfer`:
+    /// exactly one).
     pub members: Vec<String>,
+    /// The description (`create`, `describe`).
+    pub description: Option<String>,
+    /// The avatar's `https://` URL, empty to remove it (`create`, `describe`).
+    pub avatar: Option<String>,
 }
 
 /// `group_info`: a group's state after a `group` request.
@@ -313,6 +331,14 @@ pub struct GroupInfo {
     pub admins: Vec<String>,
     /// The seq of the group event this request stored (0 for `info`).
     pub seq: u64,
+    /// The owner (an admin).
+    pub owner: String,
+    /// The description.
+    pub description: String,
+    /// The avatar's URL (empty: none).
+    pub avatar: String,
+    /// Deleted by its owner.
+    pub deleted: bool,
 }
 
 /// A user's presence.
@@ -688,8 +714,9 @@ pub enum ServerFrame {
         /// True: typing; false: stopped (also sent when the typing expires).
         typing: bool,
     },
-    /// Reply to `group`: the group's state once the change is durable.
-    GroupInfo(GroupInfo),
+    /// Reply to `group`: the group's state once the change is durable (boxed: rare and
+    /// large, so every other frame stays small).
+    GroupInfo(Box<GroupInfo>),
     /// A member's cursors in a conversation: the peer's in a DM, or the user's own
     /// read cursor sent to their other devices.
     Receipt {
@@ -916,6 +943,9 @@ pub mod check {
         Ok(s)
     }
 
+    /// Longest group description, in bytes.
+    pub const MAX_DESCRIPTION: usize = 2048;
+
     /// Longest group name, in bytes.
     pub const MAX_GROUP_NAME: usize = 256;
 
@@ -924,8 +954,10 @@ pub mod check {
         if let Some(r) = &op.req_id {
             client_id("req_id", r)?;
         }
-        let needs_members =
-            matches!(op.action, GroupAction::Add | GroupAction::Remove | GroupAction::Promote | GroupAction::Demote);
+        let needs_members = matches!(
+            op.action,
+            GroupAction::Add | GroupAction::Remove | GroupAction::Promote | GroupAction::Demote | GroupAction::Transfer
+        );
         match (op.action, op.conv) {
             (GroupAction::Create, Some(_)) => {
                 return Err(DecodeError::BadValue { field: "conv", reason: "the server chooses a new group's id" })
@@ -936,6 +968,9 @@ pub mod check {
         }
         if needs_members && op.members.is_empty() {
             return Err(DecodeError::MissingField("members"));
+        }
+        if op.action == GroupAction::Transfer && op.members.len() != 1 {
+            return Err(DecodeError::BadValue { field: "members", reason: "transfer names exactly one new owner" });
         }
         if !matches!(op.action, GroupAction::Create) && !needs_members && !op.members.is_empty() {
             return Err(DecodeError::BadValue { field: "members", reason: "this action takes no members" });
@@ -956,6 +991,32 @@ pub mod check {
             }
             (Some(_), _) => return Err(DecodeError::BadValue { field: "name", reason: "this action takes no name" }),
             (None, _) => {}
+        }
+        let describes = matches!(op.action, GroupAction::Create | GroupAction::Describe);
+        if !describes && (op.description.is_some() || op.avatar.is_some()) {
+            return Err(DecodeError::BadValue {
+                field: "description",
+                reason: "this action takes no description or avatar",
+            });
+        }
+        if op.action == GroupAction::Describe && op.description.is_none() && op.avatar.is_none() {
+            return Err(DecodeError::MissingField("description"));
+        }
+        if let Some(d) = &op.description {
+            if d.len() > MAX_DESCRIPTION || d.chars().any(|c| c.is_control() && c != '\n') {
+                return Err(DecodeError::BadValue {
+                    field: "description",
+                    reason: "a description is at most 2,048 bytes without control characters but newlines",
+                });
+            }
+        }
+        if let Some(a) = op.avatar.as_deref().filter(|a| !a.is_empty()) {
+            if a.len() > MAX_URL || !a.starts_with("https://") || a.chars().any(char::is_control) {
+                return Err(DecodeError::BadValue {
+                    field: "avatar",
+                    reason: "an avatar is an https:// URL of at most 2,048 bytes (empty: none)",
+                });
+            }
         }
         Ok(op)
     }

@@ -57,6 +57,8 @@ enum JsonClient {
         name: Option<String>,
         #[serde(default)]
         members: Vec<String>,
+        description: Option<String>,
+        avatar: Option<String>,
     },
     Delivered {
         conv: Option<String>,
@@ -227,14 +229,15 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             let c = c.ok_or(DecodeError::MissingField("conv"))?;
             ClientFrame::Typing { conv: conv("conv", &c)?, typing: typing.unwrap_or(true) }
         }
-        JsonClient::Group { req_id, action, conv: c, name, members } => {
+        JsonClient::Group { req_id, action, conv: c, name, members, description, avatar } => {
             let action = action.ok_or(DecodeError::MissingField("action"))?;
             let action = GroupAction::from_name(&action).ok_or(DecodeError::BadValue {
                 field: "action",
-                reason: "action is create, add, remove, leave, rename, promote, demote or info",
+                reason:
+                    "action is create, add, remove, leave, rename, promote, demote, info, describe, transfer or delete",
             })?;
             let conv = c.map(|c| conv("conv", &c)).transpose()?;
-            ClientFrame::Group(check::group(GroupOp { req_id, action, conv, name, members })?)
+            ClientFrame::Group(check::group(GroupOp { req_id, action, conv, name, members, description, avatar })?)
         }
         JsonClient::Delivered { conv: c, seq } => {
             let (conv, seq) = cursor(c, seq)?;
@@ -314,6 +317,10 @@ enum JsonServer<'a> {
         members: &'a [String],
         admins: &'a [String],
         seq: u64,
+        owner: &'a str,
+        description: &'a str,
+        avatar: &'a str,
+        deleted: bool,
     },
     Receipt {
         conv: String,
@@ -558,6 +565,10 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             members: &i.members,
             admins: &i.admins,
             seq: i.seq,
+            owner: &i.owner,
+            description: &i.description,
+            avatar: &i.avatar,
+            deleted: i.deleted,
         },
     };
     // Serializing plain structs of strings and integers into a Vec cannot fail.
@@ -682,6 +693,12 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             }
             if !op.members.is_empty() {
                 v["members"] = op.members.clone().into();
+            }
+            if let Some(d) = &op.description {
+                v["description"] = d.as_str().into();
+            }
+            if let Some(a) = &op.avatar {
+                v["avatar"] = a.as_str().into();
             }
             v
         }
@@ -852,14 +869,18 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
             archived: v.get("archived").and_then(|x| x.as_bool()),
             pinned: v.get("pinned").and_then(|x| x.as_bool()),
         }),
-        "group_info" => ServerFrame::GroupInfo(GroupInfo {
+        "group_info" => ServerFrame::GroupInfo(Box::new(GroupInfo {
             req_id: v.get("req_id").and_then(|r| r.as_str()).map(str::to_owned),
             conv: conv("conv", s("conv")?)?,
             name: s("name")?.to_owned(),
             members: list("members")?,
             admins: list("admins")?,
             seq: u("seq")?,
-        }),
+            owner: s("owner")?.to_owned(),
+            description: s("description")?.to_owned(),
+            avatar: s("avatar")?.to_owned(),
+            deleted: b("deleted")?,
+        })),
         other => return Err(DecodeError::UnknownOp(other.to_owned())),
     })
 }

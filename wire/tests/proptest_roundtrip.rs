@@ -100,8 +100,9 @@ fn group_op() -> impl Strategy<Value = GroupOp> {
         conv(),
         proptest::option::of("[^\\p{Cc}]{0,40}"),
         vec(id(), 1..6),
+        ("[^\\p{Cc}]{0,40}", prop_oneof![Just(String::new()), Just("https://cdn.example/a.png".to_owned())]),
     )
-        .prop_map(|(i, req_id, conv, name, members)| {
+        .prop_map(|(i, req_id, conv, name, members, (description, avatar))| {
             let action = GroupAction::ALL[i];
             let takes_members = matches!(
                 action,
@@ -110,7 +111,9 @@ fn group_op() -> impl Strategy<Value = GroupOp> {
                     | GroupAction::Remove
                     | GroupAction::Promote
                     | GroupAction::Demote
+                    | GroupAction::Transfer
             );
+            let describes = matches!(action, GroupAction::Create | GroupAction::Describe);
             GroupOp {
                 req_id,
                 action,
@@ -120,7 +123,13 @@ fn group_op() -> impl Strategy<Value = GroupOp> {
                     GroupAction::Rename => Some(name.unwrap_or_default()),
                     _ => None,
                 },
-                members: if takes_members { members } else { Vec::new() },
+                members: match action {
+                    GroupAction::Transfer => members[..1].to_vec(),
+                    _ if takes_members => members,
+                    _ => Vec::new(),
+                },
+                description: describes.then_some(description),
+                avatar: describes.then_some(avatar),
             }
         })
 }
@@ -281,11 +290,24 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             updates: v.into_iter().map(|(user, state, last_seen)| PresenceUpdate { user, state, last_seen }).collect()
         }),
         (conv(), id(), any::<bool>()).prop_map(|(conv, from, typing)| ServerFrame::Typing { conv, from, typing }),
-        (proptest::option::of(id()), conv(), ".{0,40}", vec(id(), 0..6), vec(id(), 0..3), any::<u64>()).prop_map(
-            |(req_id, conv, name, members, admins, seq)| {
-                ServerFrame::GroupInfo(GroupInfo { req_id, conv, name, members, admins, seq })
-            }
-        ),
+        (
+            (proptest::option::of(id()), conv(), ".{0,40}", vec(id(), 0..6), vec(id(), 0..3), any::<u64>()),
+            (id(), ".{0,40}", ".{0,20}", any::<bool>())
+        )
+            .prop_map(|((req_id, conv, name, members, admins, seq), (owner, description, avatar, deleted))| {
+                ServerFrame::GroupInfo(Box::new(GroupInfo {
+                    req_id,
+                    conv,
+                    name,
+                    members,
+                    admins,
+                    seq,
+                    owner,
+                    description,
+                    avatar,
+                    deleted,
+                }))
+            }),
         (conv(), id(), any::<u64>(), any::<u64>()).prop_map(|(conv, user, delivered, read)| ServerFrame::Receipt {
             conv,
             user,

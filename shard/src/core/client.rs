@@ -154,7 +154,7 @@ impl Core {
                     None => ConvId(1 << 127 | self.ids.next(self.now) as u128),
                 };
                 let req = GroupReq { from, user: user.to_string(), device: self.device_of(id), conv, op };
-                self.route_to_conv_home(ConvReq::Group(req));
+                self.route_to_conv_home(ConvReq::Group(Box::new(req)));
             }
         }
     }

@@ -1,4 +1,13 @@
-//! Groups, at the group's home shard: create, add, remove, leave, rename, promote, demote.
+//! Groups, at the group's home shard: create, add, remove, leave, rename, promote,
+//! demote, describe, transfer, delete.
+//!
+//! Roles: one owner, admins (the owner is one), members. Admins add, remove, rename,
+//! promote, demote and describe (description, avatar); only the owner transfers
+//! ownership or deletes the group, and no one removes or demotes the owner. A group
+//! keeps exactly one owner: when the owner leaves, ownership passes to the first other
+//! admin by user id, or else to the first member by id (who becomes an admin). A
+//! deleted group takes no more messages or changes (`forbidden`); its members keep
+//! reading its history.
 //!
 //! A group is a conversation whose id has the top bit set, chosen by the shard that
 //! received the `create` (the bit, then that shard's next message id: unique on the
@@ -32,6 +41,15 @@ struct Event<'a> {
     /// The name (`create`, `rename`).
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
+    /// The description (`create`, `describe`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    /// The avatar (`create`, `describe`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avatar: Option<&'a str>,
+    /// The owner, when it changed (`transfer`, or the owner leaving).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
 }
 
 /// Why a request was refused.
@@ -43,6 +61,15 @@ fn not_member() -> Refusal {
 
 fn admins_only(action: GroupAction) -> Refusal {
     (ErrorCode::Forbidden, format!("only a group admin may {}", action.name()))
+}
+
+fn owner_only(action: GroupAction) -> Refusal {
+    (ErrorCode::Forbidden, format!("only the group's owner may {}", action.name()))
+}
+
+/// Refusal of anything but `info` in a deleted group.
+pub fn deleted() -> Refusal {
+    (ErrorCode::Forbidden, "the group was deleted".into())
 }
 
 fn too_many(max: usize) -> Refusal {
@@ -94,7 +121,14 @@ pub fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Optio
         }
         let all = members.iter().map(|m| m.to_string()).collect();
         c.members = members;
-        c.group = Some(GroupMeta { name: op.name.clone().unwrap_or_default(), admins: vec![user.into()] });
+        c.group = Some(GroupMeta {
+            name: op.name.clone().unwrap_or_default(),
+            admins: vec![user.into()],
+            owner: user.into(),
+            description: op.description.clone().unwrap_or_default(),
+            avatar: op.avatar.clone().unwrap_or_default(),
+            deleted: false,
+        });
         c.exists = true;
         return Ok(Some(Change { members: all, removed: Vec::new() }));
     }
@@ -102,16 +136,57 @@ pub fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Optio
     let Conv { members: list, group, .. } = c;
     let Some(g) = group.as_mut().filter(|_| is_member) else { return Err(not_member()) };
     let is_admin = g.admins.binary_search_by(|a| a.as_str().cmp(user)).is_ok();
+    let is_owner = g.owner == user;
     let has = |list: &[Box<str>], m: &str| list.binary_search_by(|x| (**x).cmp(m)).is_ok();
     let change =
         |members: Vec<String>, removed: Vec<String>| (!members.is_empty()).then_some(Change { members, removed });
     match op.action {
         GroupAction::Info => Ok(None),
+        _ if g.deleted => Err(deleted()),
         GroupAction::Leave => {
             sorted_remove(list, user);
+            if is_owner {
+                // Exactly one owner: the first other admin, else the first member.
+                sorted_remove(&mut g.admins, user);
+                let next = g.admins.first().cloned().or_else(|| list.first().map(|m| m.to_string()));
+                if let Some(next) = next {
+                    if let Err(i) = g.admins.binary_search(&next) {
+                        g.admins.insert(i, next.clone());
+                    }
+                    g.owner = next;
+                }
+            }
             Ok(change(vec![user.into()], vec![user.into()]))
         }
+        action @ (GroupAction::Transfer | GroupAction::Delete) if !is_owner => Err(owner_only(action)),
+        GroupAction::Transfer => {
+            let to = &op.members[0];
+            if !has(list, to) {
+                return Err((ErrorCode::BadValue, format!("{to} is not a member of this group")));
+            }
+            if *to == g.owner {
+                return Ok(None);
+            }
+            if let Err(i) = g.admins.binary_search(to) {
+                g.admins.insert(i, to.clone());
+            }
+            g.owner = to.clone();
+            Ok(change(vec![to.clone()], Vec::new()))
+        }
+        GroupAction::Delete => {
+            g.deleted = true;
+            Ok(Some(Change { members: Vec::new(), removed: Vec::new() }))
+        }
         action if !is_admin => Err(admins_only(action)),
+        GroupAction::Describe => {
+            if let Some(d) = &op.description {
+                g.description = d.clone();
+            }
+            if let Some(a) = &op.avatar {
+                g.avatar = a.clone();
+            }
+            Ok(Some(Change { members: Vec::new(), removed: Vec::new() }))
+        }
         GroupAction::Add => {
             let mut new: Vec<String> = op.members.iter().filter(|m| !has(list, m)).cloned().collect();
             new.sort();
@@ -125,6 +200,9 @@ pub fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Optio
             Ok(change(new, Vec::new()))
         }
         GroupAction::Remove => {
+            if op.members.contains(&g.owner) {
+                return Err((ErrorCode::Forbidden, "no one removes the group's owner".into()));
+            }
             let gone: Vec<String> = op.members.iter().filter(|m| sorted_remove(list, m)).cloned().collect();
             Ok(change(gone.clone(), gone))
         }
@@ -146,6 +224,9 @@ pub fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Optio
             Ok(change(new, Vec::new()))
         }
         GroupAction::Demote => {
+            if op.members.contains(&g.owner) {
+                return Err((ErrorCode::Forbidden, "the owner stays an admin (transfer ownership first)".into()));
+            }
             if g.admins.iter().all(|a| op.members.contains(a)) {
                 return Err((ErrorCode::Forbidden, "a group keeps at least one admin".into()));
             }
@@ -167,6 +248,7 @@ impl Core {
             return self.reply_error(req.from, code, msg, req.op.req_id);
         }
         let Some(c) = self.convs.ready(req.conv) else { return };
+        let owner_before = c.group.as_ref().map(|g| g.owner.clone()).unwrap_or_default();
         let change = match apply(c, &req.user, &req.op, max_members) {
             Err((code, msg)) => return self.reply_error(req.from, code, msg, req.op.req_id),
             Ok(change) => change,
@@ -195,14 +277,23 @@ impl Core {
             members: members.clone(),
             admins: g.admins.clone(),
             seq: 0,
+            owner: g.owner.clone(),
+            description: g.description.clone(),
+            avatar: g.avatar.clone(),
+            deleted: g.deleted,
         };
         let Some(ch) = change else {
-            return self.reply(req.from, ServerFrame::GroupInfo(info));
+            return self.reply(req.from, ServerFrame::GroupInfo(Box::new(info)));
         };
         let action = req.op.action;
         let name = matches!(action, GroupAction::Create | GroupAction::Rename).then_some(g.name.as_str());
-        let body = serde_json::to_vec(&Event { event: action.name(), by: &req.user, members: &ch.members, name })
-            .expect("JSON encoding of a group event is infallible");
+        let describes = matches!(action, GroupAction::Create | GroupAction::Describe);
+        let description = describes.then_some(g.description.as_str()).filter(|d| !d.is_empty());
+        let avatar = describes.then_some(g.avatar.as_str()).filter(|a| !a.is_empty());
+        let owner = (action != GroupAction::Create && g.owner != owner_before).then_some(g.owner.as_str());
+        let event =
+            Event { event: action.name(), by: &req.user, members: &ch.members, name, description, avatar, owner };
+        let body = serde_json::to_vec(&event).expect("JSON encoding of a group event is infallible");
         if action == GroupAction::Create {
             *created = now;
         }
@@ -249,6 +340,8 @@ mod tests {
             conv: None,
             name: Some("g".into()),
             members: members.iter().map(|m| m.to_string()).collect(),
+            description: None,
+            avatar: None,
         }
     }
 
@@ -276,5 +369,22 @@ mod tests {
             "no change, nothing stored"
         );
         assert_eq!(apply(&mut c, "alice", &op(GroupAction::Create, &[]), 10).unwrap_err().0, ErrorCode::BadValue);
+    }
+
+    #[test]
+    fn a_group_keeps_exactly_one_owner() {
+        let mut c = Conv::new(Vec::new(), 0, 8);
+        apply(&mut c, "ann", &op(GroupAction::Create, &["bob", "cat"]), 10).unwrap();
+        let owner = |c: &Conv| c.group.as_ref().map(|g| (g.owner.clone(), g.admins.clone())).unwrap();
+        // Leaving with no other admin: the first member by id takes over, as an admin.
+        apply(&mut c, "ann", &op(GroupAction::Leave, &[]), 10).unwrap();
+        assert_eq!(owner(&c), ("bob".into(), vec!["bob".into()]));
+        assert_eq!(apply(&mut c, "cat", &op(GroupAction::Transfer, &["cat"]), 10).unwrap_err().0, ErrorCode::Forbidden);
+        apply(&mut c, "bob", &op(GroupAction::Transfer, &["cat"]), 10).unwrap().unwrap();
+        assert_eq!(owner(&c), ("cat".into(), vec!["bob".into(), "cat".into()]));
+        assert_eq!(apply(&mut c, "bob", &op(GroupAction::Delete, &[]), 10).unwrap_err().0, ErrorCode::Forbidden);
+        apply(&mut c, "cat", &op(GroupAction::Delete, &[]), 10).unwrap().unwrap();
+        assert_eq!(apply(&mut c, "cat", &op(GroupAction::Rename, &[]), 10).unwrap_err(), deleted());
+        assert_eq!(apply(&mut c, "bob", &op(GroupAction::Info, &[]), 10).unwrap(), None);
     }
 }

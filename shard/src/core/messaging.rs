@@ -184,7 +184,7 @@ impl Core {
     fn handle(&mut self, conv: ConvId, w: ConvReq) {
         match w {
             ConvReq::Send(req) => self.accept_send(req),
-            ConvReq::Group(req) => self.accept_group(req),
+            ConvReq::Group(req) => self.accept_group(*req),
             ConvReq::History { from, user, req } => {
                 let member = self.convs.ready(conv).is_some_and(|c| c.exists && c.is_member(&user));
                 if !member {
@@ -234,6 +234,10 @@ impl Core {
             return self.reply_error(req.from, code, msg, Some(req.send.client_msg_id));
         }
         let key = dedupe_key(&req.user, &req.send.client_msg_id);
+        if c.group.as_ref().is_some_and(|g| g.deleted) && c.dedupe.get(key).is_none() {
+            let (code, msg) = super::groups::deleted();
+            return self.reply_error(req.from, code, msg, Some(req.send.client_msg_id));
+        }
         if let Some(a) = c.dedupe.get(key) {
             let ack = Ack {
                 client_msg_id: req.send.client_msg_id,
@@ -383,7 +387,7 @@ impl Core {
             let reply = match p.info {
                 Some(mut info) => {
                     info.seq = p.seq;
-                    ServerFrame::GroupInfo(info)
+                    ServerFrame::GroupInfo(Box::new(info))
                 }
                 None => ServerFrame::Ack(Ack {
                     client_msg_id: p.msg.client_msg_id.clone(),

@@ -125,8 +125,8 @@ pub enum ConnRoute {
 pub enum ConvReq {
     /// A new message.
     Send(SendReq),
-    /// A `group` request.
-    Group(GroupReq),
+    /// A `group` request (boxed: rare and large, so the routes of every message stay small).
+    Group(Box<GroupReq>),
     /// A history request (membership is checked at the home).
     History {
         /// The asking connection.

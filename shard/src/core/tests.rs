@@ -267,6 +267,8 @@ fn group_senders_get_coalesced_counts_and_members_pages() {
         conv: None,
         name: None,
         members: members.clone(),
+        description: None,
+        avatar: None,
     };
     s.send(owner, ClientFrame::Group(op));
     let conv = s

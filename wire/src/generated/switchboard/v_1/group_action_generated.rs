@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_GROUP_ACTION: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_GROUP_ACTION: u8 = 7;
+pub const ENUM_MAX_GROUP_ACTION: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_GROUP_ACTION: [GroupAction; 8] = [
+pub const ENUM_VALUES_GROUP_ACTION: [GroupAction; 11] = [
   GroupAction::Create,
   GroupAction::Add,
   GroupAction::Remove,
@@ -17,6 +17,9 @@ pub const ENUM_VALUES_GROUP_ACTION: [GroupAction; 8] = [
   GroupAction::Promote,
   GroupAction::Demote,
   GroupAction::Info,
+  GroupAction::Describe,
+  GroupAction::Transfer,
+  GroupAction::Delete,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -32,9 +35,12 @@ impl GroupAction {
   pub const Promote: Self = Self(5);
   pub const Demote: Self = Self(6);
   pub const Info: Self = Self(7);
+  pub const Describe: Self = Self(8);
+  pub const Transfer: Self = Self(9);
+  pub const Delete: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Create,
     Self::Add,
@@ -44,6 +50,9 @@ impl GroupAction {
     Self::Promote,
     Self::Demote,
     Self::Info,
+    Self::Describe,
+    Self::Transfer,
+    Self::Delete,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -56,6 +65,9 @@ impl GroupAction {
       Self::Promote => Some("Promote"),
       Self::Demote => Some("Demote"),
       Self::Info => Some("Info"),
+      Self::Describe => Some("Describe"),
+      Self::Transfer => Some("Transfer"),
+      Self::Delete => Some("Delete"),
       _ => None,
     }
   }

@@ -25,6 +25,10 @@ impl<'a> GroupInfo<'a> {
   pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 10;
   pub const VT_ADMINS: ::flatbuffers::VOffsetT = 12;
   pub const VT_SEQ: ::flatbuffers::VOffsetT = 14;
+  pub const VT_OWNER: ::flatbuffers::VOffsetT = 16;
+  pub const VT_DESCRIPTION: ::flatbuffers::VOffsetT = 18;
+  pub const VT_AVATAR: ::flatbuffers::VOffsetT = 20;
+  pub const VT_DELETED: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -37,11 +41,15 @@ impl<'a> GroupInfo<'a> {
   ) -> ::flatbuffers::WIPOffset<GroupInfo<'bldr>> {
     let mut builder = GroupInfoBuilder::new(_fbb);
     builder.add_seq(args.seq);
+    if let Some(x) = args.avatar { builder.add_avatar(x); }
+    if let Some(x) = args.description { builder.add_description(x); }
+    if let Some(x) = args.owner { builder.add_owner(x); }
     if let Some(x) = args.admins { builder.add_admins(x); }
     if let Some(x) = args.members { builder.add_members(x); }
     if let Some(x) = args.name { builder.add_name(x); }
     if let Some(x) = args.conv { builder.add_conv(x); }
     if let Some(x) = args.req_id { builder.add_req_id(x); }
+    builder.add_deleted(args.deleted);
     builder.finish()
   }
 
@@ -88,6 +96,34 @@ impl<'a> GroupInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(GroupInfo::VT_SEQ, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn owner(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupInfo::VT_OWNER, None)}
+  }
+  #[inline]
+  pub fn description(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupInfo::VT_DESCRIPTION, None)}
+  }
+  #[inline]
+  pub fn avatar(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupInfo::VT_AVATAR, None)}
+  }
+  #[inline]
+  pub fn deleted(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(GroupInfo::VT_DELETED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GroupInfo<'_> {
@@ -102,6 +138,10 @@ impl ::flatbuffers::Verifiable for GroupInfo<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("members", Self::VT_MEMBERS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("admins", Self::VT_ADMINS, false)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("owner", Self::VT_OWNER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("description", Self::VT_DESCRIPTION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("avatar", Self::VT_AVATAR, false)?
+     .visit_field::<bool>("deleted", Self::VT_DELETED, false)?
      .finish();
     Ok(())
   }
@@ -113,6 +153,10 @@ pub struct GroupInfoArgs<'a> {
     pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
     pub admins: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
     pub seq: u64,
+    pub owner: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub description: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub avatar: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub deleted: bool,
 }
 impl<'a> Default for GroupInfoArgs<'a> {
   #[inline]
@@ -124,6 +168,10 @@ impl<'a> Default for GroupInfoArgs<'a> {
       members: None,
       admins: None,
       seq: 0,
+      owner: None,
+      description: None,
+      avatar: None,
+      deleted: false,
     }
   }
 }
@@ -158,6 +206,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupInfoBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(GroupInfo::VT_SEQ, seq, 0);
   }
   #[inline]
+  pub fn add_owner(&mut self, owner: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupInfo::VT_OWNER, owner);
+  }
+  #[inline]
+  pub fn add_description(&mut self, description: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupInfo::VT_DESCRIPTION, description);
+  }
+  #[inline]
+  pub fn add_avatar(&mut self, avatar: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupInfo::VT_AVATAR, avatar);
+  }
+  #[inline]
+  pub fn add_deleted(&mut self, deleted: bool) {
+    self.fbb_.push_slot::<bool>(GroupInfo::VT_DELETED, deleted, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     GroupInfoBuilder {
@@ -181,6 +245,10 @@ impl ::core::fmt::Debug for GroupInfo<'_> {
       ds.field("members", &self.members());
       ds.field("admins", &self.admins());
       ds.field("seq", &self.seq());
+      ds.field("owner", &self.owner());
+      ds.field("description", &self.description());
+      ds.field("avatar", &self.avatar());
+      ds.field("deleted", &self.deleted());
       ds.finish()
   }
 }

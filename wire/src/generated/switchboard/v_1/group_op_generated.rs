@@ -24,6 +24,8 @@ impl<'a> GroupOp<'a> {
   pub const VT_CONV: ::flatbuffers::VOffsetT = 8;
   pub const VT_NAME: ::flatbuffers::VOffsetT = 10;
   pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_DESCRIPTION: ::flatbuffers::VOffsetT = 14;
+  pub const VT_AVATAR: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -35,6 +37,8 @@ impl<'a> GroupOp<'a> {
     args: &'args GroupOpArgs<'args>
   ) -> ::flatbuffers::WIPOffset<GroupOp<'bldr>> {
     let mut builder = GroupOpBuilder::new(_fbb);
+    if let Some(x) = args.avatar { builder.add_avatar(x); }
+    if let Some(x) = args.description { builder.add_description(x); }
     if let Some(x) = args.members { builder.add_members(x); }
     if let Some(x) = args.name { builder.add_name(x); }
     if let Some(x) = args.conv { builder.add_conv(x); }
@@ -79,6 +83,21 @@ impl<'a> GroupOp<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(GroupOp::VT_MEMBERS, None)}
   }
+  #[inline]
+  pub fn description(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupOp::VT_DESCRIPTION, None)}
+  }
+  /// An https:// URL; empty: remove.
+  #[inline]
+  pub fn avatar(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupOp::VT_AVATAR, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GroupOp<'_> {
@@ -92,6 +111,8 @@ impl ::flatbuffers::Verifiable for GroupOp<'_> {
      .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("description", Self::VT_DESCRIPTION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("avatar", Self::VT_AVATAR, false)?
      .finish();
     Ok(())
   }
@@ -102,6 +123,8 @@ pub struct GroupOpArgs<'a> {
     pub conv: Option<&'a ConvId>,
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub description: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub avatar: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for GroupOpArgs<'a> {
   #[inline]
@@ -112,6 +135,8 @@ impl<'a> Default for GroupOpArgs<'a> {
       conv: None,
       name: None,
       members: None,
+      description: None,
+      avatar: None,
     }
   }
 }
@@ -142,6 +167,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupOpBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupOp::VT_MEMBERS, members);
   }
   #[inline]
+  pub fn add_description(&mut self, description: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupOp::VT_DESCRIPTION, description);
+  }
+  #[inline]
+  pub fn add_avatar(&mut self, avatar: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupOp::VT_AVATAR, avatar);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupOpBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     GroupOpBuilder {
@@ -164,6 +197,8 @@ impl ::core::fmt::Debug for GroupOp<'_> {
       ds.field("conv", &self.conv());
       ds.field("name", &self.name());
       ds.field("members", &self.members());
+      ds.field("description", &self.description());
+      ds.field("avatar", &self.avatar());
       ds.finish()
   }
 }

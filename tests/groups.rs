@@ -185,18 +185,26 @@ fn only_admins_change_a_group_and_removed_members_lose_access() {
         ServerFrame::Error(e) => assert_eq!(e.code, ErrorCode::NotMember),
         other => panic!("expected not_member, got {other:?}"),
     }
-    // The group is gone from carol's sync; dave's sync still has it.
+    // Carol's sync and history end at her removal (seq 4); dave's go on.
     alice.send(&send_conv(g, "a1", "after carol"));
     let _ack = alice.recv();
     assert_eq!(expect_msg(&mut dave).seq, 5);
     assert_eq!(expect_msg(&mut bob).seq, 5);
     carol.send(&ClientFrame::Hello { sync: vec![] });
+    let mut synced_to = 0;
     loop {
         match carol.recv() {
-            ServerFrame::SyncPage(p) => assert_ne!(p.conv, g, "a removed member does not sync the group"),
+            ServerFrame::SyncPage(p) if p.conv == g => synced_to = p.messages.iter().map(|m| m.seq).max().unwrap_or(0),
+            ServerFrame::SyncPage(_) => {}
             ServerFrame::Synced { .. } => break,
             other => panic!("unexpected {other:?}"),
         }
+    }
+    assert_eq!(synced_to, 4, "a removed member syncs up to the removal, nothing after");
+    carol.send(&ClientFrame::History(wire::frame::History { req_id: None, conv: g, before_seq: None, limit: None }));
+    match carol.recv() {
+        ServerFrame::HistoryPage(p) => assert_eq!(p.messages.last().map(|m| m.seq), Some(4)),
+        other => panic!("expected her history up to the removal, got {other:?}"),
     }
 
     // Demoting every admin is refused; when the last admin leaves, a member takes over.

@@ -161,9 +161,11 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
     assert_eq!(got, vec![(3, "bob".into(), "🎉".into()), (3, "carol".into(), "❤️".into())]);
     assert!(s.reactions(b, 0, u64::MAX).unwrap().is_empty());
     // A page carries counts per emoji and the viewer's own.
-    let page =
-        crate::read::execute(&*s, &crate::read::ReadReq::Page { conv: a, before: 4, limit: 1, viewer: "carol".into() })
-            .unwrap();
+    let page = crate::read::execute(
+        &*s,
+        &crate::read::ReadReq::Page { conv: a, after: 0, before: 4, limit: 1, viewer: "carol".into() },
+    )
+    .unwrap();
     let crate::read::ReadDone::Page(page) = page else { panic!("a page") };
     let ext = page.messages[0].1.ext.as_ref().unwrap();
     assert_eq!(ext.reactions.len(), 2);
@@ -173,4 +175,40 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
     edited.body = b"edited".to_vec();
     s.commit(&[Write::Message { conv: a, seq: 5, msg: edited.clone().into() }]).unwrap();
     assert_eq!(s.newest(a, 4, 6, 5).unwrap().messages, vec![(5, edited)]);
+
+    // Member rows: one per change, listed per group, indexing the group under the user.
+    use crate::model::MemberRow;
+    let h = ConvId(1 << 127 | 9);
+    let row = |joined, left| MemberRow { joined, left };
+    s.commit(&[
+        Write::Member { conv: h, user: "dan".into(), row: row(0, 0) },
+        Write::Member { conv: h, user: "eve".into(), row: row(5, 0) },
+    ])
+    .unwrap();
+    s.commit(&[Write::Member { conv: h, user: "eve".into(), row: row(5, 9) }]).unwrap();
+    assert_eq!(s.members(h).unwrap(), vec![("dan".into(), row(0, 0)), ("eve".into(), row(5, 9))]);
+    assert_eq!(s.member(h, "eve").unwrap(), Some(row(5, 9)));
+    assert_eq!(s.member(h, "ev").unwrap(), None);
+    assert!(s.user_convs("eve").unwrap().contains(&h), "a former member keeps the group for sync");
+    assert_eq!(row(5, 9).clamp(0, u64::MAX), (4, 10));
+    assert_eq!(row(5, 0).clamp(7, 20), (7, 20));
+
+    // A group's last message is one record per partition, joined into each member's
+    // entry; a member who left keeps their own.
+    use crate::model::InboxLast;
+    let gl =
+        |seq| InboxLast { seq, ts: seq, from: "dan".into(), group: true, title: "G".into(), ..InboxLast::default() };
+    s.commit(&[
+        part("fay", h, 1, InboxValue::Joined(1)),
+        part("gus", h, 1, InboxValue::Joined(1)),
+        part("gus", h, 2, InboxValue::Left(3)),
+        part("gus", h, 2, InboxValue::Last(gl(3).into())),
+        Write::GroupLast { conv: h, at: 5, last: gl(7).into() },
+    ])
+    .unwrap();
+    let fay = s.inbox("fay").unwrap();
+    assert_eq!((fay[0].last.as_ref().map(|l| l.seq), fay[0].changed), (Some(7), 5));
+    let gus = s.inbox("gus").unwrap();
+    assert_eq!((gus[0].last.as_ref().map(|l| l.seq), gus[0].left), (Some(3), 3));
+    assert_eq!(s.group_last(h).unwrap().map(|(at, l)| (at, l.seq)), Some((5, 7)));
 }

@@ -11,6 +11,10 @@
 //! - `users`: `user` -> postcard [`UserRecord`] (last seen, privacy).
 //! - `cursors`: `conv ++ user` -> delivered and read seqs and a private flag (17 bytes),
 //!   a member's receipts.
+//! - `members`: `conv ++ user` -> postcard [`MemberRow`], a group's current and former
+//!   members (one row per change: adding one member to a large group writes one row).
+//! - `group_last`: `conv` -> postcard `(at, InboxLast)`, a group's newest message as its
+//!   members' lists on this partition show it (one record per group per partition).
 //! - `reactions`: `conv ++ seq ++ user` -> the emoji (UTF-8), one per member per message.
 //! - `inbox`: `user ++ 0xFF ++ conv ++ tag` -> postcard `(at, InboxValue)`, one record per
 //!   part of a user's conversation-list entry (last message, read, own, muted, archived,
@@ -26,7 +30,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use wire::frame::ConvId;
 
 use crate::model::{
-    dedupe_key, ConvMeta, CursorRecord, DedupeEntry, InboxEntry, InboxValue, StoredMessage, Tail, UserRecord, Write,
+    dedupe_key, is_group, ConvMeta, CursorRecord, DedupeEntry, InboxEntry, InboxLast, InboxValue, MemberRow,
+    StoredMessage, Tail, UserRecord, Write,
 };
 use crate::{Slice, Store, StoreError};
 
@@ -41,6 +46,8 @@ pub struct EmbeddedStore {
     cursors: Keyspace,
     inbox: Keyspace,
     reactions: Keyspace,
+    members: Keyspace,
+    group_last: Keyspace,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -77,7 +84,9 @@ impl EmbeddedStore {
         let cursors = db.keyspace("cursors", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let inbox = db.keyspace("inbox", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let reactions = db.keyspace("reactions", KeyspaceCreateOptions::default).map_err(unavailable)?;
-        Ok(EmbeddedStore { db, msgs, convs, user_convs, dedupe, users, cursors, inbox, reactions })
+        let members = db.keyspace("members", KeyspaceCreateOptions::default).map_err(unavailable)?;
+        let group_last = db.keyspace("group_last", KeyspaceCreateOptions::default).map_err(unavailable)?;
+        Ok(EmbeddedStore { db, msgs, convs, user_convs, dedupe, users, cursors, inbox, reactions, members, group_last })
     }
 }
 
@@ -125,6 +134,18 @@ impl EmbeddedStore {
                     v[8..16].copy_from_slice(&cursor.read.to_be_bytes());
                     v[16] = u8::from(cursor.private);
                     batch.insert(&self.cursors, k, v.to_vec());
+                }
+                Write::GroupLast { conv, at, last } => {
+                    let v = postcard::to_allocvec(&(*at, last)).map_err(corrupt)?;
+                    batch.insert(&self.group_last, conv.to_be_bytes().to_vec(), v);
+                }
+                Write::Member { conv, user, row } => {
+                    let mut k = user_prefix(user);
+                    k.extend_from_slice(&conv.to_be_bytes());
+                    batch.insert(&self.user_convs, k, Vec::new());
+                    let mut k = conv.to_be_bytes().to_vec();
+                    k.extend_from_slice(user.as_bytes());
+                    batch.insert(&self.members, k, postcard::to_allocvec(row).map_err(corrupt)?);
                 }
                 Write::Reaction { conv, seq, user, emoji } => {
                     let mut k = msg_key(*conv, *seq).to_vec();
@@ -223,6 +244,27 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    fn members(&self, conv: ConvId) -> Result<Vec<(String, MemberRow)>, StoreError> {
+        let prefix = conv.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.members.prefix(prefix) {
+            let (k, v) = item.into_inner().map_err(unavailable)?;
+            let user =
+                k.get(16..).and_then(|u| std::str::from_utf8(u).ok()).ok_or_else(|| corrupt("bad members key"))?;
+            out.push((user.to_owned(), postcard::from_bytes(&v).map_err(corrupt)?));
+        }
+        Ok(out)
+    }
+
+    fn member(&self, conv: ConvId, user: &str) -> Result<Option<MemberRow>, StoreError> {
+        let mut k = conv.to_be_bytes().to_vec();
+        k.extend_from_slice(user.as_bytes());
+        match self.members.get(k).map_err(unavailable)? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v).map(Some).map_err(corrupt),
+        }
+    }
+
     fn reactions(&self, conv: ConvId, lo: u64, hi: u64) -> Result<Vec<(u64, String, String)>, StoreError> {
         let (from, to) = (msg_key(conv, lo), msg_key(conv, hi.saturating_add(1)));
         let mut out = Vec::new();
@@ -235,6 +277,13 @@ impl Store for EmbeddedStore {
             out.push((seq, user.to_owned(), emoji));
         }
         Ok(out)
+    }
+
+    fn group_last(&self, conv: ConvId) -> Result<Option<(u64, InboxLast)>, StoreError> {
+        match self.group_last.get(conv.to_be_bytes()).map_err(unavailable)? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v).map(Some).map_err(corrupt),
+        }
     }
 
     fn inbox(&self, user: &str) -> Result<Vec<InboxEntry>, StoreError> {
@@ -253,6 +302,11 @@ impl Store for EmbeddedStore {
             }
             if let Some(e) = out.last_mut() {
                 e.apply(at, value);
+            }
+        }
+        for e in out.iter_mut().filter(|e| is_group(e.conv) && e.in_group()) {
+            if let Some((at, last)) = self.group_last(e.conv)? {
+                e.with_group_last(at, &last);
             }
         }
         Ok(out)

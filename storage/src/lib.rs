@@ -95,9 +95,19 @@ pub trait Store: Send + Sync + 'static {
     /// What the user's home keeps about `user` (default when never written).
     fn user_record(&self, user: &str) -> Result<model::UserRecord, StoreError>;
 
+    /// A group's member rows (current and former members), by user id.
+    fn members(&self, conv: ConvId) -> Result<Vec<(String, model::MemberRow)>, StoreError>;
+
+    /// One member row of a group, if the user ever was a member (by row).
+    fn member(&self, conv: ConvId, user: &str) -> Result<Option<model::MemberRow>, StoreError>;
+
     /// Reactions to messages `lo..=hi` of a conversation: `(seq, user, emoji)`, by seq.
     fn reactions(&self, conv: ConvId, lo: u64, hi: u64) -> Result<Vec<(u64, String, String)>, StoreError>;
 
-    /// The user's conversation-list entries (at the user's home), ordered by conversation.
+    /// A group's last message as recorded on this partition.
+    fn group_last(&self, conv: ConvId) -> Result<Option<(u64, model::InboxLast)>, StoreError>;
+
+    /// The user's conversation-list entries (at the user's home), ordered by conversation
+    /// (groups the user is in carry the group's last message, see [`Store::group_last`]).
     fn inbox(&self, user: &str) -> Result<Vec<model::InboxEntry>, StoreError>;
 }

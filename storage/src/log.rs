@@ -35,7 +35,9 @@ use wire::frame::ConvId;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::model::disk::ConvMetaV1;
-use crate::model::{ConvMeta, CursorRecord, InboxValue, StoredMessage, StoredMessageV1, UserRecord, Write};
+use crate::model::{
+    ConvMeta, CursorRecord, InboxValue, LastOf, MemberRow, StoredMessage, StoredMessageV1, UserRecord, Write,
+};
 use crate::{Store, StoreError};
 
 /// The log file's name inside a partition directory.
@@ -106,6 +108,16 @@ enum LogWrite<'a> {
         conv: u128,
         meta: &'a ConvMeta,
     },
+    Member {
+        conv: u128,
+        user: &'a str,
+        row: MemberRow,
+    },
+    GroupLast {
+        conv: u128,
+        at: u64,
+        last: &'a LastOf,
+    },
 }
 
 /// What a write is read back as; the same encoding as [`LogWrite`].
@@ -120,6 +132,8 @@ enum OwnedLogWrite {
     Message2 { conv: u128, seq: u64, msg: StoredMessage },
     Reaction { conv: u128, seq: u64, user: String, emoji: String },
     Conv2 { conv: u128, meta: ConvMeta },
+    Member { conv: u128, user: String, row: MemberRow },
+    GroupLast { conv: u128, at: u64, last: LastOf },
 }
 
 impl<'a> From<&'a Write> for LogWrite<'a> {
@@ -132,6 +146,8 @@ impl<'a> From<&'a Write> for LogWrite<'a> {
             Write::Cursor { conv, user, cursor } => LogWrite::Cursor { conv: conv.0, user, cursor: *cursor },
             Write::Inbox { user, conv, at, value } => LogWrite::Inbox { user, conv: conv.0, at: *at, value },
             Write::Reaction { conv, seq, user, emoji } => LogWrite::Reaction { conv: conv.0, seq: *seq, user, emoji },
+            Write::Member { conv, user, row } => LogWrite::Member { conv: conv.0, user, row: *row },
+            Write::GroupLast { conv, at, last } => LogWrite::GroupLast { conv: conv.0, at: *at, last },
         }
     }
 }
@@ -141,6 +157,8 @@ impl From<OwnedLogWrite> for Write {
         match w {
             OwnedLogWrite::Conv { conv, meta } => Write::Conv { conv: ConvId(conv), meta: meta.into() },
             OwnedLogWrite::Conv2 { conv, meta } => Write::Conv { conv: ConvId(conv), meta },
+            OwnedLogWrite::Member { conv, user, row } => Write::Member { conv: ConvId(conv), user, row },
+            OwnedLogWrite::GroupLast { conv, at, last } => Write::GroupLast { conv: ConvId(conv), at, last },
             OwnedLogWrite::Unindex { conv, user } => Write::Unindex { conv: ConvId(conv), user },
             OwnedLogWrite::Message { conv, seq, msg } => {
                 Write::Message { conv: ConvId(conv), seq, msg: StoredMessage::from(msg).into() }

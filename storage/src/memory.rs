@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use wire::frame::ConvId;
 
 use crate::model::{
-    dedupe_key, ConvMeta, CursorRecord, DedupeEntry, InboxEntry, InboxValue, StoredMessage, Tail, UserRecord, Write,
+    dedupe_key, is_group, ConvMeta, CursorRecord, DedupeEntry, InboxEntry, InboxLast, InboxValue, MemberRow,
+    StoredMessage, Tail, UserRecord, Write,
 };
 use crate::{Slice, Store, StoreError};
 
@@ -21,6 +22,8 @@ struct Data {
     cursors: BTreeMap<(ConvId, String), CursorRecord>,
     inbox: BTreeMap<(String, ConvId, u8), (u64, InboxValue)>,
     reactions: BTreeMap<(ConvId, u64, String), String>,
+    members: BTreeMap<(ConvId, String), MemberRow>,
+    group_last: HashMap<ConvId, (u64, InboxLast)>,
 }
 
 /// One partition in memory.
@@ -74,6 +77,13 @@ impl Store for MemStore {
                 }
                 Write::Cursor { conv, user, cursor } => {
                     next.cursors.insert((*conv, user.clone()), *cursor);
+                }
+                Write::GroupLast { conv, at, last } => {
+                    next.group_last.insert(*conv, (*at, last.to_owned()));
+                }
+                Write::Member { conv, user, row } => {
+                    next.user_convs.insert((user.clone(), *conv));
+                    next.members.insert((*conv, user.clone()), *row);
                 }
                 Write::Reaction { conv, seq, user, emoji } => {
                     let k = (*conv, *seq, user.clone());
@@ -140,10 +150,27 @@ impl Store for MemStore {
         Ok(d.cursors.iter().filter(|((c, _), _)| *c == conv).map(|((_, u), r)| (u.clone(), *r)).collect())
     }
 
+    fn members(&self, conv: ConvId) -> Result<Vec<(String, MemberRow)>, StoreError> {
+        let d = self.data();
+        Ok(d.members
+            .range((conv, String::new())..)
+            .take_while(|((c, _), _)| *c == conv)
+            .map(|((_, u), r)| (u.clone(), *r))
+            .collect())
+    }
+
+    fn member(&self, conv: ConvId, user: &str) -> Result<Option<MemberRow>, StoreError> {
+        Ok(self.data().members.get(&(conv, user.to_owned())).copied())
+    }
+
     fn reactions(&self, conv: ConvId, lo: u64, hi: u64) -> Result<Vec<(u64, String, String)>, StoreError> {
         let d = self.data();
         let range = d.reactions.range((conv, lo, String::new())..).take_while(|((c, s, _), _)| *c == conv && *s <= hi);
         Ok(range.map(|((_, s, u), e)| (*s, u.clone(), e.clone())).collect())
+    }
+
+    fn group_last(&self, conv: ConvId) -> Result<Option<(u64, InboxLast)>, StoreError> {
+        Ok(self.data().group_last.get(&conv).cloned())
     }
 
     fn inbox(&self, user: &str) -> Result<Vec<InboxEntry>, StoreError> {
@@ -158,6 +185,11 @@ impl Store for MemStore {
             }
             if let Some(e) = out.last_mut() {
                 e.apply(*at, v.clone());
+            }
+        }
+        for e in out.iter_mut().filter(|e| is_group(e.conv)) {
+            if let Some((at, last)) = d.group_last.get(&e.conv) {
+                e.with_group_last(*at, last);
             }
         }
         Ok(out)
@@ -213,6 +245,22 @@ mod tests {
         }
         fn inbox(&self, u: &str) -> Result<Vec<crate::model::InboxEntry>, crate::StoreError> {
             self.0.inbox(u)
+        }
+        fn members(&self, c: wire::frame::ConvId) -> Result<Vec<(String, crate::model::MemberRow)>, crate::StoreError> {
+            self.0.members(c)
+        }
+        fn member(
+            &self,
+            c: wire::frame::ConvId,
+            u: &str,
+        ) -> Result<Option<crate::model::MemberRow>, crate::StoreError> {
+            self.0.member(c, u)
+        }
+        fn group_last(
+            &self,
+            c: wire::frame::ConvId,
+        ) -> Result<Option<(u64, crate::model::InboxLast)>, crate::StoreError> {
+            self.0.group_last(c)
         }
         fn reactions(
             &self,

@@ -272,6 +272,27 @@ pub enum Write {
         /// What changed.
         value: InboxValue,
     },
+    /// A group member's row: when they joined and (if they did) left. Also indexes the
+    /// group under the user (a former member keeps it: their sync ends where they left).
+    Member {
+        /// The group.
+        conv: ConvId,
+        /// The member.
+        user: String,
+        /// Joined and left.
+        row: MemberRow,
+    },
+    /// A group's newest message as its members' lists show it, once per partition (at
+    /// each member's home shard): a group message updates one record per shard, not one
+    /// per member.
+    GroupLast {
+        /// The group.
+        conv: ConvId,
+        /// When the home recorded it (ms).
+        at: u64,
+        /// The message, as lists show it.
+        last: LastOf,
+    },
     /// A member's reaction to a message (empty `emoji`: removed).
     Reaction {
         /// The conversation.
@@ -331,6 +352,12 @@ pub enum InboxPart {
     Archived(bool),
     /// Pinned.
     Pinned(bool),
+    /// The user joined the group at this seq (a group's entry exists from then on; its
+    /// last message is the group's, shared by its members on the partition).
+    Joined(u64),
+    /// The user left the group at this seq (their entry keeps its own last message: the
+    /// event that removed them).
+    Left(u64),
 }
 
 /// Longest preview kept of a message body, in bytes.
@@ -357,11 +384,146 @@ pub struct InboxLast {
     pub members: u32,
 }
 
+impl InboxLast {
+    /// Message `seq` as `user`'s list shows it (see [`LastOf::shared`]).
+    pub fn of(seq: u64, msg: &StoredMessage, summary: &ConvSummary, user: &str) -> InboxLast {
+        LastOf::shared(seq, msg.clone().into(), summary.clone().into(), user).to_owned()
+    }
+}
+
+/// The same fields as [`InboxLast`], borrowed: what a shared [`LastOf`] is encoded as.
+#[derive(Serialize)]
+struct InboxLastRef<'a> {
+    seq: u64,
+    ts: u64,
+    from: &'a str,
+    kind: u8,
+    preview: &'a str,
+    group: bool,
+    title: &'a str,
+    members: u32,
+}
+
+/// A conversation's last message for a list: owned (as read back), or still shared
+/// with the delivered message it came from (as written: encoded without a copy).
+#[derive(Debug, Clone)]
+pub enum LastOf {
+    /// Read back.
+    Owned(InboxLast),
+    /// Being written.
+    Shared {
+        /// Its seq.
+        seq: u64,
+        /// The message.
+        msg: std::sync::Arc<StoredMessage>,
+        /// The conversation as of it.
+        summary: std::sync::Arc<ConvSummary>,
+        /// For a DM: which of `summary.pair` is the title (the other member).
+        peer: u8,
+    },
+}
+
+impl LastOf {
+    /// Message `seq` as `user`'s list shows it: the body reduced to its preview (text
+    /// and events; none for data), the title resolved (a DM's is the other member; a
+    /// group's, its name).
+    pub fn shared(
+        seq: u64,
+        msg: std::sync::Arc<StoredMessage>,
+        summary: std::sync::Arc<ConvSummary>,
+        user: &str,
+    ) -> LastOf {
+        let peer = summary.pair.iter().position(|m| m != user).unwrap_or(0) as u8;
+        LastOf::Shared { seq, msg, summary, peer }
+    }
+
+    fn as_ref(&self) -> InboxLastRef<'_> {
+        match self {
+            LastOf::Owned(l) => InboxLastRef {
+                seq: l.seq,
+                ts: l.ts,
+                from: &l.from,
+                kind: l.kind,
+                preview: &l.preview,
+                group: l.group,
+                title: &l.title,
+                members: l.members,
+            },
+            LastOf::Shared { seq, msg, summary, peer } => {
+                let text = match wire::frame::MsgKind::from_tag(msg.kind) {
+                    Some(wire::frame::MsgKind::Data) | None => "",
+                    _ => std::str::from_utf8(&msg.body).unwrap_or(""),
+                };
+                let mut cut = text.len().min(PREVIEW_BYTES);
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let title = if summary.group {
+                    &summary.name
+                } else {
+                    summary.pair.get(*peer as usize).map_or("", String::as_str)
+                };
+                InboxLastRef {
+                    seq: *seq,
+                    ts: msg.ts,
+                    from: &msg.from,
+                    kind: msg.kind,
+                    preview: &text[..cut],
+                    group: summary.group,
+                    title,
+                    members: summary.members,
+                }
+            }
+        }
+    }
+
+    /// The owned form.
+    pub fn to_owned(&self) -> InboxLast {
+        let r = self.as_ref();
+        InboxLast {
+            seq: r.seq,
+            ts: r.ts,
+            from: r.from.to_owned(),
+            kind: r.kind,
+            preview: r.preview.to_owned(),
+            group: r.group,
+            title: r.title.to_owned(),
+            members: r.members,
+        }
+    }
+}
+
+impl From<InboxLast> for LastOf {
+    fn from(l: InboxLast) -> LastOf {
+        LastOf::Owned(l)
+    }
+}
+
+impl PartialEq for LastOf {
+    fn eq(&self, other: &LastOf) -> bool {
+        self.to_owned() == other.to_owned()
+    }
+}
+
+impl Eq for LastOf {}
+
+impl Serialize for LastOf {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.as_ref().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LastOf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LastOf, D::Error> {
+        InboxLast::deserialize(d).map(LastOf::Owned)
+    }
+}
+
 /// One stored part of a user's entry (what [`InboxPart`] is stored as).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InboxValue {
     /// See [`InboxPart::Last`].
-    Last(InboxLast),
+    Last(LastOf),
     /// See [`InboxPart::Read`].
     Read(u64),
     /// See [`InboxPart::Own`].
@@ -372,6 +534,10 @@ pub enum InboxValue {
     Archived(bool),
     /// See [`InboxPart::Pinned`].
     Pinned(bool),
+    /// See [`InboxPart::Joined`].
+    Joined(u64),
+    /// See [`InboxPart::Left`].
+    Left(u64),
 }
 
 impl InboxValue {
@@ -384,6 +550,8 @@ impl InboxValue {
             InboxValue::Muted(_) => 3,
             InboxValue::Archived(_) => 4,
             InboxValue::Pinned(_) => 5,
+            InboxValue::Joined(_) => 6,
+            InboxValue::Left(_) => 7,
         }
     }
 }
@@ -394,35 +562,15 @@ impl InboxPart {
     pub fn value(&self, user: &str) -> InboxValue {
         match self {
             InboxPart::Last { seq, msg, summary } => {
-                let text = match wire::frame::MsgKind::from_tag(msg.kind) {
-                    Some(wire::frame::MsgKind::Data) | None => "",
-                    _ => std::str::from_utf8(&msg.body).unwrap_or(""),
-                };
-                let mut cut = text.len().min(PREVIEW_BYTES);
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                let title = if summary.group {
-                    summary.name.clone()
-                } else {
-                    summary.pair.iter().find(|m| *m != user).or(summary.pair.first()).cloned().unwrap_or_default()
-                };
-                InboxValue::Last(InboxLast {
-                    seq: *seq,
-                    ts: msg.ts,
-                    from: msg.from.clone(),
-                    kind: msg.kind,
-                    preview: text[..cut].to_owned(),
-                    group: summary.group,
-                    title,
-                    members: summary.members,
-                })
+                InboxValue::Last(LastOf::shared(*seq, msg.clone(), summary.clone(), user))
             }
             InboxPart::Read(s) => InboxValue::Read(*s),
             InboxPart::Own(s) => InboxValue::Own(*s),
             InboxPart::Muted(t) => InboxValue::Muted(*t),
             InboxPart::Archived(b) => InboxValue::Archived(*b),
             InboxPart::Pinned(b) => InboxValue::Pinned(*b),
+            InboxPart::Joined(s) => InboxValue::Joined(*s),
+            InboxPart::Left(s) => InboxValue::Left(*s),
         }
     }
 }
@@ -446,6 +594,10 @@ pub struct InboxEntry {
     pub pinned: bool,
     /// When any part last changed (ms, the user's home's clock).
     pub changed: u64,
+    /// For a group: the seq of the event that last added the user.
+    pub joined: u64,
+    /// For a group the user left: the seq of the event that removed them (0: never).
+    pub left: u64,
 }
 
 impl InboxEntry {
@@ -455,6 +607,7 @@ impl InboxEntry {
         self.changed = self.changed.max(at);
         match v {
             InboxValue::Last(l) => {
+                let l = l.to_owned();
                 if self.last.as_ref().is_none_or(|x| x.seq <= l.seq) {
                     self.last = Some(l);
                 }
@@ -464,12 +617,75 @@ impl InboxEntry {
             InboxValue::Muted(t) => self.muted_until = t,
             InboxValue::Archived(b) => self.archived = b,
             InboxValue::Pinned(b) => self.pinned = b,
+            InboxValue::Joined(s) => self.joined = self.joined.max(s),
+            InboxValue::Left(s) => self.left = self.left.max(s),
         }
+    }
+
+    /// For a group the user is in, its last message as shared on the partition
+    /// (`group`: when it was recorded, and the message), if newer than the entry's own.
+    pub fn with_group_last(&mut self, at: u64, last: &InboxLast) {
+        if self.in_group() && self.last.as_ref().is_none_or(|l| l.seq < last.seq) {
+            self.last = Some(last.clone());
+            self.changed = self.changed.max(at);
+        }
+    }
+
+    /// Not removed since last added (always true for a DM).
+    pub fn in_group(&self) -> bool {
+        self.left == 0 || self.joined > self.left
     }
 
     /// Messages from others after the read cursor and after the user's own last message.
     pub fn unread(&self) -> u64 {
         self.last.as_ref().map_or(0, |l| l.seq.saturating_sub(self.read.max(self.own)))
+    }
+}
+
+impl Write {
+    /// Bytes of key and value the embedded store writes for it (what a change costs in
+    /// storage, before the engine's own overhead).
+    pub fn stored_bytes(&self) -> usize {
+        fn pc<T: Serialize + ?Sized>(v: &T) -> usize {
+            postcard::experimental::serialized_size(v).unwrap_or(0)
+        }
+        match self {
+            Write::Conv { meta, .. } => 16 + pc(meta) + meta.members.iter().map(|m| m.len() + 17).sum::<usize>(),
+            Write::Unindex { user, .. } => user.len() + 17,
+            Write::Member { user, row, .. } => 2 * (16 + user.len()) + 1 + pc(row),
+            Write::Reaction { user, emoji, .. } => 24 + user.len() + emoji.len(),
+            Write::GroupLast { last, .. } => 16 + 8 + pc(last),
+            Write::Cursor { user, .. } => 16 + user.len() + 17,
+            Write::User { user, record } => user.len() + pc(record),
+            Write::Inbox { user, value, .. } => user.len() + 18 + 8 + pc(value),
+            Write::Message { msg, .. } => 24 + pc(&**msg) + if msg.client_msg_id.is_empty() { 0 } else { 56 },
+        }
+    }
+}
+
+/// Is `conv` a group (its id's top bit)?
+pub fn is_group(conv: ConvId) -> bool {
+    conv.0 >> 127 == 1
+}
+
+/// A group member's place in the group's order: they see messages from `joined` (the
+/// seq of the event that added them; 0: since the start) and, once they left, up to
+/// `left` (the seq of the event that removed them; 0: still a member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MemberRow {
+    /// First visible seq.
+    pub joined: u64,
+    /// Last visible seq once they left (0: a member).
+    pub left: u64,
+}
+
+impl MemberRow {
+    /// The seqs `(after, before)` (both exclusive) this member may read, within the
+    /// asked `(after, before)`.
+    pub fn clamp(&self, after: u64, before: u64) -> (u64, u64) {
+        let after = after.max(self.joined.saturating_sub(1));
+        let before = if self.left > 0 { before.min(self.left + 1) } else { before };
+        (after, before)
     }
 }
 

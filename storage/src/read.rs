@@ -5,7 +5,7 @@
 
 use wire::frame::{ConvId, ReactionCount, SyncPoint};
 
-use crate::model::{ConvMeta, CursorRecord, InboxEntry, Tail, UserRecord};
+use crate::model::{ConvMeta, CursorRecord, InboxEntry, MemberRow, Tail, UserRecord};
 use crate::{Slice, Store, StoreError};
 
 /// A read for a shard's own partition.
@@ -22,6 +22,8 @@ pub enum ReadReq {
     Page {
         /// The conversation.
         conv: ConvId,
+        /// Exclusive lower bound (a member added later sees from their join on).
+        after: u64,
         /// Exclusive upper bound.
         before: u64,
         /// At most this many.
@@ -44,6 +46,13 @@ pub enum ReadReq {
         /// The user.
         user: String,
     },
+    /// A group member row (for a former member's history).
+    Member {
+        /// The group.
+        conv: ConvId,
+        /// The user.
+        user: String,
+    },
     /// A user's conversation-list entries (at the user's home).
     Inbox {
         /// The user.
@@ -56,12 +65,16 @@ pub enum ReadReq {
 pub enum ReadDone {
     /// For [`ReadReq::Conv`].
     Conv {
-        /// Metadata (`None`: no such conversation).
-        meta: Option<ConvMeta>,
+        /// Metadata (`None`: no such conversation; boxed: it is large and most answers
+        /// are small).
+        meta: Option<Box<ConvMeta>>,
         /// Newest seq and dedupe index.
         tail: Tail,
         /// The members' receipt cursors.
         cursors: Vec<(String, CursorRecord)>,
+        /// A group's member rows (current and former; empty for DMs and groups stored
+        /// before rows existed, whose members are in `meta`).
+        rows: Vec<(String, MemberRow)>,
     },
     /// For [`ReadReq::Page`].
     Page(Slice),
@@ -69,6 +82,8 @@ pub enum ReadDone {
     Sync(Vec<(ConvId, Slice)>),
     /// For [`ReadReq::User`].
     User(UserRecord),
+    /// For [`ReadReq::Member`].
+    Member(Option<MemberRow>),
     /// For [`ReadReq::Inbox`].
     Inbox(Vec<InboxEntry>),
 }
@@ -78,14 +93,17 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
     Ok(match req {
         ReadReq::Conv { conv, dedupe } => {
             let meta = store.conv_meta(*conv)?;
-            let (tail, cursors) = match meta {
-                Some(_) => (store.conv_tail(*conv, *dedupe)?, store.cursors(*conv)?),
-                None => (Tail::default(), Vec::new()),
+            let (tail, cursors, rows) = match &meta {
+                Some(m) if matches!(m.kind, crate::model::ConvKind::Group(_)) => {
+                    (store.conv_tail(*conv, *dedupe)?, store.cursors(*conv)?, store.members(*conv)?)
+                }
+                Some(_) => (store.conv_tail(*conv, *dedupe)?, store.cursors(*conv)?, Vec::new()),
+                None => (Tail::default(), Vec::new(), Vec::new()),
             };
-            ReadDone::Conv { meta, tail, cursors }
+            ReadDone::Conv { meta: meta.map(Box::new), tail, cursors, rows }
         }
-        ReadReq::Page { conv, before, limit, viewer } => {
-            let mut slice = store.newest(*conv, 0, *before, *limit)?;
+        ReadReq::Page { conv, after, before, limit, viewer } => {
+            let mut slice = store.newest(*conv, *after, *before, *limit)?;
             with_reactions(store, *conv, &mut slice, viewer)?;
             ReadDone::Page(slice)
         }
@@ -93,7 +111,12 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
             let mut pages = Vec::new();
             for conv in store.user_convs(user)? {
                 let after = points.iter().find(|p| p.conv == conv).map_or(0, |p| p.seq);
-                let mut slice = store.newest(conv, after, u64::MAX, *per_conv)?;
+                // A group member sees from their join, a former one up to their leaving.
+                let (after, before) = match store.member(conv, user)? {
+                    Some(row) => row.clamp(after, u64::MAX),
+                    None => (after, u64::MAX),
+                };
+                let mut slice = store.newest(conv, after, before, *per_conv)?;
                 with_reactions(store, conv, &mut slice, user)?;
                 if !slice.messages.is_empty() {
                     pages.push((conv, slice));
@@ -103,6 +126,7 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
         }
         ReadReq::User { user } => ReadDone::User(store.user_record(user)?),
         ReadReq::Inbox { user } => ReadDone::Inbox(store.inbox(user)?),
+        ReadReq::Member { conv, user } => ReadDone::Member(store.member(*conv, user)?),
     })
 }
 

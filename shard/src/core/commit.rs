@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use storage::model::{ConvMeta, StoredMessage, Write};
+use storage::model::{ConvMeta, MemberRow, StoredMessage, Write};
 use wire::frame::{Ack, ConvId, GroupInfo};
 
 use crate::ids::ConnRef;
@@ -26,8 +26,10 @@ pub struct Pending {
     pub msg: Arc<StoredMessage>,
     /// Metadata to write first (a DM's first message, a group event).
     pub meta: Option<ConvMeta>,
-    /// Former members to drop from the user index, who also get this event.
-    pub removed: Vec<String>,
+    /// For a group event: the member rows it writes (joined or left).
+    pub rows: Vec<(String, MemberRow)>,
+    /// For a group event: who gets it (the members after it, and those it removed).
+    pub audience: Vec<String>,
     /// For a group event: the `group_info` the requester gets instead of an ack.
     pub info: Option<GroupInfo>,
     /// For an edit, delete or reaction: what else it writes, in the same batch.
@@ -93,8 +95,8 @@ impl CommitQueue {
             if let Some(meta) = &p.meta {
                 writes.push(Write::Conv { conv: p.conv, meta: meta.clone() });
             }
-            for user in &p.removed {
-                writes.push(Write::Unindex { conv: p.conv, user: user.clone() });
+            for (user, row) in &p.rows {
+                writes.push(Write::Member { conv: p.conv, user: user.clone(), row: *row });
             }
             writes.push(Write::Message { conv: p.conv, seq: p.seq, msg: p.msg.clone() });
             match &p.side {

@@ -83,6 +83,12 @@ pub struct Conv {
     /// Messages rewritten by an edit or delete not yet durable, newest last: what the
     /// next event on them starts from instead of storage.
     pub rewrites: Vec<(u64, Arc<storage::model::StoredMessage>)>,
+    /// Group members added after the start, with the seq they joined at (they see
+    /// history from there), sorted by user id.
+    pub joined: Vec<(Box<str>, u64)>,
+    /// A group stored before member rows existed (its members are in its metadata):
+    /// its next change writes every member's row once.
+    pub legacy_members: bool,
 }
 
 impl Conv {
@@ -110,12 +116,19 @@ impl Conv {
             events: VecDeque::new(),
             event_reading: false,
             rewrites: Vec::new(),
+            joined: Vec::new(),
+            legacy_members: false,
         }
     }
 
     /// Is `user` a member?
     pub fn is_member(&self, user: &str) -> bool {
         self.members.binary_search_by(|m| (**m).cmp(user)).is_ok()
+    }
+
+    /// The seq member `user` joined at (0: from the start).
+    pub fn joined_at(&self, user: &str) -> u64 {
+        self.joined.binary_search_by(|(m, _)| (**m).cmp(user)).map_or(0, |i| self.joined[i].1)
     }
 
     /// Membership (or a group's name) changed: rebuild the fan-out lists and the
@@ -166,7 +179,16 @@ impl Conv {
             self.group.as_ref().map_or(0, |g| g.name.len() + g.admins.iter().map(|a| 24 + a.len()).sum::<usize>());
         let cursors: usize = self.cursors.keys().map(|k| 48 + k.len().max(8)).sum();
         let recent = self.recent.len() * (40 + 16);
-        std::mem::size_of::<Conv>() + 64 + members + fanout + group + self.dedupe.heap_bytes() + cursors + recent
+        let joined: usize = self.joined.iter().map(|(m, _)| 24 + m.len().max(8)).sum();
+        std::mem::size_of::<Conv>()
+            + 64
+            + members
+            + fanout
+            + group
+            + self.dedupe.heap_bytes()
+            + cursors
+            + recent
+            + joined
     }
 }
 

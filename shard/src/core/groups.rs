@@ -20,7 +20,7 @@
 //! reaches the new member.
 
 use serde::Serialize;
-use storage::model::{ConvKind, ConvMeta, GroupMeta, StoredMessage};
+use storage::model::{ConvKind, ConvMeta, GroupMeta, MemberRow, StoredMessage};
 use wire::error::ErrorCode;
 use wire::frame::{GroupAction, GroupInfo, GroupOp, MsgKind, ServerFrame};
 
@@ -297,11 +297,38 @@ impl Core {
         if action == GroupAction::Create {
             *created = now;
         }
-        let meta = ConvMeta { kind: ConvKind::Group(g.clone()), members, created: *created };
+        // Members are rows of their own: the metadata carries none, so a change writes
+        // only the rows it changes (one per added or removed member).
+        let meta = ConvMeta { kind: ConvKind::Group(g.clone()), members: Vec::new(), created: *created };
         c.last_seq += 1;
         c.in_flight += 1;
         let seq = c.last_seq;
         c.members_changed();
+        let mut rows: Vec<(String, MemberRow)> = Vec::new();
+        if std::mem::take(&mut c.legacy_members) {
+            // Stored before rows existed: every member's row, once.
+            rows.extend(members.iter().map(|m| (m.clone(), MemberRow { joined: c.joined_at(m), left: 0 })));
+        } else if action == GroupAction::Create {
+            rows.extend(members.iter().map(|m| (m.clone(), MemberRow::default())));
+        }
+        if action == GroupAction::Add {
+            for m in &ch.members {
+                if let Err(i) = c.joined.binary_search_by(|(x, _)| (**x).cmp(m.as_str())) {
+                    c.joined.insert(i, (Box::from(m.as_str()), seq));
+                }
+                rows.retain(|(x, _)| x != m);
+                rows.push((m.clone(), MemberRow { joined: seq, left: 0 }));
+            }
+        }
+        for r in &ch.removed {
+            let joined = c.joined_at(r);
+            if let Ok(i) = c.joined.binary_search_by(|(x, _)| (**x).cmp(r.as_str())) {
+                c.joined.remove(i);
+            }
+            rows.push((r.clone(), MemberRow { joined, left: seq }));
+        }
+        let mut audience = members;
+        audience.extend(ch.removed.iter().cloned());
         if action == GroupAction::Create {
             self.convs.created(req.conv);
         }
@@ -315,14 +342,15 @@ impl Core {
             kind: MsgKind::System.tag(),
             body,
         });
-        let (conv, removed, info) = (req.conv, ch.removed, Some(info));
+        let (conv, info) = (req.conv, Some(info));
         self.commit.queued.push(Pending {
             from: req.from,
             conv,
             seq,
             msg,
             meta: Some(meta),
-            removed,
+            rows,
+            audience,
             info,
             side: None,
         });

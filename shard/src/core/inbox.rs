@@ -1,13 +1,16 @@
 //! Each user's conversation list, kept at the user's home.
 //!
 //! Every message reaches each member's home anyway (the delivery route), so the home
-//! records the conversation's newest message for each recipient there, without asking
-//! anyone: the list is served from the user's own partition, never by asking every
-//! shard. A user's entry for a conversation is stored as separate parts (last message,
-//! read cursor, own newest seq, muted, archived, pinned), each written blind, so no
-//! write waits for a read. Parts wait in [`InboxQueue`] for the shard's next group
-//! commit, coalesced per user and conversation (a busy group writes one `last` per
-//! member per commit, not one per message); they never delay a message's ack.
+//! records it there, without asking anyone: the list is served from the user's own
+//! partition, never by asking every shard. A user's entry for a conversation is stored
+//! as separate parts (for a DM its last message; read cursor, own newest seq, joined
+//! and left for a group; muted, archived, pinned), each written blind, so no write
+//! waits for a read. A group's newest message is recorded once per shard (`GroupLast`),
+//! not once per member, and joined into each member's entry when the list is read: a
+//! message to a 10,000-member group writes one record per shard, and a member's own
+//! parts change only when they send, read, join or leave. Parts wait in [`InboxQueue`]
+//! for the shard's next group commit, coalesced per user and conversation (and per
+//! group); they never delay a message's ack.
 //!
 //! Unread: messages after both the read cursor and the user's own newest message
 //! (sending in a conversation means having seen it).
@@ -24,9 +27,11 @@
 //! is one of the shard's `max_reads`. `conv_settings` only applies to conversations in
 //! the user's list (else `not_member`), so a client cannot grow its list with invented ids.
 
+use std::collections::hash_map::Entry;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use storage::model::{ConvSummary, InboxEntry, InboxPart, StoredMessage, Write};
+use storage::model::{is_group, ConvSummary, InboxEntry, InboxPart, LastOf, StoredMessage, Write};
 use storage::read::{ReadDone, ReadReq};
 use storage::StoreError;
 use wire::error::ErrorCode;
@@ -50,6 +55,8 @@ pub struct Parts {
     muted: Option<u64>,
     archived: Option<bool>,
     pinned: Option<bool>,
+    joined: Option<u64>,
+    left: Option<u64>,
 }
 
 impl Parts {
@@ -66,6 +73,8 @@ impl Parts {
         self.muted = other.muted.or(self.muted);
         self.archived = other.archived.or(self.archived);
         self.pinned = other.pinned.or(self.pinned);
+        self.joined = self.joined.max(other.joined);
+        self.left = self.left.max(other.left);
     }
 
     /// Each part as the stored value it becomes.
@@ -81,6 +90,8 @@ impl Parts {
             .chain(self.muted.map(InboxPart::Muted))
             .chain(self.archived.map(InboxPart::Archived))
             .chain(self.pinned.map(InboxPart::Pinned))
+            .chain(self.joined.map(InboxPart::Joined))
+            .chain(self.left.map(InboxPart::Left))
     }
 
     /// Applies these to `entry` (what a list read sees before they are durable).
@@ -91,19 +102,45 @@ impl Parts {
     }
 }
 
-/// A user's parts waiting for a commit, per conversation.
-type UserParts = Vec<(ConvId, Parts)>;
+/// A group's newest message on this shard: when recorded, its seq, the message, the
+/// group as of it.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    at: u64,
+    seq: u64,
+    msg: Arc<StoredMessage>,
+    summary: Arc<ConvSummary>,
+}
 
-/// A copy of a user's parts not yet durable, kept with a read of their list.
-pub type Unsaved = Vec<(ConvId, Parts)>;
+impl Shared {
+    /// The message as lists show it, still shared with the delivery.
+    fn last(&self) -> LastOf {
+        LastOf::shared(self.seq, self.msg.clone(), self.summary.clone(), "")
+    }
+}
+
+/// A copy of what was not yet durable when a read of a user's list was issued: their
+/// parts, and the groups' shared last messages.
+#[derive(Debug, Default)]
+pub struct Unsaved {
+    parts: Vec<(ConvId, Parts)>,
+    groups: Vec<(ConvId, Shared)>,
+}
 
 /// The conversation-list parts of a shard's users on their way to storage.
 #[derive(Debug)]
 pub struct InboxQueue {
-    /// Waiting for the next commit.
-    pending: Map<Box<str>, UserParts>,
-    /// In the commit running now (seen by list reads until durable).
-    writing: Map<Box<str>, UserParts>,
+    /// Waiting for the next commit. Keys share the user table's name when the user is
+    /// loaded, so recording a part allocates nothing for a connected user.
+    pending: Map<(Rc<str>, ConvId), Parts>,
+    /// In the commit running now (seen by list reads until durable). Emptied, not
+    /// dropped, when it ends: the two tables swap and keep their room.
+    writing: Map<(Rc<str>, ConvId), Parts>,
+    /// Groups' newest messages waiting for the next commit (one per group, however
+    /// many members live here).
+    groups: Map<ConvId, Shared>,
+    /// Those in the commit running now.
+    groups_writing: Map<ConvId, Shared>,
     /// `conv_settings` changes to tell the user's devices once durable.
     announce: Vec<(Box<str>, ConvSettings)>,
     /// Those the commit running now holds.
@@ -115,39 +152,67 @@ impl InboxQueue {
     pub fn new(hasher: super::Hasher) -> InboxQueue {
         InboxQueue {
             pending: Map::with_hasher(hasher.clone()),
-            writing: Map::with_hasher(hasher),
+            writing: Map::with_hasher(hasher.clone()),
+            groups: Map::with_hasher(hasher.clone()),
+            groups_writing: Map::with_hasher(hasher),
             announce: Vec::new(),
             announcing: Vec::new(),
         }
     }
 
-    /// Records `parts` of `user`'s entry for `conv`.
-    fn add(&mut self, user: &str, conv: ConvId, parts: Parts) {
-        let list = match self.pending.get_mut(user) {
-            Some(l) => l,
-            None => self.pending.entry(Box::from(user)).or_default(),
-        };
-        match list.iter_mut().find(|(c, _)| *c == conv) {
-            Some((_, p)) => p.absorb(parts),
-            None => list.push((conv, parts)),
+    /// Records `parts` of `user`'s (`key`) entry for `conv`.
+    fn add(&mut self, key: Rc<str>, conv: ConvId, parts: Parts) {
+        match self.pending.entry((key, conv)) {
+            Entry::Occupied(mut e) => e.get_mut().absorb(parts),
+            Entry::Vacant(e) => {
+                e.insert(parts);
+            }
         }
     }
 
-    /// Parts waiting or being written.
+    /// Parts waiting or being written (a group's shared last message counts one).
     pub fn len(&self) -> usize {
-        self.pending.values().chain(self.writing.values()).map(Vec::len).sum()
+        self.pending.len() + self.writing.len() + self.groups.len() + self.groups_writing.len()
     }
 
     /// Nothing waits for a commit.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.announce.is_empty()
+        self.pending.is_empty() && self.groups.is_empty() && self.announce.is_empty()
     }
 
-    /// `user`'s parts not yet durable, oldest first.
-    fn unsaved_of<'a>(&'a self, user: &str) -> impl Iterator<Item = &'a (ConvId, Parts)> + 'a {
-        let writing = self.writing.get(user).into_iter().flatten();
-        writing.chain(self.pending.get(user).into_iter().flatten())
+    /// Records `s` as `conv`'s newest message unless a newer one is recorded.
+    fn add_group(&mut self, conv: ConvId, s: Shared) {
+        match self.groups.get_mut(&conv) {
+            Some(x) if x.seq >= s.seq => x.at = x.at.max(s.at),
+            Some(x) => *x = s,
+            None => {
+                self.groups.insert(conv, s);
+            }
+        }
     }
+
+    /// `conv`'s shared last message not yet durable, newest of waiting and writing.
+    fn group_unsaved(&self, conv: ConvId) -> Option<&Shared> {
+        match (self.groups.get(&conv), self.groups_writing.get(&conv)) {
+            (Some(a), Some(b)) => Some(if a.seq >= b.seq { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// `user`'s parts not yet durable, oldest first (a walk of what one or two commit
+    /// windows recorded: list reads are rare).
+    fn unsaved_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = (ConvId, &'a Parts)> + 'a {
+        let mine = move |((u, c), p): (&'a (Rc<str>, ConvId), &'a Parts)| (**u == *user).then_some((*c, p));
+        self.writing.iter().filter_map(mine).chain(self.pending.iter().filter_map(mine))
+    }
+}
+
+/// Whom a group event names (its body's `event` and `members`).
+#[derive(serde::Deserialize)]
+struct NamedIn {
+    event: String,
+    #[serde(default)]
+    members: Vec<String>,
 }
 
 /// A page's cursor: the last entry's `(time, conversation)`, as opaque text.
@@ -211,31 +276,70 @@ pub fn page(mut entries: Vec<InboxEntry>, req: &ConversationsReq, token: u64) ->
 }
 
 impl Core {
-    /// At a member's home: `msg` (seq `seq` of `conv`) reached `user`.
-    pub(super) fn inbox_message(
+    /// `user`'s name, shared with the user table when loaded (no copy).
+    fn user_key(&self, user: &str) -> Rc<str> {
+        self.users.key(user).unwrap_or_else(|| Rc::from(user))
+    }
+
+    /// At the members' home: `msg` (seq `seq` of `conv`) reached `recipients`. A DM's
+    /// entry is per user; a group's newest message is recorded once for the shard, and a
+    /// member's own entry only changes when they sent it or a group event names them
+    /// (joined, or left: then their entry keeps that event as its last message).
+    pub(super) fn inbox_deliver(
         &mut self,
-        user: &str,
         conv: ConvId,
         seq: u64,
         msg: &Arc<StoredMessage>,
         summary: &Arc<ConvSummary>,
+        recipients: &[Box<str>],
     ) {
-        let own = (msg.from == user).then_some(seq);
-        let parts = Parts { at: self.now, last: Some((seq, msg.clone(), summary.clone())), own, ..Parts::default() };
-        self.lists.add(user, conv, parts);
+        let at = self.now;
+        let last = Some((seq, msg.clone(), summary.clone()));
+        if !summary.group {
+            for user in recipients {
+                let own = (msg.from == **user).then_some(seq);
+                let key = self.user_key(user);
+                self.lists.add(key, conv, Parts { at, last: last.clone(), own, ..Parts::default() });
+            }
+            return;
+        }
+        self.lists.add_group(conv, Shared { at, seq, msg: msg.clone(), summary: summary.clone() });
+        let named =
+            (msg.kind == MsgKind::System.tag()).then(|| serde_json::from_slice::<NamedIn>(&msg.body).ok()).flatten();
+        for user in recipients {
+            let mut parts = Parts { at, ..Parts::default() };
+            if msg.from == **user {
+                parts.own = Some(seq);
+            }
+            if let Some(e) = named.as_ref().filter(|e| e.members.iter().any(|m| *m == **user)) {
+                match e.event.as_str() {
+                    "create" | "add" => parts.joined = Some(seq),
+                    "remove" | "leave" => {
+                        parts.left = Some(seq);
+                        parts.last = last.clone();
+                    }
+                    _ => {}
+                }
+            }
+            if parts.own.is_some() || parts.joined.is_some() || parts.left.is_some() {
+                let key = self.user_key(user);
+                self.lists.add(key, conv, parts);
+            }
+        }
     }
 
     /// At the user's home: their read cursor in `conv` is durable at `read`.
     pub(super) fn inbox_read(&mut self, user: &str, conv: ConvId, read: u64) {
         if read > 0 {
-            self.lists.add(user, conv, Parts { at: self.now, read: Some(read), ..Parts::default() });
+            let key = self.user_key(user);
+            self.lists.add(key, conv, Parts { at: self.now, read: Some(read), ..Parts::default() });
         }
     }
 
     /// A `conversations` request from connection `id` (on the user's home).
     pub(super) fn list_conversations(&mut self, id: ConnId, user: &str, req: ConversationsReq) {
         let ref_id = req.req_id.clone();
-        let why = ReadFor::List { conn: id, req, token: self.now, unsaved: self.unsaved_snapshot(user) };
+        let why = ReadFor::List { conn: id, req, token: self.now, unsaved: Box::new(self.unsaved_snapshot(user)) };
         if !self.read(ReadReq::Inbox { user: user.to_owned() }, why) {
             let (code, msg) = busy("storage reads");
             self.frame(id, error_frame(code, msg, ref_id, None));
@@ -245,7 +349,7 @@ impl Core {
     /// A `conv_settings` from connection `id`: applied once the conversation is known
     /// to be in the user's list.
     pub(super) fn change_conv_settings(&mut self, id: ConnId, user: &str, settings: ConvSettings) {
-        let why = ReadFor::ConvSettings { conn: id, settings, unsaved: self.unsaved_snapshot(user) };
+        let why = ReadFor::ConvSettings { conn: id, settings, unsaved: Box::new(self.unsaved_snapshot(user)) };
         if !self.read(ReadReq::Inbox { user: user.to_owned() }, why) {
             let (code, msg) = busy("storage reads");
             self.frame(id, error_frame(code, msg, None, None));
@@ -256,21 +360,33 @@ impl Core {
     /// acknowledged before it, but maybe not the one running or the next: the read's
     /// answer is merged with this copy, so it reflects everything up to now.
     fn unsaved_snapshot(&self, user: &str) -> Unsaved {
-        self.lists.unsaved_of(user).cloned().collect()
+        let groups = self.lists.groups.iter().chain(self.lists.groups_writing.iter());
+        Unsaved {
+            parts: self.lists.unsaved_of(user).map(|(c, p)| (c, p.clone())).collect(),
+            groups: groups.map(|(c, s)| (*c, s.clone())).collect(),
+        }
     }
 
     /// The user's entries: what storage returned, then `snapshot` (parts not durable
     /// when the read was issued), then the parts not durable now.
     fn merged_inbox(&self, user: &str, mut entries: Vec<InboxEntry>, snapshot: &Unsaved) -> Vec<InboxEntry> {
-        for (conv, parts) in snapshot.iter().chain(self.lists.unsaved_of(user)) {
-            let i = match entries.iter().position(|e| e.conv == *conv) {
+        let snap = snapshot.parts.iter().map(|(c, p)| (*c, p));
+        for (conv, parts) in snap.chain(self.lists.unsaved_of(user)) {
+            let i = match entries.iter().position(|e| e.conv == conv) {
                 Some(i) => i,
                 None => {
-                    entries.push(InboxEntry { conv: *conv, ..InboxEntry::default() });
+                    entries.push(InboxEntry { conv, ..InboxEntry::default() });
                     entries.len() - 1
                 }
             };
             parts.apply(user, &mut entries[i]);
+        }
+        for e in entries.iter_mut().filter(|e| is_group(e.conv)) {
+            let conv = e.conv;
+            let snap = snapshot.groups.iter().filter(|(c, _)| *c == conv).map(|(_, s)| s);
+            for s in snap.chain(self.lists.group_unsaved(conv)) {
+                e.with_group_last(s.at, &s.last().to_owned());
+            }
         }
         entries
     }
@@ -280,12 +396,12 @@ impl Core {
         id: ConnId,
         req: ConversationsReq,
         token: u64,
-        unsaved: Unsaved,
+        unsaved: &Unsaved,
         r: Result<ReadDone, StoreError>,
     ) {
         let Some(user) = self.conns.get(id).map(|c| c.user.clone()) else { return };
         let frame = match r {
-            Ok(ReadDone::Inbox(entries)) => match page(self.merged_inbox(&user, entries, &unsaved), &req, token) {
+            Ok(ReadDone::Inbox(entries)) => match page(self.merged_inbox(&user, entries, unsaved), &req, token) {
                 Ok(list) => ServerFrame::ConversationList(list),
                 Err(msg) => error_frame(ErrorCode::BadValue, msg, req.req_id, None),
             },
@@ -302,7 +418,7 @@ impl Core {
         &mut self,
         id: ConnId,
         s: ConvSettings,
-        unsaved: Unsaved,
+        unsaved: &Unsaved,
         r: Result<ReadDone, StoreError>,
     ) {
         let Some(user) = self.conns.get(id).map(|c| c.user.clone()) else { return };
@@ -315,40 +431,44 @@ impl Core {
             }
         };
         let known = entries.iter().any(|e| e.conv == s.conv)
-            || unsaved.iter().chain(self.lists.unsaved_of(&user)).any(|(c, _)| *c == s.conv);
+            || unsaved.parts.iter().any(|(c, _)| *c == s.conv)
+            || self.lists.unsaved_of(&user).any(|(c, _)| c == s.conv);
         if !known {
             let msg = "that conversation is not in your list".to_owned();
             return self.frame(id, error_frame(ErrorCode::NotMember, msg, None, None));
         }
         let parts =
             Parts { at: self.now, muted: s.muted_until, archived: s.archived, pinned: s.pinned, ..Parts::default() };
-        self.lists.add(&user, s.conv, parts);
+        self.lists.add(user.clone(), s.conv, parts);
         self.lists.announce.push((Box::from(&*user), s));
     }
 
-    /// The parts for the next commit (they stay visible to list reads until durable).
-    pub(super) fn inbox_writes(&mut self) -> Vec<Write> {
-        let mut writes = Vec::new();
-        let pending = std::mem::replace(&mut self.lists.pending, Map::with_hasher(self.lists.writing.hasher().clone()));
-        for (user, list) in &pending {
-            for (conv, parts) in list {
-                for part in parts.values() {
-                    let value = part.value(user);
-                    writes.push(Write::Inbox { user: user.to_string(), conv: *conv, at: parts.at, value });
-                }
+    /// Adds the parts for the next commit to `writes` (they stay visible to list reads
+    /// until durable).
+    pub(super) fn inbox_writes(&mut self, writes: &mut Vec<Write>) {
+        let l = &mut self.lists;
+        // The tables of the last commit are empty: they take this one's, and keep room.
+        std::mem::swap(&mut l.pending, &mut l.writing);
+        std::mem::swap(&mut l.groups, &mut l.groups_writing);
+        writes.reserve(l.writing.len() * 2 + l.groups_writing.len());
+        for ((user, conv), parts) in &l.writing {
+            for part in parts.values() {
+                let value = part.value(user);
+                writes.push(Write::Inbox { user: user.to_string(), conv: *conv, at: parts.at, value });
             }
         }
-        self.lists.writing = pending;
-        self.lists.announcing = std::mem::take(&mut self.lists.announce);
-        writes
+        for (conv, s) in &l.groups_writing {
+            writes.push(Write::GroupLast { conv: *conv, at: s.at, last: s.last() });
+        }
+        l.announcing = std::mem::take(&mut l.announce);
     }
 
     /// The commit holding the parts ended: tell the devices, or write them again.
     pub(super) fn inbox_committed(&mut self, ok: bool) {
-        let hasher = self.lists.pending.hasher().clone();
-        let written = std::mem::replace(&mut self.lists.writing, Map::with_hasher(hasher));
         let announcing = std::mem::take(&mut self.lists.announcing);
         if ok {
+            self.lists.writing.clear();
+            self.lists.groups_writing.clear();
             for (user, s) in announcing {
                 for conn in self.users.conns_of(&user).to_vec() {
                     self.frame(conn, ServerFrame::ConvSettings(s.clone()));
@@ -357,15 +477,18 @@ impl Core {
             return;
         }
         // Written again with the next commit, under anything newer.
-        for (user, list) in written {
-            for (conv, mut parts) in list {
-                if let Some(newer) = self.lists.pending.get_mut(&*user).and_then(|l| l.iter_mut().find(|x| x.0 == conv))
-                {
-                    parts.absorb(std::mem::take(&mut newer.1));
-                    newer.1 = parts;
-                } else {
-                    self.lists.add(&user, conv, parts);
-                }
+        let l = &mut self.lists;
+        let groups: Vec<(ConvId, Shared)> = l.groups_writing.drain().collect();
+        for (conv, s) in groups {
+            l.add_group(conv, s);
+        }
+        let written: Vec<((Rc<str>, ConvId), Parts)> = l.writing.drain().collect();
+        for (key, mut parts) in written {
+            if let Some(newer) = l.pending.get_mut(&key) {
+                parts.absorb(std::mem::take(newer));
+                *newer = parts;
+            } else {
+                l.pending.insert(key, parts);
             }
         }
         self.lists.announce.splice(0..0, announcing);

@@ -83,7 +83,7 @@ impl Core {
                 self.apply_event(req, &m);
                 continue;
             }
-            let read = ReadReq::Page { conv, before: target + 1, limit: 1, viewer: String::new() };
+            let read = ReadReq::Page { conv, after: target - 1, before: target + 1, limit: 1, viewer: String::new() };
             if self.read(read, ReadFor::Target(conv)) {
                 if let Some(c) = self.convs.ready(conv) {
                     c.event_reading = true;

@@ -17,11 +17,11 @@
 
 use std::sync::Arc;
 
-use storage::model::{dedupe_key, ConvKind, ConvMeta, StoredMessage, Write};
+use storage::model::{dedupe_key, ConvKind, ConvMeta, MemberRow, StoredMessage, Write};
 use storage::read::{ReadDone, ReadReq};
 use storage::{Slice, StoreError};
 use wire::error::ErrorCode;
-use wire::frame::{Ack, ConvId, Message, MsgExtra, MsgKind, Page, ServerFrame};
+use wire::frame::{Ack, ConvId, History, Message, MsgExtra, MsgKind, Page, ServerFrame};
 
 use super::commit::{Pending, Side};
 use super::convs::{by_home_shard, Conv, Slot};
@@ -94,9 +94,7 @@ impl Core {
             }
             MsgRoute::ReceiptDeliver { user, frame, except } => self.on_receipt_deliver(&user, *frame, except),
             MsgRoute::Deliver { conv, seq, msg, summary, recipients, except } => {
-                for user in recipients.iter() {
-                    self.inbox_message(user, conv, seq, &msg, &summary);
-                }
+                self.inbox_deliver(conv, seq, &msg, &summary, &recipients);
                 self.deliver(conv, seq, msg, &recipients, except)
             }
             MsgRoute::TypingDeliver { conv, from, typing, recipients } => {
@@ -138,7 +136,7 @@ impl Core {
     pub(super) fn on_conv_loaded(&mut self, conv: ConvId, r: Result<ReadDone, StoreError>) {
         let Some(queue) = self.convs.take_loading(conv) else { return };
         let (meta, tail) = match r {
-            Ok(ReadDone::Conv { meta, tail, cursors }) => (meta, (tail, cursors)),
+            Ok(ReadDone::Conv { meta, tail, cursors, rows }) => (meta, (tail, cursors, rows)),
             Ok(_) => (None, Default::default()),
             Err(e) => {
                 let err = storage_failed(&e);
@@ -155,12 +153,22 @@ impl Core {
             }
             return;
         }
-        let (tail, cursors) = tail;
+        let (tail, cursors, rows) = tail;
         let mut c = Conv::new(Vec::new(), tail.last_seq, self.cfg.dedupe_window);
         c.cursors = cursors.into_iter().map(|(u, r)| (Box::from(u), r)).collect();
-        if let Some(m) = meta {
+        if let Some(m) = meta.map(|m| *m) {
             c.exists = true;
-            c.members = m.members.into_iter().map(Box::from).collect();
+            c.legacy_members = matches!(m.kind, ConvKind::Group(_)) && !m.members.is_empty();
+            let mut members: Vec<Box<str>> = m.members.into_iter().map(Box::from).collect();
+            for (user, row) in rows.into_iter().filter(|(_, r)| r.left == 0) {
+                if row.joined > 0 {
+                    c.joined.push((Box::from(user.as_str()), row.joined));
+                }
+                members.push(Box::from(user));
+            }
+            members.sort();
+            members.dedup();
+            c.members = members;
             c.created = m.created;
             c.group = match m.kind {
                 ConvKind::Direct => None,
@@ -186,16 +194,22 @@ impl Core {
             ConvReq::Send(req) => self.accept_send(req),
             ConvReq::Group(req) => self.accept_group(*req),
             ConvReq::History { from, user, req } => {
-                let member = self.convs.ready(conv).is_some_and(|c| c.exists && c.is_member(&user));
-                if !member {
+                let (member, group, joined) = match self.convs.ready(conv).filter(|c| c.exists) {
+                    Some(c) => (c.is_member(&user), c.group.is_some(), c.joined_at(&user)),
+                    None => (false, false, 0),
+                };
+                if member {
+                    self.history_page(from, conv, user, req, MemberRow { joined, left: 0 });
+                } else if group {
+                    // A former member reads what they could while a member: their row says.
+                    let read = ReadReq::Member { conv, user: user.clone() };
+                    let ref_id = req.req_id.clone();
+                    if !self.read(read, ReadFor::FormerHistory { from, conv, user, req }) {
+                        let (code, msg) = busy("storage reads");
+                        self.reply_error(from, code, msg, ref_id);
+                    }
+                } else {
                     let (code, msg) = not_member();
-                    return self.reply_error(from, code, msg, req.req_id);
-                }
-                let limit = req.limit.unwrap_or(self.cfg.history_default).clamp(1, self.cfg.history_max) as usize;
-                let before = req.before_seq.unwrap_or(u64::MAX);
-                let read = ReadReq::Page { conv, before, limit, viewer: user };
-                if !self.read(read, ReadFor::History { from, conv, req_id: req.req_id.clone() }) {
-                    let (code, msg) = busy("storage reads");
                     self.reply_error(from, code, msg, req.req_id);
                 }
             }
@@ -204,6 +218,39 @@ impl Core {
                 self.on_cursor(from, &user, conv, seq, read, private)
             }
             ConvReq::Receipts { from, user, req } => self.receipt_list(from, &user, req),
+        }
+    }
+
+    /// Reads a history page for `user`, within what their member `row` may see.
+    fn history_page(&mut self, from: ConnRef, conv: ConvId, user: String, req: History, row: MemberRow) {
+        let limit = req.limit.unwrap_or(self.cfg.history_default).clamp(1, self.cfg.history_max) as usize;
+        let (after, before) = row.clamp(0, req.before_seq.unwrap_or(u64::MAX));
+        let read = ReadReq::Page { conv, after, before, limit, viewer: user };
+        if !self.read(read, ReadFor::History { from, conv, req_id: req.req_id.clone() }) {
+            let (code, msg) = busy("storage reads");
+            self.reply_error(from, code, msg, req.req_id);
+        }
+    }
+
+    /// A former group member's history request, once their row is read.
+    pub(super) fn on_former_history(
+        &mut self,
+        from: ConnRef,
+        conv: ConvId,
+        user: String,
+        req: History,
+        r: Result<ReadDone, StoreError>,
+    ) {
+        match r {
+            Ok(ReadDone::Member(Some(row))) if row.left > 0 => self.history_page(from, conv, user, req, row),
+            Ok(_) => {
+                let (code, msg) = not_member();
+                self.reply_error(from, code, msg, req.req_id);
+            }
+            Err(e) => {
+                let (code, msg) = storage_failed(&e);
+                self.reply_error(from, code, msg, req.req_id);
+            }
         }
     }
 
@@ -312,8 +359,17 @@ impl Core {
         if was_typing.is_some() {
             self.relay_typing(req.conv, &msg.from, false);
         }
-        let p =
-            Pending { from: req.from, conv: req.conv, seq, msg, meta: create, removed: Vec::new(), info: None, side };
+        let p = Pending {
+            from: req.from,
+            conv: req.conv,
+            seq,
+            msg,
+            meta: create,
+            rows: Vec::new(),
+            audience: Vec::new(),
+            info: None,
+            side,
+        };
         self.commit.queued.push(p);
     }
 
@@ -335,7 +391,7 @@ impl Core {
         }
         self.queue_user_records();
         let mut extra = self.cursor_writes();
-        extra.extend(self.inbox_writes());
+        self.inbox_writes(&mut extra);
         let writes = self.commit.take(extra);
         if writes.is_none() {
             // Nothing was taken: the cursors and list parts wait for the next commit.
@@ -378,11 +434,9 @@ impl Core {
             }
             // A group event goes to the members when it was stored, which may differ
             // from the current ones (later changes are already applied in memory).
-            let fanout: Vec<Arc<[Box<str>]>> = match &p.meta {
-                Some(meta) if p.info.is_some() => {
-                    by_home_shard(meta.members.iter().chain(&p.removed).map(String::as_str), shards)
-                }
-                _ => c.fanout(shards).to_vec(),
+            let fanout: Vec<Arc<[Box<str>]>> = match p.info {
+                Some(_) => by_home_shard(p.audience.iter().map(String::as_str), shards),
+                None => c.fanout(shards).to_vec(),
             };
             let reply = match p.info {
                 Some(mut info) => {

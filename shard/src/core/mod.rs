@@ -226,11 +226,13 @@ enum ReadFor {
     /// Loading a user's record.
     User(std::rc::Rc<str>),
     /// A page of a user's conversation list (`token`: what the reply carries).
-    List { conn: ConnId, req: wire::frame::ConversationsReq, token: u64, unsaved: inbox::Unsaved },
+    List { conn: ConnId, req: wire::frame::ConversationsReq, token: u64, unsaved: Box<inbox::Unsaved> },
+    /// A former group member's row, before their history page.
+    FormerHistory { from: ConnRef, conv: ConvId, user: String, req: wire::frame::History },
     /// The message an edit, delete or reaction acts on.
     Target(ConvId),
     /// Checking a conversation is in the user's list before changing its settings.
-    ConvSettings { conn: ConnId, settings: wire::frame::ConvSettings, unsaved: inbox::Unsaved },
+    ConvSettings { conn: ConnId, settings: wire::frame::ConvSettings, unsaved: Box<inbox::Unsaved> },
 }
 
 /// Figures the gateway publishes.
@@ -409,9 +411,10 @@ impl Core {
             Some(ReadFor::Sync { from }) => self.on_sync_read(from, r),
             Some(ReadFor::User(name)) => self.on_user_loaded(name, r),
             Some(ReadFor::Target(conv)) => self.on_target_read(conv, r),
-            Some(ReadFor::List { conn, req, token, unsaved }) => self.on_list_read(conn, req, token, unsaved, r),
+            Some(ReadFor::FormerHistory { from, conv, user, req }) => self.on_former_history(from, conv, user, req, r),
+            Some(ReadFor::List { conn, req, token, unsaved }) => self.on_list_read(conn, req, token, &unsaved, r),
             Some(ReadFor::ConvSettings { conn, settings, unsaved }) => {
-                self.on_settings_read(conn, settings, unsaved, r)
+                self.on_settings_read(conn, settings, &unsaved, r)
             }
             None => {}
         }

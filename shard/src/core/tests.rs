@@ -19,6 +19,8 @@ struct One {
     frames: Vec<(ConnId, ServerFrame)>,
     reads: usize,
     now: u64,
+    /// Bytes each commit stored ([`storage::model::Write::stored_bytes`]).
+    committed_bytes: Vec<usize>,
 }
 
 impl One {
@@ -29,6 +31,7 @@ impl One {
             frames: Vec::new(),
             reads: 0,
             now: 1_000,
+            committed_bytes: Vec::new(),
         }
     }
 
@@ -57,6 +60,7 @@ impl One {
                 self.core.read_done(id, r, self.now);
             }
             if let Some(w) = self.core.take_commit() {
+                self.committed_bytes.push(w.iter().map(storage::model::Write::stored_bytes).sum());
                 let r = self.store.commit(&w);
                 self.core.commit_done(r, self.now);
             }
@@ -374,4 +378,44 @@ fn frames_waiting_for_a_users_settings_are_capped() {
         .filter(|e| matches!(e, Effect::Frame { frame: ServerFrame::Error(e), .. } if e.code == ErrorCode::Unavailable))
         .count();
     assert_eq!((reads, refused), (1, 100 - super::users::MAX_HELD), "one read, the excess refused");
+}
+
+#[test]
+fn adding_one_member_to_a_large_group_stores_one_row_not_the_list() {
+    let mut s = One::new(CoreConfig { send_rate: 0, max_group_members: 5000, ..CoreConfig::default() });
+    let owner = s.open(1, "owner");
+    let group = |action, conv, members: Vec<String>| {
+        ClientFrame::Group(wire::frame::GroupOp {
+            req_id: None,
+            action,
+            conv,
+            name: None,
+            members,
+            description: None,
+            avatar: None,
+        })
+    };
+    let names = |lo: usize, hi: usize| (lo..hi).map(|i| format!("member-{i:05}")).collect::<Vec<_>>();
+    s.send(owner, group(wire::frame::GroupAction::Create, None, names(0, 200)));
+    let conv = s
+        .take(owner)
+        .into_iter()
+        .find_map(|f| if let ServerFrame::GroupInfo(g) = f { Some(g.conv) } else { None })
+        .expect("created");
+    for lo in (200..3000).step_by(200) {
+        s.send(owner, group(wire::frame::GroupAction::Add, Some(conv), names(lo, lo + 200)));
+    }
+    s.send(owner, group(wire::frame::GroupAction::Add, Some(conv), names(3000, 3001)));
+    let one = *s.committed_bytes.last().unwrap();
+    assert!(one < 600, "adding one member to a 3,000-member group stored {one} bytes");
+    // The member who joined last sees the group from their join on.
+    let late = s.open(2, "member-03000");
+    s.send(late, ClientFrame::History(wire::frame::History { req_id: None, conv, before_seq: None, limit: None }));
+    let page = s
+        .take(late)
+        .into_iter()
+        .find_map(|f| if let ServerFrame::HistoryPage(p) = f { Some(p) } else { None })
+        .expect("a page");
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![16], "only the event that added them: {seqs:?}");
 }

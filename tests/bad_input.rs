@@ -190,9 +190,9 @@ fn per_connection_limits_close_with_1008_and_long_urls_get_414() {
     // Too many conversations in one hello: a request error, the connection stays.
     let mut c = server.connect("syncer", "d", Encoding::Json);
     let sync = (0..4).map(|i| wire::frame::SyncPoint { conv: ConvId(i), seq: 0 }).collect();
-    c.send(&ClientFrame::Hello { sync });
+    c.send(&ClientFrame::Hello { sync, list_since: None });
     expect_error(&mut c, ErrorCode::BadValue);
-    c.send(&ClientFrame::Hello { sync: vec![] });
+    c.send(&ClientFrame::Hello { sync: vec![], list_since: None });
     assert!(matches!(c.recv(), ServerFrame::Synced { .. }));
     // An over-long request target: 414 before anything else.
     let mut s = TcpStream::connect(server.addr).unwrap();

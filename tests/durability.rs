@@ -94,7 +94,7 @@ fn reconnecting_device_syncs_exactly_what_it_missed() {
     let other = send(&mut m, "leo", "y1").conv;
     // Reconnect with the last seen seq: exactly 4..=7 of the DM, and the new DM in full.
     let mut b = server.connect("leo", "phone", Encoding::FlatBuffers);
-    b.send(&ClientFrame::Hello { sync: vec![SyncPoint { conv: dm, seq: 3 }] });
+    b.send(&ClientFrame::Hello { sync: vec![SyncPoint { conv: dm, seq: 3 }], list_since: None });
     let mut pages = Vec::new();
     let total = loop {
         match b.recv() {
@@ -110,7 +110,10 @@ fn reconnecting_device_syncs_exactly_what_it_missed() {
     assert!(!pages[0].has_more);
     assert_eq!((pages[1].conv, pages[1].messages.len()), (other, 1));
     // Nothing new: an up-to-date device gets an empty sync.
-    b.send(&ClientFrame::Hello { sync: vec![SyncPoint { conv: dm, seq: 7 }, SyncPoint { conv: other, seq: 1 }] });
+    b.send(&ClientFrame::Hello {
+        sync: vec![SyncPoint { conv: dm, seq: 7 }, SyncPoint { conv: other, seq: 1 }],
+        list_since: None,
+    });
     assert!(matches!(b.recv(), ServerFrame::Synced { convs: 0 }));
 }
 
@@ -126,7 +129,7 @@ fn sync_is_bounded_per_conversation_and_history_pages_the_rest() {
         }
     }
     let mut o = server.connect("otto", "new-device", Encoding::Json);
-    o.send(&ClientFrame::Hello { sync: vec![] });
+    o.send(&ClientFrame::Hello { sync: vec![], list_since: None });
     let page = match o.recv() {
         ServerFrame::SyncPage(p) => p,
         other => panic!("{other:?}"),

@@ -190,7 +190,7 @@ fn only_admins_change_a_group_and_removed_members_lose_access() {
     let _ack = alice.recv();
     assert_eq!(expect_msg(&mut dave).seq, 5);
     assert_eq!(expect_msg(&mut bob).seq, 5);
-    carol.send(&ClientFrame::Hello { sync: vec![] });
+    carol.send(&ClientFrame::Hello { sync: vec![], list_since: None });
     let mut synced_to = 0;
     loop {
         match carol.recv() {
@@ -276,7 +276,7 @@ fn membership_and_events_survive_a_restart() {
     bob.send(&op(GroupAction::Info, "i", Some(g), None, &[]));
     let info = expect_info(&mut bob, "i");
     assert_eq!((info.name.as_str(), info.members, info.admins), ("team", users(&["alice", "bob"]), users(&["alice"])));
-    bob.send(&ClientFrame::Hello { sync: vec![] });
+    bob.send(&ClientFrame::Hello { sync: vec![], list_since: None });
     let mut seen = Vec::new();
     loop {
         match bob.recv() {

@@ -238,3 +238,63 @@ fn media_references_are_checked_against_the_limits() {
     a.send(&send("m7", dm, MsgKind::Edit, &media("image/png", 10), None, Some(seq)));
     assert!(outcome(&mut a).is_ok());
 }
+
+#[test]
+fn an_offline_device_catches_up_on_everything_exactly_once() {
+    let server = Server::start_with(2, "");
+    let mut alice = server.connect("oc-alice", "d", Encoding::Json);
+    let mut phone = server.connect("oc-bob", "phone", Encoding::FlatBuffers);
+    alice.send(&send_to("oc-bob", "a1", "one"));
+    let dm = alice.ack().conv;
+    live(&mut phone, dm, 1);
+    // The tablet was here for message 1, and took the list's token.
+    let mut tablet = server.connect("oc-bob", "tablet", Encoding::Json);
+    tablet.send(&ClientFrame::Conversations(wire::frame::ConversationsReq {
+        req_id: Some("l".into()),
+        cursor: None,
+        limit: None,
+        since: None,
+    }));
+    let token = tablet.until(|f| if let ServerFrame::ConversationList(l) = f { Some(l.token) } else { None });
+    drop(tablet);
+    // While it is away: two messages, an edit, a reaction, a delete, a read, a pin.
+    alice.send(&send("a2", dm, MsgKind::Text, "two", None, None));
+    assert_eq!(outcome(&mut alice), Ok(2));
+    alice.send(&send("a3", dm, MsgKind::Text, "three", None, None));
+    assert_eq!(outcome(&mut alice), Ok(3));
+    alice.send(&send("a4", dm, MsgKind::Edit, "ONE", None, Some(1)));
+    assert_eq!(outcome(&mut alice), Ok(4));
+    phone.send(&send("p1", dm, MsgKind::Reaction, "👍", None, Some(2)));
+    assert_eq!(outcome(&mut phone), Ok(5));
+    alice.send(&send("a5", dm, MsgKind::Delete, "", None, Some(3)));
+    assert_eq!(outcome(&mut alice), Ok(6));
+    live(&mut phone, dm, 6);
+    phone.send(&ClientFrame::Read { conv: dm, seq: 6 });
+    phone.until(|f| matches!(f, ServerFrame::Receipt { user, read: 6, .. } if user == "oc-bob").then_some(()));
+    let pin = wire::frame::ConvSettings { conv: dm, muted_until: None, archived: None, pinned: Some(true) };
+    phone.send(&ClientFrame::ConvSettings(pin));
+    phone.until(|f| matches!(f, ServerFrame::ConvSettings(_)).then_some(()));
+
+    let mut tablet = server.connect("oc-bob", "tablet", Encoding::Json);
+    let sync = vec![wire::frame::SyncPoint { conv: dm, seq: 1 }];
+    tablet.send(&ClientFrame::Hello { sync, list_since: Some(token) });
+    let (mut got, mut list, mut synced) = (Vec::new(), None, false);
+    while !(synced && list.is_some()) {
+        match tablet.recv() {
+            ServerFrame::SyncPage(p) => got.extend(p.messages),
+            ServerFrame::Synced { .. } => synced = true,
+            ServerFrame::ConversationList(l) => list = Some(l),
+            _ => {}
+        }
+    }
+    let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![2, 3, 4, 5, 6], "every event once, nothing it had");
+    let two = at(&got, 2).extra.clone().expect("reactions");
+    assert_eq!((two.reactions.len(), two.my_reaction.as_deref()), (1, Some("👍")));
+    assert!(at(&got, 3).body.is_empty() && at(&got, 3).extra.as_ref().unwrap().deleted_by.is_some());
+    assert_eq!(at(&got, 4).extra.as_ref().unwrap().target, Some(1), "the edit of message 1, to apply");
+    let list = list.unwrap();
+    let e = list.items.iter().find(|e| e.conv == dm).expect("the changed conversation");
+    assert_eq!((e.read, e.unread, e.pinned, e.last_seq), (6, 0, true, 6));
+    assert!(list.token >= token);
+}

@@ -172,7 +172,7 @@ async fn exec_main(a: ReconnectArgs, t: usize, p: Arc<Phase>, live: Arc<Live>, r
                 let mut c = net::open(&a.target, i, &user(&a, i)).await?;
                 live.open.fetch_add(1, Ordering::Relaxed);
                 let sync = point.map(|(conv, seq)| vec![SyncPoint { conv, seq }]).unwrap_or_default();
-                c.tx.send(&ClientFrame::Hello { sync }).await?;
+                c.tx.send(&ClientFrame::Hello { sync, list_since: None }).await?;
                 let (mut missed, mut replayed, mut unexpected) = (0u64, 0u64, 0u64);
                 loop {
                     match c.rx.frame().await? {

@@ -460,7 +460,7 @@ impl Sim {
                     self.client(d, ClientFrame::Group(op));
                 }
             }
-            18 => self.client(d, ClientFrame::Hello { sync: Vec::new() }),
+            18 => self.client(d, ClientFrame::Hello { sync: Vec::new(), list_since: None }),
             19 => {
                 // A receipt for something this device saw (or beyond it: capped).
                 let dv = &self.devices[d];

@@ -6,7 +6,7 @@ use wire::frame::*;
 fn main() {
     let dir = std::path::PathBuf::from(std::env::args().nth(1).expect("corpus directory"));
     let frames = [
-        ClientFrame::Hello { sync: vec![SyncPoint { conv: ConvId(7), seq: 3 }] },
+        ClientFrame::Hello { sync: vec![SyncPoint { conv: ConvId(7), seq: 3 }], list_since: None },
         ClientFrame::Send(Send {
             reply_to: None,
             target_seq: None,

@@ -119,7 +119,7 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
                 let c = p.conv().ok_or(DecodeError::MissingField("sync.conv"))?;
                 sync.push(SyncPoint { conv: conv_id(c), seq: p.seq() });
             }
-            ClientFrame::Hello { sync }
+            ClientFrame::Hello { sync, list_since: h.list_since() }
         }
         g::Frame::Send => {
             let s = env.frame_as_send().ok_or(DecodeError::MissingField("frame"))?;
@@ -485,7 +485,7 @@ pub fn encode_msg(m: &MsgRef<'_>, out: &mut Vec<u8>) {
 pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
     let mut b = FlatBufferBuilder::with_capacity(256);
     let (t, off) = match frame {
-        ClientFrame::Hello { sync } => {
+        ClientFrame::Hello { sync, list_since } => {
             let points: Vec<_> = sync
                 .iter()
                 .map(|p| {
@@ -494,7 +494,8 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                 })
                 .collect();
             let sync = b.create_vector(&points);
-            (g::Frame::Hello, g::Hello::create(&mut b, &g::HelloArgs { sync: Some(sync) }).as_union_value())
+            let args = g::HelloArgs { sync: Some(sync), list_since: *list_since };
+            (g::Frame::Hello, g::Hello::create(&mut b, &args).as_union_value())
         }
         ClientFrame::Send(s) => {
             let cmid = b.create_string(&s.client_msg_id);

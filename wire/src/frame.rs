@@ -393,6 +393,9 @@ pub enum ClientFrame {
     Hello {
         /// The device's last seen seq per conversation it knows.
         sync: Vec<SyncPoint>,
+        /// The `token` of the last `conversation_list` the device holds: the server also
+        /// sends what changed in the list since (the list's half of catching up).
+        list_since: Option<u64>,
     },
     /// A new message.
     Send(Send),

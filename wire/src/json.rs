@@ -20,6 +20,7 @@ enum JsonClient {
     Hello {
         #[serde(default)]
         sync: Vec<JsonSyncPoint>,
+        list_since: Option<u64>,
     },
     Send {
         client_msg_id: Option<String>,
@@ -190,13 +191,13 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
     }
     let frame: JsonClient = serde_json::from_slice(payload).map_err(|e| decode_error(payload, e))?;
     Ok(match frame {
-        JsonClient::Hello { sync } => {
+        JsonClient::Hello { sync, list_since } => {
             let mut points = Vec::with_capacity(sync.len());
             for p in sync {
                 let c = p.conv.ok_or(DecodeError::MissingField("sync.conv"))?;
                 points.push(SyncPoint { conv: conv("sync.conv", &c)?, seq: p.seq.unwrap_or(0) });
             }
-            ClientFrame::Hello { sync: points }
+            ClientFrame::Hello { sync: points, list_since }
         }
         JsonClient::Send { client_msg_id, to, conv: c, body, kind: k, reply_to, target } => {
             let kind = kind(k.as_deref())?;
@@ -583,10 +584,16 @@ pub fn encode_msg(m: &MsgRef<'_>, out: &mut Vec<u8>) {
 /// Encodes a client frame (for client libraries, tests and the load generator).
 pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
     let v = match frame {
-        ClientFrame::Hello { sync } => serde_json::json!({
-            "op": "hello",
-            "sync": sync.iter().map(|p| serde_json::json!({"conv": p.conv.to_string(), "seq": p.seq})).collect::<Vec<_>>(),
-        }),
+        ClientFrame::Hello { sync, list_since } => {
+            let mut v = serde_json::json!({
+                "op": "hello",
+                "sync": sync.iter().map(|p| serde_json::json!({"conv": p.conv.to_string(), "seq": p.seq})).collect::<Vec<_>>(),
+            });
+            if let Some(t) = list_since {
+                v["list_since"] = (*t).into();
+            }
+            v
+        }
         ClientFrame::Send(s) => {
             let mut v = serde_json::json!({
                 "op": "send",

@@ -81,8 +81,9 @@ fn client_frames() -> Vec<ClientFrame> {
     vec![
         ClientFrame::Hello {
             sync: vec![SyncPoint { conv: ConvId(1), seq: 9 }, SyncPoint { conv: ConvId(u128::MAX), seq: 0 }],
+            list_since: Some(1_764_442_800_123),
         },
-        ClientFrame::Hello { sync: vec![] },
+        ClientFrame::Hello { sync: vec![], list_since: None },
         ClientFrame::Send(Send {
             client_msg_id: "c-1".into(),
             target: Target::User("bob".into()),

@@ -168,8 +168,8 @@ fn page(with_req: bool) -> impl Strategy<Value = Page> {
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        vec((conv(), any::<u64>()), 0..5).prop_map(|v| ClientFrame::Hello {
-            sync: v.into_iter().map(|(conv, seq)| SyncPoint { conv, seq }).collect()
+        (vec((conv(), any::<u64>()), 0..5), proptest::option::of(any::<u64>())).prop_map(|(v, list_since)| {
+            ClientFrame::Hello { sync: v.into_iter().map(|(conv, seq)| SyncPoint { conv, seq }).collect(), list_since }
         }),
         (id(), prop_oneof![id().prop_map(Target::User), conv().prop_map(Target::Conv)], send_parts()).prop_map(
             |(client_msg_id, target, (kind, body, reply_to, target_seq))| ClientFrame::Send(Send {

@@ -25,7 +25,7 @@ impl Core {
         let from = self.conn_ref(id);
         let shards = self.shards;
         match frame {
-            ClientFrame::Hello { sync } => {
+            ClientFrame::Hello { sync, list_since } => {
                 if sync.len() > self.cfg.max_sync_convs {
                     let msg = format!("at most {} conversations per hello", self.cfg.max_sync_convs);
                     return self.frame(id, error_frame(ErrorCode::BadValue, msg, None, None));
@@ -40,6 +40,12 @@ impl Core {
                 for k in 0..shards {
                     let r = MsgRoute::Sync { from, user: user.to_string(), points: sync.clone() };
                     self.send_route(ShardId(k as u16), Route::Msg(r));
+                }
+                if let Some(since) = list_since {
+                    // The list's half: what changed since the device's last token.
+                    let limit = Some(wire::frame::check::MAX_LIST_PAGE);
+                    let req = wire::frame::ConversationsReq { req_id: None, cursor: None, limit, since: Some(since) };
+                    self.list_conversations(id, &user, req);
                 }
             }
             ClientFrame::Send(send) => {

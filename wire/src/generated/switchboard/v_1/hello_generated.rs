@@ -20,6 +20,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Hello<'a> {
 
 impl<'a> Hello<'a> {
   pub const VT_SYNC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LIST_SINCE: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -31,6 +32,7 @@ impl<'a> Hello<'a> {
     args: &'args HelloArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
+    if let Some(x) = args.list_since { builder.add_list_since(x); }
     if let Some(x) = args.sync { builder.add_sync(x); }
     builder.finish()
   }
@@ -43,6 +45,13 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SyncPoint>>>>(Hello::VT_SYNC, None)}
   }
+  #[inline]
+  pub fn list_since(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Hello::VT_LIST_SINCE, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -52,18 +61,21 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<SyncPoint>>>>("sync", Self::VT_SYNC, false)?
+     .visit_field::<u64>("list_since", Self::VT_LIST_SINCE, false)?
      .finish();
     Ok(())
   }
 }
 pub struct HelloArgs<'a> {
     pub sync: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SyncPoint<'a>>>>>,
+    pub list_since: Option<u64>,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
   fn default() -> Self {
     HelloArgs {
       sync: None,
+      list_since: None,
     }
   }
 }
@@ -76,6 +88,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_sync(&mut self, sync: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<SyncPoint<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_SYNC, sync);
+  }
+  #[inline]
+  pub fn add_list_since(&mut self, list_since: u64) {
+    self.fbb_.push_slot_always::<u64>(Hello::VT_LIST_SINCE, list_since);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
@@ -96,6 +112,7 @@ impl ::core::fmt::Debug for Hello<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Hello");
       ds.field("sync", &self.sync());
+      ds.field("list_since", &self.list_since());
       ds.finish()
   }
 }

@@ -52,6 +52,7 @@ fn request_errors_keep_the_connection_open() {
     c.send(&ClientFrame::Send(Send {
         reply_to: None,
         target_seq: None,
+        forward: None,
         client_msg_id: "c2".into(),
         target: Target::Conv(ConvId(42)),
         body: b"x".to_vec(),
@@ -67,6 +68,7 @@ fn request_errors_keep_the_connection_open() {
     c.send(&ClientFrame::Send(Send {
         reply_to: None,
         target_seq: None,
+        forward: None,
         client_msg_id: "c3".into(),
         target: Target::Conv(dm),
         body: b"x".to_vec(),

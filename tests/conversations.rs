@@ -66,6 +66,7 @@ fn the_list_orders_by_activity_counts_unread_syncs_devices_and_survives_kill_9()
     let send = Send {
         reply_to: None,
         target_seq: None,
+        forward: None,
         client_msg_id: "g1".into(),
         target: Target::Conv(group),
         body: body.into(),

@@ -24,6 +24,7 @@ fn send_conv(conv: ConvId, cmid: &str, body: &str) -> ClientFrame {
     ClientFrame::Send(wire::frame::Send {
         reply_to: None,
         target_seq: None,
+        forward: None,
         client_msg_id: cmid.into(),
         target: Target::Conv(conv),
         body: body.as_bytes().to_vec(),

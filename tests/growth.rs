@@ -63,6 +63,7 @@ fn hostile_clients_cannot_grow_the_servers_memory_past_its_bounds() {
                 0 => ClientFrame::Send(Send {
                     reply_to: None,
                     target_seq: None,
+                    forward: None,
                     client_msg_id: format!("x{i}"),
                     target: Target::Conv(conv),
                     body: b"?".to_vec(),

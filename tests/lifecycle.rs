@@ -26,6 +26,7 @@ fn send(
         kind,
         reply_to,
         target_seq: target,
+        forward: None,
     })
 }
 
@@ -297,4 +298,59 @@ fn an_offline_device_catches_up_on_everything_exactly_once() {
     let e = list.items.iter().find(|e| e.conv == dm).expect("the changed conversation");
     assert_eq!((e.read, e.unread, e.pinned, e.last_seq), (6, 0, true, 6));
     assert!(list.token >= token);
+}
+
+/// The conversation of the next ack (other frames are skipped).
+fn acked_conv(c: &mut Client) -> ConvId {
+    c.until(|f| if let ServerFrame::Ack(a) = f { Some(a.conv) } else { None })
+}
+
+fn forward(cmid: &str, to: ConvId, conv: ConvId, seq: u64) -> ClientFrame {
+    ClientFrame::Send(Send {
+        client_msg_id: cmid.into(),
+        target: Target::Conv(to),
+        body: Vec::new(),
+        kind: MsgKind::Text,
+        reply_to: None,
+        target_seq: None,
+        forward: Some(Box::new(wire::frame::ForwardOf { conv, seq })),
+    })
+}
+
+#[test]
+fn forwards_copy_a_readable_message_with_attribution_and_count() {
+    let server = Server::start_with(2, "");
+    let mut ann = server.connect("fw-ann", "d", Encoding::Json);
+    let mut bob = server.connect("fw-bob", "d", Encoding::FlatBuffers);
+    let mut cat = server.connect("fw-cat", "d", Encoding::Json);
+    // Ann writes to bob; bob forwards it to cat; cat forwards bob's copy back to ann.
+    ann.send(&send_to("fw-bob", "a1", "the plan"));
+    let ab = ann.ack().conv;
+    bob.send(&send_to("fw-cat", "b0", "hi"));
+    let bc = acked_conv(&mut bob);
+    bob.send(&forward("b1", bc, ab, 1));
+    let seq = outcome(&mut bob).unwrap();
+    let copy = live(&mut cat, bc, seq);
+    let f = copy.extra.as_ref().and_then(|x| x.forwarded.clone()).expect("attributed");
+    assert_eq!((copy.body.as_slice(), copy.from.as_str()), (&b"the plan"[..], "fw-bob"));
+    assert_eq!((f.conv, f.seq, f.from.as_str(), f.times), (ab, 1, "fw-ann", 1));
+    cat.send(&send_to("fw-ann", "c0", "hey"));
+    let ca = acked_conv(&mut cat);
+    cat.send(&forward("c1", ca, bc, seq));
+    let seq2 = outcome(&mut cat).unwrap();
+    let again = live(&mut ann, ca, seq2);
+    let f = again.extra.as_ref().and_then(|x| x.forwarded.clone()).unwrap();
+    assert_eq!((f.from.as_str(), f.times), ("fw-ann", 2), "the first author, forwarded twice");
+    // Only from conversations the sender can read; nothing from events or deleted ones.
+    cat.send(&forward("c2", ca, ab, 1));
+    assert_eq!(outcome(&mut cat), Err(ErrorCode::NotMember));
+    ann.send(&send("a2", ab, MsgKind::Delete, "", None, Some(1)));
+    assert!(outcome(&mut ann).is_ok());
+    bob.send(&forward("b2", bc, ab, 1));
+    assert_eq!(outcome(&mut bob), Err(ErrorCode::BadValue));
+    bob.send(&forward("b3", bc, ab, 2));
+    assert_eq!(outcome(&mut bob), Err(ErrorCode::BadValue), "message 2 is the delete event");
+    // History shows the copy with its attribution.
+    let h = history(&mut cat, bc);
+    assert_eq!(at(&h, seq).extra.as_ref().and_then(|x| x.forwarded.as_ref()).map(|f| f.times), Some(1));
 }

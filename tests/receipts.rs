@@ -87,6 +87,7 @@ fn a_thousand_member_group_gives_its_sender_coalesced_counts() {
     let send = Send {
         reply_to: None,
         target_seq: None,
+        forward: None,
         client_msg_id: "all".into(),
         target: Target::Conv(conv),
         body: b"hello".to_vec(),

@@ -35,6 +35,7 @@ fn codecs(c: &mut Criterion) {
     let send = ClientFrame::Send(Send {
         reply_to: None,
         target_seq: None,
+        forward: None,
         client_msg_id: "c-1029".into(),
         target: Target::User("bob".into()),
         body: vec![b'x'; 64],

@@ -280,6 +280,7 @@ async fn exec_main(args: ChatArgs, t: usize, setup: Arc<Setup>, live: Arc<Live>,
             let f = ClientFrame::Send(Send {
                 reply_to: None,
                 target_seq: None,
+                forward: None,
                 client_msg_id: id.to_string(),
                 target: to,
                 body,

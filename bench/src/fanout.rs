@@ -127,6 +127,7 @@ async fn exec_main(args: FanoutArgs, t: usize, sh: Arc<Shared>, live: Arc<Live>,
             let f = ClientFrame::Send(Send {
                 reply_to: None,
                 target_seq: None,
+                forward: None,
                 client_msg_id: n.to_string(),
                 target: To::Conv(conv),
                 body,

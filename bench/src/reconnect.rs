@@ -91,6 +91,7 @@ async fn exec_main(a: ReconnectArgs, t: usize, p: Arc<Phase>, live: Arc<Live>, r
             c.tx.queue(&ClientFrame::Send(Send {
                 reply_to: None,
                 target_seq: None,
+                forward: None,
                 client_msg_id: format!("b{n}"),
                 target: To::User(user(&a, *i ^ 1)),
                 body,
@@ -139,6 +140,7 @@ async fn exec_main(a: ReconnectArgs, t: usize, p: Arc<Phase>, live: Arc<Live>, r
                 c.tx.queue(&ClientFrame::Send(Send {
                     reply_to: None,
                     target_seq: None,
+                    forward: None,
                     client_msg_id: format!("m{i}-{n}"),
                     target: To::User(user(&a, i)),
                     body: text(format!("missed {n}")),

@@ -111,6 +111,7 @@ fn main() {
         ClientFrame::Send(Send {
             reply_to: None,
             target_seq: None,
+            forward: None,
             client_msg_id: format!("m{i}"),
             target: Target::User(bob.clone()),
             body: vec![b'x'; 64],

@@ -101,6 +101,7 @@ fn main() {
             kind: MsgKind::Text,
             reply_to: None,
             target_seq: None,
+            forward: None,
         };
         h.cores[home].client_frame(conn, ClientFrame::Send(send), 2);
         h.run();

@@ -82,6 +82,7 @@ impl Outgoing {
         ClientFrame::Send(Send {
             reply_to: None,
             target_seq: self.target_seq,
+            forward: None,
             client_msg_id: self.cmid.clone(),
             target: self.target.clone(),
             body: self.body.clone(),
@@ -421,6 +422,7 @@ impl Sim {
                         ClientFrame::Send(Send {
                             reply_to: None,
                             target_seq: None,
+                            forward: None,
                             client_msg_id: cmid,
                             target: Target::Conv(conv),
                             body: b"dup".to_vec(),

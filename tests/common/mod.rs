@@ -283,6 +283,7 @@ pub fn send_to(user: &str, cmid: &str, body: &str) -> ClientFrame {
     ClientFrame::Send(wire::frame::Send {
         reply_to: None,
         target_seq: None,
+        forward: None,
         client_msg_id: cmid.into(),
         target: wire::frame::Target::User(user.into()),
         body: body.as_bytes().to_vec(),

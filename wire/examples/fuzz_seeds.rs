@@ -10,6 +10,7 @@ fn main() {
         ClientFrame::Send(Send {
             reply_to: None,
             target_seq: None,
+            forward: None,
             client_msg_id: "c1".into(),
             target: Target::User("bob".into()),
             body: b"hi".to_vec(),
@@ -18,6 +19,7 @@ fn main() {
         ClientFrame::Send(Send {
             reply_to: None,
             target_seq: None,
+            forward: None,
             client_msg_id: "c2".into(),
             target: Target::Conv(ConvId(9)),
             body: vec![0, 1, 2],

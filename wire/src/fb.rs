@@ -11,8 +11,8 @@ use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{
     check, Ack, ClientFrame, ConvEntry, ConvId, ConvSettings, ConversationList, ConversationsReq, ErrorFrame,
-    GroupAction, GroupInfo, GroupOp, History, Message, MsgExtra, MsgKind, MsgRef, Page, PresenceState, PresenceUpdate,
-    ReactionCount, ReceiptList, ReceiptsReq, ServerFrame, SyncPoint, Target,
+    ForwardOf, Forwarded, GroupAction, GroupInfo, GroupOp, History, Message, MsgExtra, MsgKind, MsgRef, Page,
+    PresenceState, PresenceUpdate, ReactionCount, ReceiptList, ReceiptsReq, ServerFrame, SyncPoint, Target,
 };
 use crate::generated::switchboard::v_1 as g;
 
@@ -131,6 +131,11 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
                 kind(s.kind())?,
                 s.reply_to(),
                 s.target(),
+                match (s.forward_conv(), s.forward_seq()) {
+                    (Some(c), Some(seq)) => Some(ForwardOf { conv: conv_id(c), seq }),
+                    (None, None) => None,
+                    _ => return Err(DecodeError::MissingField("forward_seq")),
+                },
             )?)
         }
         g::Frame::History => {
@@ -248,6 +253,7 @@ fn g_message<'a>(b: &mut FlatBufferBuilder<'a>, m: &MsgRef<'_>) -> WIPOffset<g::
     let body = b.create_vector(m.body);
     let cmid = b.create_string(m.client_msg_id);
     let conv = g_conv(m.conv);
+    let mut fwd_conv = None;
     let mut args = g::MsgArgs {
         conv: Some(&conv),
         seq: m.seq,
@@ -278,7 +284,14 @@ fn g_message<'a>(b: &mut FlatBufferBuilder<'a>, m: &MsgRef<'_>) -> WIPOffset<g::
             args.reactions = Some(b.create_vector(&rs));
         }
         args.my_reaction = x.my_reaction.as_deref().map(|r| b.create_string(r));
+        if let Some(f) = &x.forwarded {
+            fwd_conv = Some(g_conv(f.conv));
+            args.forwarded_seq = f.seq;
+            args.forwarded_from = Some(b.create_string(&f.from));
+            args.forwarded_times = f.times;
+        }
     }
+    args.forwarded_conv = fwd_conv.as_ref();
     g::Msg::create(b, &args)
 }
 
@@ -504,6 +517,7 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                 Target::User(u) => (Some(b.create_string(u)), None),
                 Target::Conv(c) => (None, Some(g_conv(*c))),
             };
+            let fwd_conv = s.forward.as_ref().map(|f| g_conv(f.conv));
             let o = g::Send::create(
                 &mut b,
                 &g::SendArgs {
@@ -514,6 +528,8 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                     kind: g_kind(s.kind),
                     reply_to: s.reply_to,
                     target: s.target_seq,
+                    forward_conv: fwd_conv.as_ref(),
+                    forward_seq: s.forward.as_ref().map(|f| f.seq),
                 },
             );
             (g::Frame::Send, o.as_union_value())
@@ -635,6 +651,12 @@ fn extra(m: &g::Msg<'_>) -> Option<Box<MsgExtra>> {
             .map(|r| ReactionCount { emoji: r.emoji().unwrap_or_default().to_owned(), count: r.count() })
             .collect(),
         my_reaction: m.my_reaction().map(str::to_owned),
+        forwarded: m.forwarded_conv().map(|c| Forwarded {
+            conv: conv_id(c),
+            seq: m.forwarded_seq(),
+            from: m.forwarded_from().unwrap_or_default().to_owned(),
+            times: m.forwarded_times(),
+        }),
     };
     (x != MsgExtra::default()).then(|| Box::new(x))
 }

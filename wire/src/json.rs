@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DecodeError;
 use crate::frame::{
-    check, ClientFrame, ConvEntry, ConvId, ConvSettings, ConversationList, ConversationsReq, GroupAction, GroupInfo,
-    GroupOp, History, Message, MsgExtra, MsgKind, MsgRef, Page, PresenceState, PresenceUpdate, ReactionCount,
-    ReceiptList, ReceiptsReq, ServerFrame, SyncPoint,
+    check, ClientFrame, ConvEntry, ConvId, ConvSettings, ConversationList, ConversationsReq, ForwardOf, Forwarded,
+    GroupAction, GroupInfo, GroupOp, History, Message, MsgExtra, MsgKind, MsgRef, Page, PresenceState, PresenceUpdate,
+    ReactionCount, ReceiptList, ReceiptsReq, ServerFrame, SyncPoint,
 };
 
 #[derive(Deserialize)]
@@ -30,6 +30,7 @@ enum JsonClient {
         kind: Option<String>,
         reply_to: Option<u64>,
         target: Option<u64>,
+        forward: Option<JsonForwardOf>,
     },
     History {
         req_id: Option<String>,
@@ -96,6 +97,12 @@ enum JsonClient {
 fn presence_state(s: &str) -> Result<PresenceState, DecodeError> {
     PresenceState::from_name(s)
         .ok_or(DecodeError::BadValue { field: "state", reason: "state is \"online\", \"away\" or \"offline\"" })
+}
+
+#[derive(Deserialize)]
+struct JsonForwardOf {
+    conv: Option<String>,
+    seq: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -199,11 +206,22 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             }
             ClientFrame::Hello { sync: points, list_since }
         }
-        JsonClient::Send { client_msg_id, to, conv: c, body, kind: k, reply_to, target } => {
+        JsonClient::Send { client_msg_id, to, conv: c, body, kind: k, reply_to, target, forward } => {
             let kind = kind(k.as_deref())?;
             let c = c.map(|c| conv("conv", &c)).transpose()?;
-            let body = body.map(|b| body_bytes(kind, &b)).transpose()?;
-            ClientFrame::Send(check::send(client_msg_id, to, c, body, kind, reply_to, target)?)
+            let forward = match forward {
+                None => None,
+                Some(f) => Some(ForwardOf {
+                    conv: conv("forward.conv", &f.conv.ok_or(DecodeError::MissingField("forward.conv"))?)?,
+                    seq: f.seq.ok_or(DecodeError::MissingField("forward.seq"))?,
+                }),
+            };
+            // A forward has no body of its own.
+            let body = match (body, &forward) {
+                (None, Some(_)) => Some(Vec::new()),
+                (b, _) => b.map(|b| body_bytes(kind, &b)).transpose()?,
+            };
+            ClientFrame::Send(check::send(client_msg_id, to, c, body, kind, reply_to, target, forward)?)
         }
         JsonClient::History { req_id, conv: c, before_seq, limit } => {
             if let Some(r) = &req_id {
@@ -423,6 +441,16 @@ struct JsonMessage<'a> {
     reactions: &'a [ReactionCount],
     #[serde(skip_serializing_if = "Option::is_none")]
     my_reaction: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forwarded: Option<JsonForwarded<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonForwarded<'a> {
+    conv: String,
+    seq: u64,
+    from: &'a str,
+    times: u32,
 }
 
 #[derive(Serialize)]
@@ -466,6 +494,12 @@ fn message<'a>(m: &MsgRef<'a>) -> JsonMessage<'a> {
         deleted_at: x.and_then(|x| x.deleted_at),
         reactions: x.map_or(&[], |x| &x.reactions),
         my_reaction: x.and_then(|x| x.my_reaction.as_deref()),
+        forwarded: x.and_then(|x| x.forwarded.as_ref()).map(|f| JsonForwarded {
+            conv: f.conv.to_string(),
+            seq: f.seq,
+            from: &f.from,
+            times: f.times,
+        }),
     }
 }
 
@@ -611,6 +645,9 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             if let Some(t) = s.target_seq {
                 v["target"] = t.into();
             }
+            if let Some(f) = &s.forward {
+                v["forward"] = serde_json::json!({"conv": f.conv.to_string(), "seq": f.seq});
+            }
             match &s.target {
                 crate::frame::Target::User(u) => v["to"] = u.as_str().into(),
                 crate::frame::Target::Conv(c) => v["conv"] = c.to_string().into(),
@@ -752,6 +789,18 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
             deleted_at: v.get("deleted_at").and_then(|x| x.as_u64()),
             reactions,
             my_reaction: v.get("my_reaction").and_then(|x| x.as_str()).map(str::to_owned),
+            forwarded: match v.get("forwarded") {
+                None => None,
+                Some(f) => Some(Forwarded {
+                    conv: conv(
+                        "forwarded.conv",
+                        f.get("conv").and_then(|c| c.as_str()).ok_or(DecodeError::MissingField("forwarded.conv"))?,
+                    )?,
+                    seq: f.get("seq").and_then(|x| x.as_u64()).ok_or(DecodeError::MissingField("forwarded.seq"))?,
+                    from: f.get("from").and_then(|x| x.as_str()).unwrap_or_default().to_owned(),
+                    times: f.get("times").and_then(|x| x.as_u64()).unwrap_or(0) as u32,
+                }),
+            },
         };
         Ok(Message {
             conv: conv("conv", s("conv")?)?,

@@ -91,6 +91,7 @@ fn client_frames() -> Vec<ClientFrame> {
             kind: MsgKind::Text,
             reply_to: None,
             target_seq: None,
+            forward: None,
         }),
         ClientFrame::Send(Send {
             client_msg_id: "c-2".into(),
@@ -99,6 +100,7 @@ fn client_frames() -> Vec<ClientFrame> {
             kind: MsgKind::Data,
             reply_to: None,
             target_seq: None,
+            forward: None,
         }),
         ClientFrame::History(History {
             req_id: Some("r".into()),
@@ -190,6 +192,7 @@ fn fb_bad_input_is_rejected_not_read() {
         kind: MsgKind::Text,
         reply_to: None,
         target_seq: None,
+        forward: None,
     }));
     assert_eq!(fb::decode_client(&bad).unwrap_err().code(), ErrorCode::BadValue);
 }
@@ -227,6 +230,7 @@ fn lifecycle_sends_are_checked_in_both_encodings() {
         kind: MsgKind::Reaction,
         reply_to: None,
         target_seq: Some(3),
+        forward: None,
     };
     let bytes = fb::encode_client(&ClientFrame::Send(send));
     assert_eq!(fb::decode_client(&bytes).unwrap_err().code(), ErrorCode::BadValue);

@@ -65,8 +65,9 @@ fn extra() -> impl Strategy<Value = Option<Box<MsgExtra>>> {
             proptest::option::of(any::<u64>()),
             vec(("[😀-🙏]", any::<u32>()), 0..3),
             proptest::option::of("[😀-🙏]"),
+            proptest::option::of((conv(), any::<u64>(), id(), any::<u32>())),
         )
-            .prop_map(|(reply_to, target, edited_at, deleted_by, deleted_at, rs, my_reaction)| MsgExtra {
+            .prop_map(|(reply_to, target, edited_at, deleted_by, deleted_at, rs, my_reaction, fwd)| MsgExtra {
                 reply_to,
                 target,
                 edited_at,
@@ -74,6 +75,7 @@ fn extra() -> impl Strategy<Value = Option<Box<MsgExtra>>> {
                 deleted_at,
                 reactions: rs.into_iter().map(|(emoji, count)| ReactionCount { emoji, count }).collect(),
                 my_reaction,
+                forwarded: fwd.map(|(conv, seq, from, times)| Forwarded { conv, seq, from, times }),
             })
             .prop_filter("an empty extra is encoded as none", |x| *x != MsgExtra::default())
             .prop_map(Box::new),
@@ -178,9 +180,19 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 body,
                 kind,
                 reply_to,
-                target_seq
+                target_seq,
+                forward: None
             })
         ),
+        (id(), conv(), conv(), 1..u64::MAX).prop_map(|(client_msg_id, to, conv, seq)| ClientFrame::Send(Send {
+            client_msg_id,
+            target: Target::Conv(to),
+            body: Vec::new(),
+            kind: MsgKind::Text,
+            reply_to: None,
+            target_seq: None,
+            forward: Some(Box::new(ForwardOf { conv, seq }))
+        })),
         (proptest::option::of(id()), conv(), proptest::option::of(any::<u64>()), proptest::option::of(any::<u32>()))
             .prop_map(|(req_id, conv, before_seq, limit)| ClientFrame::History(History {
                 req_id,

@@ -62,8 +62,11 @@ impl Core {
                     Target::User(peer) => dm_conv(&user, peer),
                     Target::Conv(c) => *c,
                 };
-                let req = SendReq { from, user: user.to_string(), device: self.device_of(id), conv, send };
-                self.route_to_conv_home(ConvReq::Send(req));
+                let forward = send.forward.is_some();
+                let req =
+                    SendReq { from, user: user.to_string(), device: self.device_of(id), conv, send, forwarded: None };
+                // A forward goes to the home of the conversation it copies from first.
+                self.route_to_conv_home(if forward { ConvReq::Forward(Box::new(req)) } else { ConvReq::Send(req) });
             }
             ClientFrame::History(req) => {
                 if self.limited(id, &user, Limit::History, req.req_id.as_deref()) {

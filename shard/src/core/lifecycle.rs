@@ -23,12 +23,64 @@ use storage::model::{dedupe_key, StoredMessage};
 use storage::read::{ReadDone, ReadReq};
 use storage::StoreError;
 use wire::error::ErrorCode;
-use wire::frame::{ConvId, MsgExtra, MsgKind};
+use wire::frame::{ConvId, Forwarded, MsgExtra, MsgKind};
 
 use super::commit::Side;
 use super::{busy, storage_failed, Core, ReadFor, SendReq};
 
 impl Core {
+    /// At the home of the conversation a forward copies from: the sender must be able to
+    /// read the message (a member who joined before it); then it is read, copied, and
+    /// the copy goes to the target conversation's home as a send.
+    pub(super) fn forward_from(&mut self, req: SendReq) {
+        let Some(f) = req.send.forward.as_deref().copied() else { return };
+        let readable = self.convs.ready(f.conv).is_some_and(|c| {
+            c.exists && c.is_member(&req.user) && f.seq >= c.joined_at(&req.user) && f.seq <= c.durable_seq
+        });
+        if !readable {
+            let msg = "forward: no such message in a conversation you can read".to_owned();
+            return self.reply_error(req.from, ErrorCode::NotMember, msg, Some(req.send.client_msg_id));
+        }
+        let read = ReadReq::Page { conv: f.conv, after: f.seq - 1, before: f.seq + 1, limit: 1, viewer: String::new() };
+        let cmid = req.send.client_msg_id.clone();
+        let from = req.from;
+        if !self.read(read, ReadFor::Forward(Box::new(req))) {
+            let (code, msg) = busy("storage reads");
+            self.reply_error(from, code, msg, Some(cmid));
+        }
+    }
+
+    pub(super) fn on_forward_read(&mut self, mut req: SendReq, r: Result<ReadDone, StoreError>) {
+        let Some(f) = req.send.forward.take() else { return };
+        let src = match r {
+            Ok(ReadDone::Page(slice)) => slice.messages.into_iter().find(|(s, _)| *s == f.seq).map(|(_, m)| m),
+            Ok(_) => None,
+            Err(e) => {
+                let (code, msg) = storage_failed(&e);
+                return self.reply_error(req.from, code, msg, Some(req.send.client_msg_id));
+            }
+        };
+        let kind = src.as_ref().and_then(|m| MsgKind::from_tag(m.kind));
+        let Some((src, kind)) = src.zip(kind).filter(|(m, k)| {
+            !k.is_event() && *k != MsgKind::System && m.ext.as_ref().is_none_or(|x| x.deleted_by.is_none())
+        }) else {
+            let msg = format!("forward: message {} is an event or deleted", f.seq);
+            return self.reply_error(req.from, ErrorCode::BadValue, msg, Some(req.send.client_msg_id));
+        };
+        // Attribution: this message, its first author, and one more forward.
+        let before = src.ext.as_ref().and_then(|x| x.forwarded.as_ref());
+        req.forwarded = Some(Box::new(Forwarded {
+            conv: f.conv,
+            seq: f.seq,
+            from: before.map_or_else(|| src.from.clone(), |b| b.from.clone()),
+            times: before.map_or(0, |b| b.times).saturating_add(1),
+        }));
+        req.send.body = src.body;
+        req.send.kind = kind;
+        let home = crate::ids::home_of_conv(req.conv, self.shards);
+        self.send_route(home, super::Route::Msg(super::MsgRoute::AtConv(super::ConvReq::Send(req))));
+    }
+
     /// Checks a media reference against the configured limits.
     pub(super) fn media_allowed(&self, body: &[u8]) -> Result<(), String> {
         let m = wire::frame::check::media(body).map_err(|e| e.to_string())?;

@@ -63,6 +63,7 @@ impl ConvReq {
     fn asker(&self) -> (ConnRef, Option<String>) {
         match self {
             ConvReq::Send(r) => (r.from, Some(r.send.client_msg_id.clone())),
+            ConvReq::Forward(r) => (r.from, Some(r.send.client_msg_id.clone())),
             ConvReq::Group(r) => (r.from, r.op.req_id.clone()),
             ConvReq::History { from, req, .. } => (*from, req.req_id.clone()),
             ConvReq::Typing { from, .. } | ConvReq::Cursor { from, .. } => (*from, None),
@@ -192,6 +193,7 @@ impl Core {
     fn handle(&mut self, conv: ConvId, w: ConvReq) {
         match w {
             ConvReq::Send(req) => self.accept_send(req),
+            ConvReq::Forward(req) => self.forward_from(*req),
             ConvReq::Group(req) => self.accept_group(*req),
             ConvReq::History { from, user, req } => {
                 let (member, group, joined) = match self.convs.ready(conv).filter(|c| c.exists) {
@@ -254,7 +256,7 @@ impl Core {
         }
     }
 
-    pub(super) fn accept_send(&mut self, req: SendReq) {
+    pub(super) fn accept_send(&mut self, mut req: SendReq) {
         let now = self.now;
         if self.commit.queued_len() >= self.cfg.max_commit_queue {
             let (code, msg) = busy("commit queue");
@@ -313,7 +315,12 @@ impl Core {
         if req.send.kind.is_event() {
             return self.queue_event(req);
         }
-        let ext = req.send.reply_to.map(|r| Box::new(MsgExtra { reply_to: Some(r), ..MsgExtra::default() }));
+        let ext = match (req.send.reply_to, req.forwarded.take()) {
+            (None, None) => None,
+            (reply_to, forwarded) => {
+                Some(Box::new(MsgExtra { reply_to, forwarded: forwarded.map(|f| *f), ..MsgExtra::default() }))
+            }
+        };
         self.store_message(req, key, ext, create, None);
     }
 

@@ -229,6 +229,8 @@ enum ReadFor {
     List { conn: ConnId, req: wire::frame::ConversationsReq, token: u64, unsaved: Box<inbox::Unsaved> },
     /// A former group member's row, before their history page.
     FormerHistory { from: ConnRef, conv: ConvId, user: String, req: wire::frame::History },
+    /// The message a forward copies (boxed: rare).
+    Forward(Box<SendReq>),
     /// The message an edit, delete or reaction acts on.
     Target(ConvId),
     /// Checking a conversation is in the user's list before changing its settings.
@@ -411,6 +413,7 @@ impl Core {
             Some(ReadFor::Sync { from }) => self.on_sync_read(from, r),
             Some(ReadFor::User(name)) => self.on_user_loaded(name, r),
             Some(ReadFor::Target(conv)) => self.on_target_read(conv, r),
+            Some(ReadFor::Forward(req)) => self.on_forward_read(*req, r),
             Some(ReadFor::FormerHistory { from, conv, user, req }) => self.on_former_history(from, conv, user, req, r),
             Some(ReadFor::List { conn, req, token, unsaved }) => self.on_list_read(conn, req, token, &unsaved, r),
             Some(ReadFor::ConvSettings { conn, settings, unsaved }) => {

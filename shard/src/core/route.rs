@@ -125,6 +125,8 @@ pub enum ConnRoute {
 pub enum ConvReq {
     /// A new message.
     Send(SendReq),
+    /// A forward, at the home of the conversation it copies from (boxed: rare).
+    Forward(Box<SendReq>),
     /// A `group` request (boxed: rare and large, so the routes of every message stay small).
     Group(Box<GroupReq>),
     /// A history request (membership is checked at the home).
@@ -178,6 +180,7 @@ impl ConvReq {
     pub fn conv(&self) -> ConvId {
         match self {
             ConvReq::Send(r) => r.conv,
+            ConvReq::Forward(r) => r.send.forward.as_ref().map_or(r.conv, |f| f.conv),
             ConvReq::Group(r) => r.conv,
             ConvReq::History { req, .. } => req.conv,
             ConvReq::Typing { conv, .. } | ConvReq::Cursor { conv, .. } => *conv,
@@ -200,6 +203,8 @@ pub struct SendReq {
     /// The frame (for `to` sends, its target names the other user, so the DM can be
     /// created on first use).
     pub send: Send,
+    /// A forwarded copy: where from (set at the source's home).
+    pub forwarded: Option<Box<wire::frame::Forwarded>>,
 }
 
 impl SendReq {

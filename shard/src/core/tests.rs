@@ -106,6 +106,7 @@ fn msg(cmid: &str, to: &str) -> ClientFrame {
     ClientFrame::Send(Send {
         reply_to: None,
         target_seq: None,
+        forward: None,
         client_msg_id: cmid.into(),
         target: Target::User(to.into()),
         body: b"x".to_vec(),
@@ -285,6 +286,7 @@ fn group_senders_get_coalesced_counts_and_members_pages() {
         ClientFrame::Send(Send {
             reply_to: None,
             target_seq: None,
+            forward: None,
             client_msg_id: "hello".into(),
             target: Target::Conv(conv),
             body: b"hi".to_vec(),

@@ -35,6 +35,10 @@ impl<'a> Msg<'a> {
   pub const VT_DELETED_AT: ::flatbuffers::VOffsetT = 30;
   pub const VT_REACTIONS: ::flatbuffers::VOffsetT = 32;
   pub const VT_MY_REACTION: ::flatbuffers::VOffsetT = 34;
+  pub const VT_FORWARDED_CONV: ::flatbuffers::VOffsetT = 36;
+  pub const VT_FORWARDED_SEQ: ::flatbuffers::VOffsetT = 38;
+  pub const VT_FORWARDED_FROM: ::flatbuffers::VOffsetT = 40;
+  pub const VT_FORWARDED_TIMES: ::flatbuffers::VOffsetT = 42;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -46,6 +50,7 @@ impl<'a> Msg<'a> {
     args: &'args MsgArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Msg<'bldr>> {
     let mut builder = MsgBuilder::new(_fbb);
+    builder.add_forwarded_seq(args.forwarded_seq);
     if let Some(x) = args.deleted_at { builder.add_deleted_at(x); }
     if let Some(x) = args.edited_at { builder.add_edited_at(x); }
     if let Some(x) = args.target { builder.add_target(x); }
@@ -53,6 +58,9 @@ impl<'a> Msg<'a> {
     builder.add_ts(args.ts);
     builder.add_message_id(args.message_id);
     builder.add_seq(args.seq);
+    builder.add_forwarded_times(args.forwarded_times);
+    if let Some(x) = args.forwarded_from { builder.add_forwarded_from(x); }
+    if let Some(x) = args.forwarded_conv { builder.add_forwarded_conv(x); }
     if let Some(x) = args.my_reaction { builder.add_my_reaction(x); }
     if let Some(x) = args.reactions { builder.add_reactions(x); }
     if let Some(x) = args.deleted_by { builder.add_deleted_by(x); }
@@ -181,6 +189,36 @@ impl<'a> Msg<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Msg::VT_MY_REACTION, None)}
   }
+  /// A forwarded copy: of message `forwarded_seq` of `forwarded_conv`, written by
+  /// `forwarded_from`, forwarded `forwarded_times` times.
+  #[inline]
+  pub fn forwarded_conv(&self) -> Option<&'a ConvId> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ConvId>(Msg::VT_FORWARDED_CONV, None)}
+  }
+  #[inline]
+  pub fn forwarded_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Msg::VT_FORWARDED_SEQ, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn forwarded_from(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Msg::VT_FORWARDED_FROM, None)}
+  }
+  #[inline]
+  pub fn forwarded_times(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Msg::VT_FORWARDED_TIMES, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Msg<'_> {
@@ -205,6 +243,10 @@ impl ::flatbuffers::Verifiable for Msg<'_> {
      .visit_field::<u64>("deleted_at", Self::VT_DELETED_AT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReactionCount>>>>("reactions", Self::VT_REACTIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("my_reaction", Self::VT_MY_REACTION, false)?
+     .visit_field::<ConvId>("forwarded_conv", Self::VT_FORWARDED_CONV, false)?
+     .visit_field::<u64>("forwarded_seq", Self::VT_FORWARDED_SEQ, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("forwarded_from", Self::VT_FORWARDED_FROM, false)?
+     .visit_field::<u32>("forwarded_times", Self::VT_FORWARDED_TIMES, false)?
      .finish();
     Ok(())
   }
@@ -226,6 +268,10 @@ pub struct MsgArgs<'a> {
     pub deleted_at: Option<u64>,
     pub reactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReactionCount<'a>>>>>,
     pub my_reaction: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub forwarded_conv: Option<&'a ConvId>,
+    pub forwarded_seq: u64,
+    pub forwarded_from: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub forwarded_times: u32,
 }
 impl<'a> Default for MsgArgs<'a> {
   #[inline]
@@ -247,6 +293,10 @@ impl<'a> Default for MsgArgs<'a> {
       deleted_at: None,
       reactions: None,
       my_reaction: None,
+      forwarded_conv: None,
+      forwarded_seq: 0,
+      forwarded_from: None,
+      forwarded_times: 0,
     }
   }
 }
@@ -321,6 +371,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MsgBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Msg::VT_MY_REACTION, my_reaction);
   }
   #[inline]
+  pub fn add_forwarded_conv(&mut self, forwarded_conv: &ConvId) {
+    self.fbb_.push_slot_always::<&ConvId>(Msg::VT_FORWARDED_CONV, forwarded_conv);
+  }
+  #[inline]
+  pub fn add_forwarded_seq(&mut self, forwarded_seq: u64) {
+    self.fbb_.push_slot::<u64>(Msg::VT_FORWARDED_SEQ, forwarded_seq, 0);
+  }
+  #[inline]
+  pub fn add_forwarded_from(&mut self, forwarded_from: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Msg::VT_FORWARDED_FROM, forwarded_from);
+  }
+  #[inline]
+  pub fn add_forwarded_times(&mut self, forwarded_times: u32) {
+    self.fbb_.push_slot::<u32>(Msg::VT_FORWARDED_TIMES, forwarded_times, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MsgBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MsgBuilder {
@@ -354,6 +420,10 @@ impl ::core::fmt::Debug for Msg<'_> {
       ds.field("deleted_at", &self.deleted_at());
       ds.field("reactions", &self.reactions());
       ds.field("my_reaction", &self.my_reaction());
+      ds.field("forwarded_conv", &self.forwarded_conv());
+      ds.field("forwarded_seq", &self.forwarded_seq());
+      ds.field("forwarded_from", &self.forwarded_from());
+      ds.field("forwarded_times", &self.forwarded_times());
       ds.finish()
   }
 }

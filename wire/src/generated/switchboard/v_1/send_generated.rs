@@ -26,6 +26,8 @@ impl<'a> Send<'a> {
   pub const VT_KIND: ::flatbuffers::VOffsetT = 12;
   pub const VT_REPLY_TO: ::flatbuffers::VOffsetT = 14;
   pub const VT_TARGET: ::flatbuffers::VOffsetT = 16;
+  pub const VT_FORWARD_CONV: ::flatbuffers::VOffsetT = 18;
+  pub const VT_FORWARD_SEQ: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -37,8 +39,10 @@ impl<'a> Send<'a> {
     args: &'args SendArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Send<'bldr>> {
     let mut builder = SendBuilder::new(_fbb);
+    if let Some(x) = args.forward_seq { builder.add_forward_seq(x); }
     if let Some(x) = args.target { builder.add_target(x); }
     if let Some(x) = args.reply_to { builder.add_reply_to(x); }
+    if let Some(x) = args.forward_conv { builder.add_forward_conv(x); }
     if let Some(x) = args.body { builder.add_body(x); }
     if let Some(x) = args.conv { builder.add_conv(x); }
     if let Some(x) = args.to { builder.add_to(x); }
@@ -99,6 +103,21 @@ impl<'a> Send<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Send::VT_TARGET, None)}
   }
+  /// Forward message `forward_seq` of `forward_conv` (no body: the server copies it).
+  #[inline]
+  pub fn forward_conv(&self) -> Option<&'a ConvId> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ConvId>(Send::VT_FORWARD_CONV, None)}
+  }
+  #[inline]
+  pub fn forward_seq(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Send::VT_FORWARD_SEQ, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Send<'_> {
@@ -114,6 +133,8 @@ impl ::flatbuffers::Verifiable for Send<'_> {
      .visit_field::<MsgKind>("kind", Self::VT_KIND, false)?
      .visit_field::<u64>("reply_to", Self::VT_REPLY_TO, false)?
      .visit_field::<u64>("target", Self::VT_TARGET, false)?
+     .visit_field::<ConvId>("forward_conv", Self::VT_FORWARD_CONV, false)?
+     .visit_field::<u64>("forward_seq", Self::VT_FORWARD_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -126,6 +147,8 @@ pub struct SendArgs<'a> {
     pub kind: MsgKind,
     pub reply_to: Option<u64>,
     pub target: Option<u64>,
+    pub forward_conv: Option<&'a ConvId>,
+    pub forward_seq: Option<u64>,
 }
 impl<'a> Default for SendArgs<'a> {
   #[inline]
@@ -138,6 +161,8 @@ impl<'a> Default for SendArgs<'a> {
       kind: MsgKind::Text,
       reply_to: None,
       target: None,
+      forward_conv: None,
+      forward_seq: None,
     }
   }
 }
@@ -176,6 +201,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SendBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<u64>(Send::VT_TARGET, target);
   }
   #[inline]
+  pub fn add_forward_conv(&mut self, forward_conv: &ConvId) {
+    self.fbb_.push_slot_always::<&ConvId>(Send::VT_FORWARD_CONV, forward_conv);
+  }
+  #[inline]
+  pub fn add_forward_seq(&mut self, forward_seq: u64) {
+    self.fbb_.push_slot_always::<u64>(Send::VT_FORWARD_SEQ, forward_seq);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SendBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     SendBuilder {
@@ -200,6 +233,8 @@ impl ::core::fmt::Debug for Send<'_> {
       ds.field("kind", &self.kind());
       ds.field("reply_to", &self.reply_to());
       ds.field("target", &self.target());
+      ds.field("forward_conv", &self.forward_conv());
+      ds.field("forward_seq", &self.forward_seq());
       ds.finish()
   }
 }

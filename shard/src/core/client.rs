@@ -63,8 +63,14 @@ impl Core {
                     Target::Conv(c) => *c,
                 };
                 let forward = send.forward.is_some();
-                let req =
-                    SendReq { from, user: user.to_string(), device: self.device_of(id), conv, send, forwarded: None };
+                let req = SendReq {
+                    from,
+                    user: Box::from(&*user),
+                    device: self.device_of(id).into(),
+                    conv,
+                    send,
+                    forwarded: None,
+                };
                 // A forward goes to the home of the conversation it copies from first.
                 self.route_to_conv_home(if forward { ConvReq::Forward(Box::new(req)) } else { ConvReq::Send(req) });
             }

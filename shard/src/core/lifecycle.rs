@@ -185,7 +185,7 @@ impl Core {
         }
         let target = req.send.target_seq.unwrap_or(0);
         let kind = MsgKind::from_tag(orig.kind).unwrap_or(MsgKind::Data);
-        let is_admin = c.group.as_ref().is_some_and(|g| g.admins.contains(&req.user));
+        let is_admin = c.group.as_ref().is_some_and(|g| g.admins.iter().any(|a| **a == *req.user));
         let refuse = |code, msg: String| Err((code, msg));
         let verdict = if kind.is_event() || kind == MsgKind::System {
             refuse(ErrorCode::BadValue, format!("message {target} is an event; act on a message"))
@@ -193,7 +193,7 @@ impl Core {
             refuse(ErrorCode::BadValue, format!("message {target} was deleted"))
         } else {
             match req.send.kind {
-                MsgKind::Edit if orig.from != req.user => {
+                MsgKind::Edit if *orig.from != *req.user => {
                     refuse(ErrorCode::Forbidden, "only its sender edits a message".to_owned())
                 }
                 MsgKind::Edit if now.saturating_sub(orig.ts) > self.cfg.edit_window_ms => refuse(
@@ -208,7 +208,7 @@ impl Core {
                 }
                 MsgKind::Delete
                     if !is_admin
-                        && (orig.from != req.user || now.saturating_sub(orig.ts) > self.cfg.delete_window_ms) =>
+                        && (*orig.from != *req.user || now.saturating_sub(orig.ts) > self.cfg.delete_window_ms) =>
                 {
                     let msg = format!(
                         "a message is deleted for everyone by its sender within {} s, or by a group admin",
@@ -233,13 +233,13 @@ impl Core {
                 let mut m = orig.clone();
                 m.body = Vec::new();
                 let x = m.ext.get_or_insert_with(Default::default);
-                x.deleted_by = Some(req.user.clone());
+                x.deleted_by = Some(req.user.to_string());
                 x.deleted_at = Some(now);
                 Side::Rewrite(target, Arc::new(m))
             }
             _ => Side::Reaction {
                 seq: target,
-                user: req.user.clone(),
+                user: req.user.to_string(),
                 emoji: String::from_utf8_lossy(&req.send.body).into_owned(),
             },
         };

@@ -268,7 +268,7 @@ impl Core {
             // Only a DM can come into being by a send, and only between its two users.
             let is_dm = req.dm_peer().is_some_and(|p| dm_conv(&req.user, p) == req.conv);
             if let (true, Some(peer)) = (is_dm, req.dm_peer()) {
-                let mut members = vec![req.user.clone(), peer.to_owned()];
+                let mut members = vec![req.user.to_string(), peer.to_owned()];
                 members.sort();
                 members.dedup();
                 c.members = members.iter().map(|m| Box::from(m.as_str())).collect();
@@ -353,8 +353,8 @@ impl Core {
         let msg = Arc::new(StoredMessage {
             ext,
             message_id,
-            from: req.user,
-            from_device: req.device,
+            from: req.user.into(),
+            from_device: req.device.into(),
             client_msg_id: req.send.client_msg_id,
             ts: now,
             kind: req.send.kind.tag(),

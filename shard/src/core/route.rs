@@ -195,9 +195,9 @@ pub struct SendReq {
     /// The sending connection (on the sender's home shard).
     pub from: ConnRef,
     /// Sender's user id (authenticated; never taken from the frame).
-    pub user: String,
+    pub user: Box<str>,
     /// Sender's device id.
-    pub device: String,
+    pub device: Box<str>,
     /// The conversation.
     pub conv: ConvId,
     /// The frame (for `to` sends, its target names the other user, so the DM can be

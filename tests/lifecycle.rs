@@ -354,3 +354,36 @@ fn forwards_copy_a_readable_message_with_attribution_and_count() {
     let h = history(&mut cat, bc);
     assert_eq!(at(&h, seq).extra.as_ref().and_then(|x| x.forwarded.as_ref()).map(|f| f.times), Some(1));
 }
+
+#[test]
+fn delete_for_me_hides_on_every_device_of_that_user_only() {
+    let server = Server::start_with(2, "");
+    let mut alice = server.connect("dm-alice", "d", Encoding::Json);
+    let mut phone = server.connect("dm-bob", "phone", Encoding::FlatBuffers);
+    let mut tablet = server.connect("dm-bob", "tablet", Encoding::Json);
+    alice.send(&send_to("dm-bob", "a1", "one"));
+    let dm = alice.ack().conv;
+    for (i, body) in ["two", "three"].iter().enumerate() {
+        alice.send(&send(&format!("a{}", i + 2), dm, MsgKind::Text, body, None, None));
+        assert!(outcome(&mut alice).is_ok());
+    }
+    live(&mut phone, dm, 3);
+    phone.send(&ClientFrame::Hide { conv: dm, seqs: vec![2] });
+    let told =
+        tablet.until(|f| if let ServerFrame::Hidden { conv, seqs } = f { Some((*conv, seqs.clone())) } else { None });
+    assert_eq!(told, (dm, vec![2]), "the user's other device is told");
+    phone.until(|f| matches!(f, ServerFrame::Hidden { .. }).then_some(()));
+    let seqs = |h: Vec<Message>| h.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(history(&mut tablet, dm)), vec![1, 3]);
+    assert_eq!(seqs(history(&mut alice, dm)), vec![1, 2, 3], "only for the user who hid it");
+    let mut fresh = server.connect("dm-bob", "new", Encoding::Json);
+    fresh.send(&ClientFrame::Hello { sync: Vec::new(), list_since: None });
+    let synced = fresh.until(|f| if let ServerFrame::SyncPage(p) = f { Some(p.messages.clone()) } else { None });
+    assert_eq!(seqs(synced), vec![1, 3]);
+    // Only messages the user can see; only conversations they are in.
+    phone.send(&ClientFrame::Hide { conv: dm, seqs: vec![9] });
+    assert_eq!(phone.until(|f| if let ServerFrame::Error(e) = f { Some(e.code) } else { None }), ErrorCode::BadValue);
+    let mut eve = server.connect("dm-eve", "d", Encoding::Json);
+    eve.send(&ClientFrame::Hide { conv: dm, seqs: vec![1] });
+    assert_eq!(eve.until(|f| if let ServerFrame::Error(e) = f { Some(e.code) } else { None }), ErrorCode::NotMember);
+}

@@ -211,4 +211,24 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
     let gus = s.inbox("gus").unwrap();
     assert_eq!((gus[0].last.as_ref().map(|l| l.seq), gus[0].left), (Some(3), 3));
     assert_eq!(s.group_last(h).unwrap().map(|(at, l)| (at, l.seq)), Some((5, 7)));
+
+    // Delete for me: per user, per conversation, by seq; pages skip them for that user.
+    s.commit(&[
+        Write::Hide { conv: a, user: "bob".into(), seq: 8 },
+        Write::Hide { conv: a, user: "bob".into(), seq: 9 },
+        Write::Hide { conv: a, user: "bo".into(), seq: 7 },
+    ])
+    .unwrap();
+    assert_eq!(s.hidden(a, "bob", 0, u64::MAX).unwrap(), vec![8, 9]);
+    assert_eq!(s.hidden(a, "bob", 9, 9).unwrap(), vec![9]);
+    assert!(s.hidden(b, "bob", 0, u64::MAX).unwrap().is_empty());
+    let page = |viewer: &str| {
+        let req = crate::read::ReadReq::Page { conv: a, after: 6, before: 11, limit: 10, viewer: viewer.into() };
+        match crate::read::execute(&*s, &req).unwrap() {
+            crate::read::ReadDone::Page(p) => p.messages.iter().map(|m| m.0).collect::<Vec<_>>(),
+            _ => panic!("a page"),
+        }
+    };
+    assert_eq!(page("bob"), vec![7, 10]);
+    assert_eq!(page("carol"), vec![7, 8, 9, 10]);
 }

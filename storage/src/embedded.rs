@@ -15,6 +15,8 @@
 //!   members (one row per change: adding one member to a large group writes one row).
 //! - `group_last`: `conv` -> postcard `(at, InboxLast)`, a group's newest message as its
 //!   members' lists on this partition show it (one record per group per partition).
+//! - `hidden`: `conv ++ user ++ 0xFF ++ seq` -> empty: messages a user deleted for
+//!   themselves.
 //! - `reactions`: `conv ++ seq ++ user` -> the emoji (UTF-8), one per member per message.
 //! - `inbox`: `user ++ 0xFF ++ conv ++ tag` -> postcard `(at, InboxValue)`, one record per
 //!   part of a user's conversation-list entry (last message, read, own, muted, archived,
@@ -48,6 +50,7 @@ pub struct EmbeddedStore {
     reactions: Keyspace,
     members: Keyspace,
     group_last: Keyspace,
+    hidden: Keyspace,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -62,6 +65,17 @@ fn msg_key(conv: ConvId, seq: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..16].copy_from_slice(&conv.to_be_bytes());
     k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `conv ++ user ++ 0xFF ++ seq`: a user's hidden messages of one conversation are one
+/// seq-ordered range (0xFF never occurs in UTF-8).
+fn hidden_key(conv: ConvId, user: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + user.len() + 9);
+    k.extend_from_slice(&conv.to_be_bytes());
+    k.extend_from_slice(user.as_bytes());
+    k.push(0xFF);
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -86,7 +100,21 @@ impl EmbeddedStore {
         let reactions = db.keyspace("reactions", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let members = db.keyspace("members", KeyspaceCreateOptions::default).map_err(unavailable)?;
         let group_last = db.keyspace("group_last", KeyspaceCreateOptions::default).map_err(unavailable)?;
-        Ok(EmbeddedStore { db, msgs, convs, user_convs, dedupe, users, cursors, inbox, reactions, members, group_last })
+        let hidden = db.keyspace("hidden", KeyspaceCreateOptions::default).map_err(unavailable)?;
+        Ok(EmbeddedStore {
+            db,
+            msgs,
+            convs,
+            user_convs,
+            dedupe,
+            users,
+            cursors,
+            inbox,
+            reactions,
+            members,
+            group_last,
+            hidden,
+        })
     }
 }
 
@@ -134,6 +162,9 @@ impl EmbeddedStore {
                     v[8..16].copy_from_slice(&cursor.read.to_be_bytes());
                     v[16] = u8::from(cursor.private);
                     batch.insert(&self.cursors, k, v.to_vec());
+                }
+                Write::Hide { conv, user, seq } => {
+                    batch.insert(&self.hidden, hidden_key(*conv, user, *seq), Vec::new());
                 }
                 Write::GroupLast { conv, at, last } => {
                     let v = postcard::to_allocvec(&(*at, last)).map_err(corrupt)?;
@@ -275,6 +306,19 @@ impl Store for EmbeddedStore {
                 k.get(24..).and_then(|u| std::str::from_utf8(u).ok()).ok_or_else(|| corrupt("bad reactions key"))?;
             let emoji = String::from_utf8(v.to_vec()).map_err(|_| corrupt("bad reaction"))?;
             out.push((seq, user.to_owned(), emoji));
+        }
+        Ok(out)
+    }
+
+    fn hidden(&self, conv: ConvId, user: &str, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.hidden.range(hidden_key(conv, user, lo)..=hidden_key(conv, user, hi)) {
+            let k = item.key().map_err(unavailable)?;
+            let tail: [u8; 8] = k
+                .get(k.len().saturating_sub(8)..)
+                .and_then(|t| t.try_into().ok())
+                .ok_or_else(|| corrupt("bad hidden key"))?;
+            out.push(u64::from_be_bytes(tail));
         }
         Ok(out)
     }

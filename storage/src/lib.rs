@@ -104,6 +104,9 @@ pub trait Store: Send + Sync + 'static {
     /// Reactions to messages `lo..=hi` of a conversation: `(seq, user, emoji)`, by seq.
     fn reactions(&self, conv: ConvId, lo: u64, hi: u64) -> Result<Vec<(u64, String, String)>, StoreError>;
 
+    /// The messages `lo..=hi` of a conversation `user` hid (delete for me), ascending.
+    fn hidden(&self, conv: ConvId, user: &str, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError>;
+
     /// A group's last message as recorded on this partition.
     fn group_last(&self, conv: ConvId) -> Result<Option<(u64, model::InboxLast)>, StoreError>;
 

@@ -118,6 +118,11 @@ enum LogWrite<'a> {
         at: u64,
         last: &'a LastOf,
     },
+    Hide {
+        conv: u128,
+        user: &'a str,
+        seq: u64,
+    },
 }
 
 /// What a write is read back as; the same encoding as [`LogWrite`].
@@ -134,6 +139,7 @@ enum OwnedLogWrite {
     Conv2 { conv: u128, meta: ConvMeta },
     Member { conv: u128, user: String, row: MemberRow },
     GroupLast { conv: u128, at: u64, last: LastOf },
+    Hide { conv: u128, user: String, seq: u64 },
 }
 
 impl<'a> From<&'a Write> for LogWrite<'a> {
@@ -148,6 +154,7 @@ impl<'a> From<&'a Write> for LogWrite<'a> {
             Write::Reaction { conv, seq, user, emoji } => LogWrite::Reaction { conv: conv.0, seq: *seq, user, emoji },
             Write::Member { conv, user, row } => LogWrite::Member { conv: conv.0, user, row: *row },
             Write::GroupLast { conv, at, last } => LogWrite::GroupLast { conv: conv.0, at: *at, last },
+            Write::Hide { conv, user, seq } => LogWrite::Hide { conv: conv.0, user, seq: *seq },
         }
     }
 }
@@ -159,6 +166,7 @@ impl From<OwnedLogWrite> for Write {
             OwnedLogWrite::Conv2 { conv, meta } => Write::Conv { conv: ConvId(conv), meta },
             OwnedLogWrite::Member { conv, user, row } => Write::Member { conv: ConvId(conv), user, row },
             OwnedLogWrite::GroupLast { conv, at, last } => Write::GroupLast { conv: ConvId(conv), at, last },
+            OwnedLogWrite::Hide { conv, user, seq } => Write::Hide { conv: ConvId(conv), user, seq },
             OwnedLogWrite::Unindex { conv, user } => Write::Unindex { conv: ConvId(conv), user },
             OwnedLogWrite::Message { conv, seq, msg } => {
                 Write::Message { conv: ConvId(conv), seq, msg: StoredMessage::from(msg).into() }

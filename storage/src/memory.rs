@@ -24,6 +24,7 @@ struct Data {
     reactions: BTreeMap<(ConvId, u64, String), String>,
     members: BTreeMap<(ConvId, String), MemberRow>,
     group_last: HashMap<ConvId, (u64, InboxLast)>,
+    hidden: BTreeSet<(ConvId, String, u64)>,
 }
 
 /// One partition in memory.
@@ -77,6 +78,9 @@ impl Store for MemStore {
                 }
                 Write::Cursor { conv, user, cursor } => {
                     next.cursors.insert((*conv, user.clone()), *cursor);
+                }
+                Write::Hide { conv, user, seq } => {
+                    next.hidden.insert((*conv, user.clone(), *seq));
                 }
                 Write::GroupLast { conv, at, last } => {
                     next.group_last.insert(*conv, (*at, last.to_owned()));
@@ -169,6 +173,12 @@ impl Store for MemStore {
         Ok(range.map(|((_, s, u), e)| (*s, u.clone(), e.clone())).collect())
     }
 
+    fn hidden(&self, conv: ConvId, user: &str, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
+        let d = self.data();
+        let (a, b) = ((conv, user.to_owned(), lo), (conv, user.to_owned(), hi));
+        Ok(d.hidden.range(a..=b).map(|(_, _, s)| *s).collect())
+    }
+
     fn group_last(&self, conv: ConvId) -> Result<Option<(u64, InboxLast)>, StoreError> {
         Ok(self.data().group_last.get(&conv).cloned())
     }
@@ -255,6 +265,9 @@ mod tests {
             u: &str,
         ) -> Result<Option<crate::model::MemberRow>, crate::StoreError> {
             self.0.member(c, u)
+        }
+        fn hidden(&self, c: wire::frame::ConvId, u: &str, lo: u64, hi: u64) -> Result<Vec<u64>, crate::StoreError> {
+            self.0.hidden(c, u, lo, hi)
         }
         fn group_last(
             &self,

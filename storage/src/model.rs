@@ -293,6 +293,15 @@ pub enum Write {
         /// The message, as lists show it.
         last: LastOf,
     },
+    /// Delete for me: `user` no longer sees message `seq` (history and sync skip it).
+    Hide {
+        /// The conversation.
+        conv: ConvId,
+        /// The user.
+        user: String,
+        /// The message.
+        seq: u64,
+    },
     /// A member's reaction to a message (empty `emoji`: removed).
     Reaction {
         /// The conversation.
@@ -655,6 +664,7 @@ impl Write {
             Write::Member { user, row, .. } => 2 * (16 + user.len()) + 1 + pc(row),
             Write::Reaction { user, emoji, .. } => 24 + user.len() + emoji.len(),
             Write::GroupLast { last, .. } => 16 + 8 + pc(last),
+            Write::Hide { user, .. } => 16 + user.len() + 1 + 8,
             Write::Cursor { user, .. } => 16 + user.len() + 17,
             Write::User { user, record } => user.len() + pc(record),
             Write::Inbox { user, value, .. } => user.len() + 18 + 8 + pc(value),

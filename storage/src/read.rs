@@ -104,6 +104,7 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
         }
         ReadReq::Page { conv, after, before, limit, viewer } => {
             let mut slice = store.newest(*conv, *after, *before, *limit)?;
+            without_hidden(store, *conv, &mut slice, viewer)?;
             with_reactions(store, *conv, &mut slice, viewer)?;
             ReadDone::Page(slice)
         }
@@ -117,6 +118,7 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
                     None => (after, u64::MAX),
                 };
                 let mut slice = store.newest(conv, after, before, *per_conv)?;
+                without_hidden(store, conv, &mut slice, user)?;
                 with_reactions(store, conv, &mut slice, user)?;
                 if !slice.messages.is_empty() {
                     pages.push((conv, slice));
@@ -128,6 +130,20 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
         ReadReq::Inbox { user } => ReadDone::Inbox(store.inbox(user)?),
         ReadReq::Member { conv, user } => ReadDone::Member(store.member(*conv, user)?),
     })
+}
+
+/// Drops from `slice` the messages `viewer` hid (delete for me). A page may then hold
+/// fewer than asked; `has_more` still tells whether older ones exist.
+fn without_hidden(store: &dyn Store, conv: ConvId, slice: &mut Slice, viewer: &str) -> Result<(), StoreError> {
+    let (Some(first), Some(last)) = (slice.messages.first(), slice.messages.last()) else { return Ok(()) };
+    if viewer.is_empty() {
+        return Ok(());
+    }
+    let hidden = store.hidden(conv, viewer, first.0, last.0)?;
+    if !hidden.is_empty() {
+        slice.messages.retain(|(s, _)| hidden.binary_search(s).is_err());
+    }
+    Ok(())
 }
 
 /// Adds each message's reactions (counts per emoji, most first, and `viewer`'s own) to

@@ -218,6 +218,11 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             let c = env.frame_as_conv_settings().ok_or(DecodeError::MissingField("frame"))?;
             ClientFrame::ConvSettings(check::conv_settings(conv_settings(c)?)?)
         }
+        g::Frame::Hide => {
+            let h = env.frame_as_hide().ok_or(DecodeError::MissingField("frame"))?;
+            let conv = conv_id(h.conv().ok_or(DecodeError::MissingField("conv"))?);
+            check::hide(conv, h.seqs().map(|v| v.iter().collect()).unwrap_or_default())?
+        }
         g::Frame::NONE => return Err(DecodeError::MissingField("frame")),
         other => return Err(DecodeError::UnknownOp(frame_name(other))),
     })
@@ -475,6 +480,12 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                 (g::Frame::ConversationList, g::ConversationList::create(&mut b, &args).as_union_value())
             }
             ServerFrame::ConvSettings(s) => (g::Frame::ConvSettings, g_conv_settings(&mut b, s).as_union_value()),
+            ServerFrame::Hidden { conv, seqs } => {
+                let seqs = b.create_vector(seqs);
+                let conv = g_conv(*conv);
+                let o = g::Hidden::create(&mut b, &g::HiddenArgs { conv: Some(&conv), seqs: Some(seqs) });
+                (g::Frame::Hidden, o.as_union_value())
+            }
         };
         let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
         b.finish(env, None);
@@ -616,6 +627,12 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             (g::Frame::Conversations, g::Conversations::create(&mut b, &args).as_union_value())
         }
         ClientFrame::ConvSettings(s) => (g::Frame::ConvSettings, g_conv_settings(&mut b, s).as_union_value()),
+        ClientFrame::Hide { conv, seqs } => {
+            let seqs = b.create_vector(seqs);
+            let conv = g_conv(*conv);
+            let o = g::Hide::create(&mut b, &g::HideArgs { conv: Some(&conv), seqs: Some(seqs) });
+            (g::Frame::Hide, o.as_union_value())
+        }
     };
     let env = g::Envelope::create(&mut b, &g::EnvelopeArgs { frame_type: t, frame: Some(off) });
     b.finish(env, None);
@@ -816,6 +833,13 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         }
         g::Frame::ConvSettings => {
             ServerFrame::ConvSettings(conv_settings(env.frame_as_conv_settings().ok_or(missing)?)?)
+        }
+        g::Frame::Hidden => {
+            let h = env.frame_as_hidden().ok_or(missing)?;
+            ServerFrame::Hidden {
+                conv: conv_id(h.conv().ok_or(DecodeError::MissingField("conv"))?),
+                seqs: h.seqs().map(|v| v.iter().collect()).unwrap_or_default(),
+            }
         }
         other => return Err(DecodeError::UnknownOp(frame_name(other))),
     })

@@ -478,6 +478,13 @@ pub enum ClientFrame {
     Conversations(ConversationsReq),
     /// The user's settings for one conversation (a field left out is unchanged).
     ConvSettings(ConvSettings),
+    /// Delete for me: hide these messages from this user, on all their devices.
+    Hide {
+        /// The conversation.
+        conv: ConvId,
+        /// The messages (1 to 100).
+        seqs: Vec<u64>,
+    },
 }
 
 /// `conversations`: one page of the conversation list, newest activity first.
@@ -777,6 +784,13 @@ pub enum ServerFrame {
     ConversationList(ConversationList),
     /// A conversation's settings changed (on one of the user's devices).
     ConvSettings(ConvSettings),
+    /// Messages this user hid (delete for me, on one of their devices), now durable.
+    Hidden {
+        /// The conversation.
+        conv: ConvId,
+        /// The messages.
+        seqs: Vec<u64>,
+    },
 }
 
 /// Field rules both codecs apply after decoding, so the encodings agree on what is valid.
@@ -968,6 +982,17 @@ pub mod check {
             return Err(DecodeError::BadValue { field: "limit", reason: "limit is 1 to 500" });
         }
         Ok(r)
+    }
+
+    /// Most messages one `hide` names.
+    pub const MAX_HIDE: usize = 100;
+
+    /// Validates a `hide`.
+    pub fn hide(conv: ConvId, seqs: Vec<u64>) -> Result<ClientFrame, DecodeError> {
+        if seqs.is_empty() || seqs.len() > MAX_HIDE || seqs.contains(&0) {
+            return Err(DecodeError::BadValue { field: "seqs", reason: "1 to 100 seqs, each from 1" });
+        }
+        Ok(ClientFrame::Hide { conv, seqs })
     }
 
     /// Validates a client's `conv_settings`.

@@ -92,6 +92,10 @@ enum JsonClient {
         archived: Option<bool>,
         pinned: Option<bool>,
     },
+    Hide {
+        conv: Option<String>,
+        seqs: Option<Vec<u64>>,
+    },
 }
 
 fn presence_state(s: &str) -> Result<PresenceState, DecodeError> {
@@ -145,7 +149,7 @@ struct Head {
 }
 
 /// The client frame ops, as they appear in `op`.
-const CLIENT_OPS: [&str; 14] = [
+const CLIENT_OPS: [&str; 15] = [
     "hello",
     "send",
     "history",
@@ -160,6 +164,7 @@ const CLIENT_OPS: [&str; 14] = [
     "settings",
     "conversations",
     "conv_settings",
+    "hide",
 ];
 
 fn head(payload: &[u8]) -> Option<Head> {
@@ -274,6 +279,10 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
         JsonClient::Conversations { req_id, cursor, limit, since } => {
             ClientFrame::Conversations(check::conversations(ConversationsReq { req_id, cursor, limit, since })?)
         }
+        JsonClient::Hide { conv: c, seqs } => {
+            let conv = conv("conv", &c.ok_or(DecodeError::MissingField("conv"))?)?;
+            check::hide(conv, seqs.ok_or(DecodeError::MissingField("seqs"))?)?
+        }
         JsonClient::ConvSettings { conv: c, muted_until, archived, pinned } => {
             let conv = conv("conv", &c.ok_or(DecodeError::MissingField("conv"))?)?;
             ClientFrame::ConvSettings(check::conv_settings(ConvSettings { conv, muted_until, archived, pinned })?)
@@ -373,6 +382,10 @@ enum JsonServer<'a> {
         token: u64,
     },
     ConvSettings(JsonConvSettings),
+    Hidden {
+        conv: String,
+        seqs: &'a [u64],
+    },
 }
 
 #[derive(Serialize)]
@@ -593,6 +606,7 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
             token: l.token,
         },
         ServerFrame::ConvSettings(c) => JsonServer::ConvSettings(conv_settings(c)),
+        ServerFrame::Hidden { conv, seqs } => JsonServer::Hidden { conv: conv.to_string(), seqs },
         ServerFrame::GroupInfo(i) => JsonServer::GroupInfo {
             req_id: i.req_id.as_deref(),
             conv: i.conv.to_string(),
@@ -706,6 +720,7 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             }
             v
         }
+        ClientFrame::Hide { conv, seqs } => serde_json::json!({"op": "hide", "conv": conv.to_string(), "seqs": seqs}),
         ClientFrame::ConvSettings(c) => {
             let mut v = serde_json::to_value(conv_settings(c)).expect("plain struct");
             v["op"] = "conv_settings".into();
@@ -919,6 +934,16 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
                 token: u("token")?,
             })
         }
+        "hidden" => ServerFrame::Hidden {
+            conv: conv("conv", s("conv")?)?,
+            seqs: v
+                .get("seqs")
+                .and_then(|x| x.as_array())
+                .ok_or(DecodeError::MissingField("seqs"))?
+                .iter()
+                .map(|x| x.as_u64().ok_or(DecodeError::BadValue { field: "seqs", reason: "integers" }))
+                .collect::<Result<_, _>>()?,
+        },
         "conv_settings" => ServerFrame::ConvSettings(ConvSettings {
             conv: conv("conv", s("conv")?)?,
             muted_until: v.get("muted_until").and_then(|x| x.as_u64()),

@@ -236,6 +236,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 since
             })),
         conv_settings().prop_map(ClientFrame::ConvSettings),
+        (conv(), vec(1..u64::MAX, 1..20)).prop_map(|(conv, seqs)| ClientFrame::Hide { conv, seqs }),
     ]
 }
 
@@ -354,6 +355,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             })
         ),
         conv_settings().prop_map(ServerFrame::ConvSettings),
+        (conv(), vec(any::<u64>(), 0..20)).prop_map(|(conv, seqs)| ServerFrame::Hidden { conv, seqs }),
     ]
 }
 

@@ -153,6 +153,12 @@ impl Core {
                 }
                 self.list_conversations(id, &user, req);
             }
+            ClientFrame::Hide { conv, seqs } => {
+                if self.limited(id, &user, Limit::Send, None) {
+                    return;
+                }
+                self.route_to_conv_home(ConvReq::Hide { from, user: user.to_string(), conv, seqs });
+            }
             ClientFrame::ConvSettings(settings) => {
                 if self.limited(id, &user, Limit::Presence, None) {
                     return;

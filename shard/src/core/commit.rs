@@ -65,17 +65,39 @@ pub struct CommitQueue {
     pub user_writes: Vec<Write>,
     /// Conversations whose cursors the commit in flight writes.
     pub cursor_convs: Vec<ConvId>,
+    /// Delete-for-me requests waiting for the next commit (counted in
+    /// `max_commit_queue` with the messages).
+    pub hides: Vec<HideReq>,
+    /// Those the commit in flight writes.
+    pub hides_in_flight: Vec<HideReq>,
+}
+
+/// A delete-for-me request on its way to storage.
+#[derive(Debug)]
+pub struct HideReq {
+    /// Who asked (told if it fails).
+    pub from: ConnRef,
+    /// The user.
+    pub user: String,
+    /// The conversation.
+    pub conv: ConvId,
+    /// The messages.
+    pub seqs: Vec<u64>,
 }
 
 impl CommitQueue {
     /// Nothing queued or being written.
     pub fn is_idle(&self) -> bool {
-        self.queued.is_empty() && self.in_flight.is_none() && self.user_writes.is_empty()
+        self.queued.is_empty()
+            && self.in_flight.is_none()
+            && self.user_writes.is_empty()
+            && self.hides.is_empty()
+            && self.hides_in_flight.is_empty()
     }
 
-    /// Messages waiting.
+    /// Messages (and delete-for-me requests) waiting.
     pub fn queued_len(&self) -> usize {
-        self.queued.len()
+        self.queued.len() + self.hides.len()
     }
 
     /// Work waits and no commit runs.

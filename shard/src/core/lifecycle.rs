@@ -23,12 +23,62 @@ use storage::model::{dedupe_key, StoredMessage};
 use storage::read::{ReadDone, ReadReq};
 use storage::StoreError;
 use wire::error::ErrorCode;
-use wire::frame::{ConvId, Forwarded, MsgExtra, MsgKind};
+use wire::frame::{ConvId, Forwarded, MsgExtra, MsgKind, ServerFrame};
 
-use super::commit::Side;
+use super::commit::{HideReq, Side};
 use super::{busy, storage_failed, Core, ReadFor, SendReq};
+use crate::ids::ConnRef;
 
 impl Core {
+    /// Delete for me, at the conversation's home: a member hides messages they can see;
+    /// once durable every device of theirs is told (`hidden`), and history and sync
+    /// skip them for that user.
+    pub(super) fn hide(&mut self, from: ConnRef, user: String, conv: ConvId, seqs: Vec<u64>) {
+        let Some(c) = self.convs.ready(conv).filter(|c| c.exists && c.is_member(&user)) else {
+            let msg = "no such conversation, or you are not a member".to_owned();
+            return self.reply_error(from, ErrorCode::NotMember, msg, None);
+        };
+        let (joined, durable) = (c.joined_at(&user), c.durable_seq);
+        if let Some(s) = seqs.iter().find(|s| **s < joined || **s > durable) {
+            let msg = format!("message {s}: not one you can see in this conversation");
+            return self.reply_error(from, ErrorCode::BadValue, msg, None);
+        }
+        if self.commit.queued_len() >= self.cfg.max_commit_queue {
+            let (code, msg) = busy("commit queue");
+            return self.reply_error(from, code, msg, None);
+        }
+        self.commit.hides.push(HideReq { from, user, conv, seqs });
+    }
+
+    /// Adds the waiting hides to the next commit's `writes`.
+    pub(super) fn hide_writes(&mut self, writes: &mut Vec<storage::model::Write>) {
+        let hides = std::mem::take(&mut self.commit.hides);
+        for h in &hides {
+            for seq in &h.seqs {
+                writes.push(storage::model::Write::Hide { conv: h.conv, user: h.user.clone(), seq: *seq });
+            }
+        }
+        self.commit.hides_in_flight = hides;
+    }
+
+    /// The commit holding the hides ended: tell the user's devices, or the asker.
+    pub(super) fn hides_committed(&mut self, failed: Option<&StoreError>) {
+        for h in std::mem::take(&mut self.commit.hides_in_flight) {
+            match failed {
+                None => {
+                    let frame = ServerFrame::Hidden { conv: h.conv, seqs: h.seqs };
+                    let home = crate::ids::home_of_user(&h.user, self.shards);
+                    let r = super::MsgRoute::ReceiptDeliver { user: h.user, frame: Box::new(frame), except: None };
+                    self.send_route(home, super::Route::Msg(r));
+                }
+                Some(e) => {
+                    let (code, msg) = storage_failed(e);
+                    self.reply_error(h.from, code, msg, None);
+                }
+            }
+        }
+    }
+
     /// At the home of the conversation a forward copies from: the sender must be able to
     /// read the message (a member who joined before it); then it is read, copied, and
     /// the copy goes to the target conversation's home as a send.

@@ -66,7 +66,7 @@ impl ConvReq {
             ConvReq::Forward(r) => (r.from, Some(r.send.client_msg_id.clone())),
             ConvReq::Group(r) => (r.from, r.op.req_id.clone()),
             ConvReq::History { from, req, .. } => (*from, req.req_id.clone()),
-            ConvReq::Typing { from, .. } | ConvReq::Cursor { from, .. } => (*from, None),
+            ConvReq::Typing { from, .. } | ConvReq::Cursor { from, .. } | ConvReq::Hide { from, .. } => (*from, None),
             ConvReq::Receipts { from, req, .. } => (*from, req.req_id.clone()),
         }
     }
@@ -220,6 +220,7 @@ impl Core {
                 self.on_cursor(from, &user, conv, seq, read, private)
             }
             ConvReq::Receipts { from, user, req } => self.receipt_list(from, &user, req),
+            ConvReq::Hide { from, user, conv, seqs } => self.hide(from, user, conv, seqs),
         }
     }
 
@@ -386,7 +387,10 @@ impl Core {
     pub fn wants_commit(&self) -> bool {
         self.commit.wants_commit()
             || (self.commit.in_flight.is_none()
-                && (!self.users.unsaved.is_empty() || !self.convs.unsaved.is_empty() || !self.lists.is_empty()))
+                && (!self.users.unsaved.is_empty()
+                    || !self.convs.unsaved.is_empty()
+                    || !self.lists.is_empty()
+                    || !self.commit.hides.is_empty()))
     }
 
     /// Starts a commit: the writes of everything queued, to be made durable as one
@@ -399,11 +403,13 @@ impl Core {
         self.queue_user_records();
         let mut extra = self.cursor_writes();
         self.inbox_writes(&mut extra);
+        self.hide_writes(&mut extra);
         let writes = self.commit.take(extra);
         if writes.is_none() {
-            // Nothing was taken: the cursors and list parts wait for the next commit.
+            // Nothing was taken: the cursors, list parts and hides wait for the next commit.
             self.cursors_committed(false);
             self.inbox_committed(false);
+            self.commit.hides.splice(0..0, std::mem::take(&mut self.commit.hides_in_flight));
         }
         writes
     }
@@ -414,6 +420,7 @@ impl Core {
         let Some(batch) = self.commit.in_flight.take() else { return };
         self.cursors_committed(r.is_ok());
         self.inbox_committed(r.is_ok());
+        self.hides_committed(r.as_ref().err());
         match r {
             Ok(()) => self.committed(batch),
             Err(e) => self.commit_failed(batch, &e),

@@ -136,7 +136,9 @@ impl Core {
         if u.conns.is_empty() {
             return;
         }
-        let own = matches!(&frame, ServerFrame::Receipt { user: of, .. } if of == user);
+        // The user's own cursor and hides need no privacy check.
+        let own = matches!(&frame, ServerFrame::Receipt { user: of, .. } if of == user)
+            || matches!(frame, ServerFrame::Hidden { .. });
         if !own && !u.loaded() {
             if u.hold(Held::Deliver(frame, except)) {
                 let key = self.users.key(user);

@@ -164,6 +164,17 @@ pub enum ConvReq {
         /// The user has read receipts off (their read is not shown).
         private: bool,
     },
+    /// Delete for me.
+    Hide {
+        /// The asking connection.
+        from: ConnRef,
+        /// Its user.
+        user: String,
+        /// The conversation.
+        conv: ConvId,
+        /// The messages.
+        seqs: Vec<u64>,
+    },
     /// A `receipts` request.
     Receipts {
         /// The asking connection.
@@ -183,7 +194,7 @@ impl ConvReq {
             ConvReq::Forward(r) => r.send.forward.as_ref().map_or(r.conv, |f| f.conv),
             ConvReq::Group(r) => r.conv,
             ConvReq::History { req, .. } => req.conv,
-            ConvReq::Typing { conv, .. } | ConvReq::Cursor { conv, .. } => *conv,
+            ConvReq::Typing { conv, .. } | ConvReq::Cursor { conv, .. } | ConvReq::Hide { conv, .. } => *conv,
             ConvReq::Receipts { req, .. } => req.conv,
         }
     }

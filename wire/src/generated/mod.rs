@@ -74,6 +74,10 @@ pub mod switchboard {
     pub use self::conv_settings_generated::*;
     mod conv_entry_generated;
     pub use self::conv_entry_generated::*;
+    mod hide_generated;
+    pub use self::hide_generated::*;
+    mod hidden_generated;
+    pub use self::hidden_generated::*;
     mod conversation_list_generated;
     pub use self::conversation_list_generated::*;
     mod envelope_generated;

@@ -456,6 +456,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_hide(&self) -> Option<Hide<'a>> {
+    if self.frame_type() == Frame::Hide {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Hide::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn frame_as_hidden(&self) -> Option<Hidden<'a>> {
+    if self.frame_type() == Frame::Hidden {
+      self.frame().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Hidden::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -493,6 +523,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Frame::Conversations => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Conversations>>("Frame::Conversations", pos),
           Frame::ConvSettings => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ConvSettings>>("Frame::ConvSettings", pos),
           Frame::ConversationList => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ConversationList>>("Frame::ConversationList", pos),
+          Frame::Hide => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Hide>>("Frame::Hide", pos),
+          Frame::Hidden => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Hidden>>("Frame::Hidden", pos),
           _ => Ok(()),
         }
      })?
@@ -731,6 +763,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Frame::ConversationList => {
           if let Some(x) = self.frame_as_conversation_list() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::Hide => {
+          if let Some(x) = self.frame_as_hide() {
+            ds.field("frame", &x)
+          } else {
+            ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Frame::Hidden => {
+          if let Some(x) = self.frame_as_hidden() {
             ds.field("frame", &x)
           } else {
             ds.field("frame", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_FRAME: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_FRAME: u8 = 27;
+pub const ENUM_MAX_FRAME: u8 = 29;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_FRAME: [Frame; 28] = [
+pub const ENUM_VALUES_FRAME: [Frame; 30] = [
   Frame::NONE,
   Frame::Hello,
   Frame::Send,
@@ -37,6 +37,8 @@ pub const ENUM_VALUES_FRAME: [Frame; 28] = [
   Frame::Conversations,
   Frame::ConvSettings,
   Frame::ConversationList,
+  Frame::Hide,
+  Frame::Hidden,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -72,9 +74,11 @@ impl Frame {
   pub const Conversations: Self = Self(25);
   pub const ConvSettings: Self = Self(26);
   pub const ConversationList: Self = Self(27);
+  pub const Hide: Self = Self(28);
+  pub const Hidden: Self = Self(29);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 27;
+  pub const ENUM_MAX: u8 = 29;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -104,6 +108,8 @@ impl Frame {
     Self::Conversations,
     Self::ConvSettings,
     Self::ConversationList,
+    Self::Hide,
+    Self::Hidden,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -136,6 +142,8 @@ impl Frame {
       Self::Conversations => Some("Conversations"),
       Self::ConvSettings => Some("ConvSettings"),
       Self::ConversationList => Some("ConversationList"),
+      Self::Hide => Some("Hide"),
+      Self::Hidden => Some("Hidden"),
       _ => None,
     }
   }

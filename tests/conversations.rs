@@ -91,6 +91,10 @@ fn the_list_orders_by_activity_counts_unread_syncs_devices_and_survives_kill_9()
     tablet.until(|f| matches!(f, ServerFrame::Receipt { user, read: 2, .. } if user == "cl-bob").then_some(()));
     let d = entry(&list(&mut tablet, None, None, None), dm);
     assert_eq!((d.read, d.unread), (2, 0));
+    // The sender's list carries the peer's ticks (what a device away meanwhile needs).
+    alice.until(|f| matches!(f, ServerFrame::Receipt { user, read: 2, .. } if user == "cl-bob").then_some(()));
+    let a = entry(&list(&mut alice, None, None, None), dm);
+    assert_eq!((a.peer_delivered, a.peer_read, a.title.as_str()), (2, 2, "cl-bob"));
 
     // Settings from the phone reach the tablet once durable.
     let pin = ConvSettings { conv: dm, muted_until: Some(4_000_000_000_000), archived: None, pinned: Some(true) };

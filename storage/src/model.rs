@@ -367,6 +367,9 @@ pub enum InboxPart {
     /// The user left the group at this seq (their entry keeps its own last message: the
     /// event that removed them).
     Left(u64),
+    /// A DM peer's cursors as shown to the user: `(delivered, read)` (read 0 when the
+    /// peer hides reads).
+    Peer(u64, u64),
 }
 
 /// Longest preview kept of a message body, in bytes.
@@ -547,6 +550,8 @@ pub enum InboxValue {
     Joined(u64),
     /// See [`InboxPart::Left`].
     Left(u64),
+    /// See [`InboxPart::Peer`].
+    Peer(u64, u64),
 }
 
 impl InboxValue {
@@ -561,6 +566,7 @@ impl InboxValue {
             InboxValue::Pinned(_) => 5,
             InboxValue::Joined(_) => 6,
             InboxValue::Left(_) => 7,
+            InboxValue::Peer(..) => 8,
         }
     }
 }
@@ -580,6 +586,7 @@ impl InboxPart {
             InboxPart::Pinned(b) => InboxValue::Pinned(*b),
             InboxPart::Joined(s) => InboxValue::Joined(*s),
             InboxPart::Left(s) => InboxValue::Left(*s),
+            InboxPart::Peer(d, r) => InboxValue::Peer(*d, *r),
         }
     }
 }
@@ -607,6 +614,10 @@ pub struct InboxEntry {
     pub joined: u64,
     /// For a group the user left: the seq of the event that removed them (0: never).
     pub left: u64,
+    /// For a DM: the peer's delivered cursor.
+    pub peer_delivered: u64,
+    /// For a DM: the peer's read cursor (0 when hidden).
+    pub peer_read: u64,
 }
 
 impl InboxEntry {
@@ -628,6 +639,10 @@ impl InboxEntry {
             InboxValue::Pinned(b) => self.pinned = b,
             InboxValue::Joined(s) => self.joined = self.joined.max(s),
             InboxValue::Left(s) => self.left = self.left.max(s),
+            InboxValue::Peer(d, r) => {
+                self.peer_delivered = self.peer_delivered.max(d);
+                self.peer_read = self.peer_read.max(r);
+            }
         }
     }
 

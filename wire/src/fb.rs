@@ -822,6 +822,8 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
                     muted_until: e.muted_until(),
                     archived: e.archived(),
                     pinned: e.pinned(),
+                    peer_delivered: e.peer_delivered(),
+                    peer_read: e.peer_read(),
                 });
             }
             ServerFrame::ConversationList(ConversationList {
@@ -865,6 +867,8 @@ fn g_conv_entry<'a>(b: &mut FlatBufferBuilder<'a>, e: &ConvEntry) -> WIPOffset<g
         muted_until: e.muted_until,
         archived: e.archived,
         pinned: e.pinned,
+        peer_delivered: e.peer_delivered,
+        peer_read: e.peer_read,
     };
     g::ConvEntry::create(b, &args)
 }

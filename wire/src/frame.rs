@@ -546,6 +546,10 @@ pub struct ConvEntry {
     pub archived: bool,
     /// Pinned.
     pub pinned: bool,
+    /// For a DM: the peer's delivered cursor (the ticks of your messages).
+    pub peer_delivered: u64,
+    /// For a DM: the peer's read cursor (0 when they, or you, turned read receipts off).
+    pub peer_read: u64,
 }
 
 /// `conversation_list`: reply to `conversations`.

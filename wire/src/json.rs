@@ -404,6 +404,8 @@ struct JsonConvEntry<'a> {
     muted_until: u64,
     archived: bool,
     pinned: bool,
+    peer_delivered: u64,
+    peer_read: u64,
 }
 
 #[derive(Serialize)]
@@ -600,6 +602,8 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                     muted_until: e.muted_until,
                     archived: e.archived,
                     pinned: e.pinned,
+                    peer_delivered: e.peer_delivered,
+                    peer_read: e.peer_read,
                 })
                 .collect(),
             next: l.next.as_deref(),
@@ -985,6 +989,8 @@ fn conv_entry(v: &serde_json::Value) -> Result<ConvEntry, DecodeError> {
         muted_until: u("muted_until")?,
         archived: b("archived")?,
         pinned: b("pinned")?,
+        peer_delivered: u("peer_delivered")?,
+        peer_read: u("peer_read")?,
     })
 }
 

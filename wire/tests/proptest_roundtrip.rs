@@ -276,6 +276,8 @@ fn conv_entry() -> impl Strategy<Value = ConvEntry> {
                 muted_until,
                 archived,
                 pinned,
+                peer_delivered: last_seq / 2,
+                peer_read: last_seq / 3,
             },
         )
 }

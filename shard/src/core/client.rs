@@ -45,7 +45,7 @@ impl Core {
                     // The list's half: what changed since the device's last token.
                     let limit = Some(wire::frame::check::MAX_LIST_PAGE);
                     let req = wire::frame::ConversationsReq { req_id: None, cursor: None, limit, since: Some(since) };
-                    self.list_conversations(id, &user, req);
+                    self.list_for(id, &user, req);
                 }
             }
             ClientFrame::Send(send) => {
@@ -148,6 +148,10 @@ impl Core {
                 }
             }
             ClientFrame::Conversations(req) => {
+                // Held (uncounted) until the user's record is known, then counted once.
+                if !self.users.get(&user).is_some_and(|u| u.loaded()) {
+                    return self.hold_for_record(id, &user, ClientFrame::Conversations(req));
+                }
                 if self.limited(id, &user, Limit::History, req.req_id.as_deref()) {
                     return;
                 }
@@ -234,6 +238,15 @@ impl Core {
 
     /// Holds a frame until `user`'s record is read (it needs their settings); refused
     /// with `unavailable` when too many wait.
+    /// A list request, once the user's record (read-receipt privacy) is known: held
+    /// until it loads, then answered.
+    fn list_for(&mut self, id: ConnId, user: &std::rc::Rc<str>, req: wire::frame::ConversationsReq) {
+        if self.users.get(user).is_some_and(|u| u.loaded()) {
+            return self.list_conversations(id, user, req);
+        }
+        self.hold_for_record(id, user, ClientFrame::Conversations(req));
+    }
+
     fn hold_for_record(&mut self, id: ConnId, user: &std::rc::Rc<str>, frame: ClientFrame) {
         let held = self.users.get_mut(user).is_some_and(|u| u.hold(super::users::Held::Frame(id, frame)));
         if !held {

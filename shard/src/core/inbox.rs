@@ -57,6 +57,7 @@ pub struct Parts {
     pinned: Option<bool>,
     joined: Option<u64>,
     left: Option<u64>,
+    peer: Option<(u64, u64)>,
 }
 
 impl Parts {
@@ -75,6 +76,10 @@ impl Parts {
         self.pinned = other.pinned.or(self.pinned);
         self.joined = self.joined.max(other.joined);
         self.left = self.left.max(other.left);
+        self.peer = match (self.peer, other.peer) {
+            (Some(a), Some(b)) => Some((a.0.max(b.0), a.1.max(b.1))),
+            (a, b) => a.or(b),
+        };
     }
 
     /// Each part as the stored value it becomes.
@@ -92,6 +97,7 @@ impl Parts {
             .chain(self.pinned.map(InboxPart::Pinned))
             .chain(self.joined.map(InboxPart::Joined))
             .chain(self.left.map(InboxPart::Left))
+            .chain(self.peer.map(|(d, r)| InboxPart::Peer(d, r)))
     }
 
     /// Applies these to `entry` (what a list read sees before they are durable).
@@ -230,9 +236,11 @@ fn order_key(e: &InboxEntry) -> (u64, ConvId) {
     (e.last.as_ref().map_or(0, |l| l.ts), e.conv)
 }
 
-fn conv_entry(e: &InboxEntry) -> ConvEntry {
+fn conv_entry(e: &InboxEntry, hide_reads: bool) -> ConvEntry {
     let mut out = ConvEntry {
         conv: e.conv,
+        peer_delivered: e.peer_delivered,
+        peer_read: if hide_reads { 0 } else { e.peer_read },
         read: e.read,
         unread: e.unread(),
         muted_until: e.muted_until,
@@ -254,7 +262,13 @@ fn conv_entry(e: &InboxEntry) -> ConvEntry {
 }
 
 /// One page of `entries` for `req` (entries in any order).
-pub fn page(mut entries: Vec<InboxEntry>, req: &ConversationsReq, token: u64) -> Result<ConversationList, String> {
+/// `hide_reads`: the user has read receipts off, so sees no one's reads.
+pub fn page(
+    mut entries: Vec<InboxEntry>,
+    req: &ConversationsReq,
+    token: u64,
+    hide_reads: bool,
+) -> Result<ConversationList, String> {
     let after = match req.cursor.as_deref() {
         None => None,
         Some(c) => Some(parse_cursor(c).ok_or_else(|| "cursor is not a `next` from an earlier reply".to_owned())?),
@@ -272,7 +286,12 @@ pub fn page(mut entries: Vec<InboxEntry>, req: &ConversationsReq, token: u64) ->
         cursor_of(ts, conv)
     });
     entries.truncate(limit);
-    Ok(ConversationList { req_id: req.req_id.clone(), items: entries.iter().map(conv_entry).collect(), next, token })
+    Ok(ConversationList {
+        req_id: req.req_id.clone(),
+        items: entries.iter().map(|e| conv_entry(e, hide_reads)).collect(),
+        next,
+        token,
+    })
 }
 
 impl Core {
@@ -326,6 +345,12 @@ impl Core {
                 self.lists.add(key, conv, parts);
             }
         }
+    }
+
+    /// At the user's home: a DM peer's cursors in `conv`, as the peer shows them.
+    pub(super) fn inbox_peer(&mut self, user: &str, conv: ConvId, delivered: u64, read: u64) {
+        let key = self.user_key(user);
+        self.lists.add(key, conv, Parts { at: self.now, peer: Some((delivered, read)), ..Parts::default() });
     }
 
     /// At the user's home: their read cursor in `conv` is durable at `read`.
@@ -400,11 +425,15 @@ impl Core {
         r: Result<ReadDone, StoreError>,
     ) {
         let Some(user) = self.conns.get(id).map(|c| c.user.clone()) else { return };
+        // The user's record is loaded before a list is asked for (client frame rules).
+        let hide_reads = self.users.get(&user).is_none_or(|u| !u.loaded() || u.receipts_off());
         let frame = match r {
-            Ok(ReadDone::Inbox(entries)) => match page(self.merged_inbox(&user, entries, unsaved), &req, token) {
-                Ok(list) => ServerFrame::ConversationList(list),
-                Err(msg) => error_frame(ErrorCode::BadValue, msg, req.req_id, None),
-            },
+            Ok(ReadDone::Inbox(entries)) => {
+                match page(self.merged_inbox(&user, entries, unsaved), &req, token, hide_reads) {
+                    Ok(list) => ServerFrame::ConversationList(list),
+                    Err(msg) => error_frame(ErrorCode::BadValue, msg, req.req_id, None),
+                }
+            }
             Ok(_) => return,
             Err(e) => {
                 let (code, msg) = storage_failed(&e);
@@ -519,7 +548,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut cursor = None;
         loop {
-            let p = page(all.clone(), &req(cursor, 3, None), 0).unwrap();
+            let p = page(all.clone(), &req(cursor, 3, None), 0, false).unwrap();
             seen.extend(p.items.iter().map(|e| (e.last_ts, e.conv)));
             match p.next {
                 Some(n) => cursor = Some(n),
@@ -534,9 +563,9 @@ mod tests {
     #[test]
     fn since_keeps_what_changed_and_a_bad_cursor_is_refused() {
         let all = vec![entry(1, 10, 1, 5), entry(2, 20, 1, 9)];
-        let p = page(all.clone(), &req(None, 10, Some(9)), 0).unwrap();
+        let p = page(all.clone(), &req(None, 10, Some(9)), 0, false).unwrap();
         assert_eq!(p.items.iter().map(|e| e.conv).collect::<Vec<_>>(), vec![ConvId(2)]);
-        assert!(page(all, &req(Some("zz".into()), 10, None), 0).is_err());
+        assert!(page(all, &req(Some("zz".into()), 10, None), 0, false).is_err());
     }
 
     #[test]

@@ -126,10 +126,13 @@ impl Core {
     /// At a user's home: a receipt for their devices. Read cursors of others are hidden
     /// from a user with read receipts off, so the user's record must be known first.
     pub(super) fn on_receipt_deliver(&mut self, user: &str, frame: ServerFrame, except: Option<ConnRef>) {
-        if let ServerFrame::Receipt { conv, user: of, read, .. } = &frame {
+        if let ServerFrame::Receipt { conv, user: of, read, delivered } = &frame {
             if of == user {
                 // The user's own durable read cursor: their list's unread count follows.
                 self.inbox_read(user, *conv, *read);
+            } else {
+                // A DM peer's ticks, for the list (and so for a device that was away).
+                self.inbox_peer(user, *conv, *delivered, *read);
             }
         }
         let Some(u) = self.users.get_mut(user) else { return };

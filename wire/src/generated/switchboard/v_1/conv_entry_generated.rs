@@ -32,6 +32,8 @@ impl<'a> ConvEntry<'a> {
   pub const VT_MUTED_UNTIL: ::flatbuffers::VOffsetT = 26;
   pub const VT_ARCHIVED: ::flatbuffers::VOffsetT = 28;
   pub const VT_PINNED: ::flatbuffers::VOffsetT = 30;
+  pub const VT_PEER_DELIVERED: ::flatbuffers::VOffsetT = 32;
+  pub const VT_PEER_READ: ::flatbuffers::VOffsetT = 34;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -43,6 +45,8 @@ impl<'a> ConvEntry<'a> {
     args: &'args ConvEntryArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ConvEntry<'bldr>> {
     let mut builder = ConvEntryBuilder::new(_fbb);
+    builder.add_peer_read(args.peer_read);
+    builder.add_peer_delivered(args.peer_delivered);
     builder.add_muted_until(args.muted_until);
     builder.add_unread(args.unread);
     builder.add_read(args.read);
@@ -159,6 +163,20 @@ impl<'a> ConvEntry<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(ConvEntry::VT_PINNED, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn peer_delivered(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ConvEntry::VT_PEER_DELIVERED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn peer_read(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ConvEntry::VT_PEER_READ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ConvEntry<'_> {
@@ -181,6 +199,8 @@ impl ::flatbuffers::Verifiable for ConvEntry<'_> {
      .visit_field::<u64>("muted_until", Self::VT_MUTED_UNTIL, false)?
      .visit_field::<bool>("archived", Self::VT_ARCHIVED, false)?
      .visit_field::<bool>("pinned", Self::VT_PINNED, false)?
+     .visit_field::<u64>("peer_delivered", Self::VT_PEER_DELIVERED, false)?
+     .visit_field::<u64>("peer_read", Self::VT_PEER_READ, false)?
      .finish();
     Ok(())
   }
@@ -200,6 +220,8 @@ pub struct ConvEntryArgs<'a> {
     pub muted_until: u64,
     pub archived: bool,
     pub pinned: bool,
+    pub peer_delivered: u64,
+    pub peer_read: u64,
 }
 impl<'a> Default for ConvEntryArgs<'a> {
   #[inline]
@@ -219,6 +241,8 @@ impl<'a> Default for ConvEntryArgs<'a> {
       muted_until: 0,
       archived: false,
       pinned: false,
+      peer_delivered: 0,
+      peer_read: 0,
     }
   }
 }
@@ -285,6 +309,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConvEntryBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<bool>(ConvEntry::VT_PINNED, pinned, false);
   }
   #[inline]
+  pub fn add_peer_delivered(&mut self, peer_delivered: u64) {
+    self.fbb_.push_slot::<u64>(ConvEntry::VT_PEER_DELIVERED, peer_delivered, 0);
+  }
+  #[inline]
+  pub fn add_peer_read(&mut self, peer_read: u64) {
+    self.fbb_.push_slot::<u64>(ConvEntry::VT_PEER_READ, peer_read, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConvEntryBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ConvEntryBuilder {
@@ -316,6 +348,8 @@ impl ::core::fmt::Debug for ConvEntry<'_> {
       ds.field("muted_until", &self.muted_until());
       ds.field("archived", &self.archived());
       ds.field("pinned", &self.pinned());
+      ds.field("peer_delivered", &self.peer_delivered());
+      ds.field("peer_read", &self.peer_read());
       ds.finish()
   }
 }

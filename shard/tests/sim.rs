@@ -40,7 +40,9 @@ use storage::model::Write;
 use storage::read::{execute, ReadReq};
 use storage::{Store, StoreError};
 use wire::error::ErrorCode;
-use wire::frame::{ClientFrame, ConvId, GroupAction, GroupOp, MsgKind, PresenceState, Send, ServerFrame, Target};
+use wire::frame::{
+    ClientFrame, ConvId, GroupAction, GroupOp, MsgKind, PresenceState, Send, ServerFrame, SyncPoint, Target,
+};
 
 /// SplitMix64: a tiny, well-known seeded generator (the test must not depend on a
 /// crate's stream staying the same across versions).
@@ -105,6 +107,13 @@ struct Device {
     seen: HashMap<ConvId, u64>,
     /// Cursors seen per (conversation, user) on the current connection.
     cursors: HashMap<(ConvId, String), (u64, u64)>,
+    /// Per conversation, the seq up to which the device holds every message (kept
+    /// across connections, as a client's store): what its `hello` names.
+    kept: HashMap<ConvId, u64>,
+    /// The points its running `hello` named.
+    points: HashMap<ConvId, u64>,
+    /// A sync runs on the current connection (a client sends one `hello` at a time).
+    syncing: bool,
     next_msg: u64,
 }
 
@@ -131,6 +140,8 @@ struct Sim {
     crashes: u64,
     failed_commits: u64,
     receipts: u64,
+    /// Sync pages checked.
+    synced_pages: u64,
 }
 
 fn user(i: usize) -> String {
@@ -167,6 +178,9 @@ impl Sim {
                     acked: HashMap::default(),
                     seen: HashMap::default(),
                     cursors: HashMap::default(),
+                    kept: HashMap::default(),
+                    points: HashMap::default(),
+                    syncing: false,
                     next_msg: 0,
                 });
             }
@@ -196,6 +210,7 @@ impl Sim {
             steps: 0,
             crashes: 0,
             failed_commits: 0,
+            synced_pages: 0,
             receipts: 0,
         };
         for d in 0..sim.devices.len() {
@@ -222,6 +237,7 @@ impl Sim {
             dv.conn = Some(id);
             dv.seen.clear();
             dv.cursors.clear();
+            dv.syncing = false;
             // A reconnecting client resends what was never acked.
             for o in dv.unacked.clone() {
                 self.client(d, o.frame());
@@ -325,6 +341,8 @@ impl Sim {
                 assert!(read >= last.1 || read == 0, "{user}'s read cursor went back");
                 *last = (delivered, read.max(last.1));
             }
+            ServerFrame::SyncPage(p) => self.sync_page(d, &p),
+            ServerFrame::Synced { .. } => self.devices[d].syncing = false,
             ServerFrame::Error(e) => {
                 // Retryable refusals keep the send for a later resend; others drop it.
                 let retry = matches!(e.code, ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::RateLimited);
@@ -348,6 +366,45 @@ impl Sim {
         let last = dv.seen.entry(conv).or_insert(0);
         assert!(seq > *last, "{}/{} saw seq {seq} after {last} (from {from})", dv.user, dv.device);
         *last = seq;
+        // A live message right after what the device holds extends it; one after a gap
+        // waits for the next sync to fill the gap.
+        let kept = dv.kept.entry(conv).or_insert(0);
+        if seq == *kept + 1 {
+            *kept = seq;
+        }
+    }
+
+    /// `hello` from device `d`, naming what it holds.
+    fn hello(&mut self, d: usize) {
+        let dv = &mut self.devices[d];
+        if dv.syncing {
+            return;
+        }
+        dv.syncing = true;
+        dv.points = dv.kept.clone();
+        let sync = dv.kept.iter().map(|(&conv, &seq)| SyncPoint { conv, seq }).collect();
+        self.client(d, ClientFrame::Hello { sync, list_since: None });
+    }
+
+    /// A sync page: nothing the device said it holds, nothing missing after it (unless
+    /// the page says older ones were left out), in order, each once.
+    fn sync_page(&mut self, d: usize, p: &wire::frame::Page) {
+        let dv = &mut self.devices[d];
+        let point = dv.points.get(&p.conv).copied().unwrap_or(0);
+        let seqs: Vec<u64> = p.messages.iter().map(|m| m.seq).collect();
+        let who = format!("{}/{}", dv.user, dv.device);
+        assert!(seqs.iter().all(|s| *s > point), "{who}: sync replayed what it holds (after {point}): {seqs:?}");
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{who}: sync page not dense: {seqs:?}");
+        if !p.has_more {
+            assert_eq!(seqs.first().copied(), Some(point + 1), "{who}: sync missed messages after {point}");
+        }
+        // The device now holds through the page's end (a client pages back over a gap
+        // the page reports).
+        if let Some(&last) = seqs.last() {
+            let kept = dv.kept.entry(p.conv).or_insert(0);
+            *kept = (*kept).max(last);
+        }
+        self.synced_pages += 1;
     }
 
     fn step(&mut self) {
@@ -462,7 +519,7 @@ impl Sim {
                     self.client(d, ClientFrame::Group(op));
                 }
             }
-            18 => self.client(d, ClientFrame::Hello { sync: Vec::new(), list_since: None }),
+            18 => self.hello(d),
             19 => {
                 // A receipt for something this device saw (or beyond it: capped).
                 let dv = &self.devices[d];
@@ -686,7 +743,7 @@ fn simulated_hosts_keep_every_invariant() {
             (1..=n).collect()
         }
     };
-    let (mut total_steps, mut crashes, mut acked, mut failed, mut receipts) = (0, 0, 0, 0, 0);
+    let (mut total_steps, mut crashes, mut acked, mut failed, mut receipts, mut pages) = (0, 0, 0, 0, 0, 0);
     for seed in seeds {
         let r = std::panic::catch_unwind(|| run(seed, steps));
         match r {
@@ -696,6 +753,7 @@ fn simulated_hosts_keep_every_invariant() {
                 acked += sim.acked.len();
                 failed += sim.failed_commits;
                 receipts += sim.receipts;
+                pages += sim.synced_pages;
             }
             Err(e) => {
                 eprintln!("simulation failed; replay with SEED={seed} cargo test -p shard --test sim");
@@ -704,12 +762,12 @@ fn simulated_hosts_keep_every_invariant() {
         }
     }
     eprintln!(
-        "{total_steps} steps, {crashes} host crashes, {failed} failed commits, {acked} acks and {receipts} receipts checked"
+        "{total_steps} steps, {crashes} host crashes, {failed} failed commits, {acked} acks, {receipts} receipts and {pages} sync pages checked"
     );
     // A seed replays exactly: the same run twice acks the same messages at the same
     // seqs, with the same crashes.
     let (a, b) = (run(7, steps / 5), run(7, steps / 5));
     assert_eq!((a.acked, a.crashes, a.failed_commits), (b.acked, b.crashes, b.failed_commits), "seed 7 did not replay");
     // The run exercised what it claims to.
-    assert!(acked > 0 && (std::env::var("SEED").is_ok() || (crashes > 0 && failed > 0 && receipts > 0)));
+    assert!(acked > 0 && (std::env::var("SEED").is_ok() || (crashes > 0 && failed > 0 && receipts > 0 && pages > 0)));
 }

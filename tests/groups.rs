@@ -391,17 +391,20 @@ fn an_owner_who_leaves_hands_the_group_to_an_admin() {
     let server = Server::start_with(2, "");
     let mut owner = server.connect("lv-owner", "d", Encoding::Json);
     let mut other = server.connect("lv-b", "d", Encoding::Json);
-    owner.send(&op(GroupAction::Create, "c", None, None, &["lv-b", "lv-a"]));
+    owner.send(&op(GroupAction::Create, "c", None, None, &["lv-b", "lv-a", "lv-z"]));
     let g = group_outcome(&mut owner, "c").unwrap();
-    owner.send(&op(GroupAction::Promote, "p", Some(g.conv), None, &["lv-b"]));
-    group_outcome(&mut owner, "p").unwrap();
+    owner.send(&op(GroupAction::Promote, "p1", Some(g.conv), None, &["lv-z"]));
+    group_outcome(&mut owner, "p1").unwrap();
+    owner.send(&op(GroupAction::Promote, "p2", Some(g.conv), None, &["lv-b"]));
+    group_outcome(&mut owner, "p2").unwrap();
     owner.send(&op(GroupAction::Leave, "l", Some(g.conv), None, &[]));
     group_outcome(&mut owner, "l").unwrap();
     let (_, ev) = expect_event_until(&mut other, "leave");
-    assert_eq!(ev["owner"], "lv-b", "the first other admin, not the first member (lv-a)");
+    assert_eq!(ev["owner"], "lv-z", "the oldest other admin, not the first by id (lv-b) or the first member (lv-a)");
     other.send(&op(GroupAction::Info, "i", Some(g.conv), None, &[]));
     let info = group_outcome(&mut other, "i").unwrap();
-    assert_eq!((info.owner.as_str(), info.members.len()), ("lv-b", 2));
+    assert_eq!((info.owner.as_str(), info.members.len()), ("lv-z", 3));
+    assert_eq!(info.admins, users(&["lv-b", "lv-z"]), "group_info lists admins sorted");
 }
 
 /// Skips frames until the group event `event`.

@@ -86,7 +86,8 @@ pub enum ConvKind {
 pub struct GroupMeta {
     /// Display name (may be empty).
     pub name: String,
-    /// Admins. Invariant: sorted, no duplicates, each a member, the owner among them.
+    /// Admins, oldest first (the order they became admins). Invariant: no duplicates,
+    /// each a member, the owner among them.
     pub admins: Vec<String>,
     /// The one member who may delete the group or hand it over.
     pub owner: String,

@@ -4,8 +4,9 @@
 //! Roles: one owner, admins (the owner is one), members. Admins add, remove, rename,
 //! promote, demote and describe (description, avatar); only the owner transfers
 //! ownership or deletes the group, and no one removes or demotes the owner. A group
-//! keeps exactly one owner: when the owner leaves, ownership passes to the first other
-//! admin by user id, or else to the first member by id (who becomes an admin). A
+//! keeps exactly one owner: when the owner leaves, ownership passes to the oldest other
+//! admin (admins are kept in the order they became admins), or else to the first member
+//! by id (who becomes an admin). A
 //! deleted group takes no more messages or changes (`forbidden`); its members keep
 //! reading its history.
 //!
@@ -76,6 +77,22 @@ fn too_many(max: usize) -> Refusal {
     (ErrorCode::LimitExceeded, format!("a group has at most {max} members"))
 }
 
+/// Makes `user` an admin (the newest), unless they are one.
+fn admin_add(admins: &mut Vec<String>, user: &str) -> bool {
+    let new = !admins.iter().any(|a| a == user);
+    if new {
+        admins.push(user.to_owned());
+    }
+    new
+}
+
+/// `user` is no longer an admin.
+fn admin_remove(admins: &mut Vec<String>, user: &str) -> bool {
+    let before = admins.len();
+    admins.retain(|a| a != user);
+    admins.len() != before
+}
+
 fn sorted_insert(list: &mut Vec<Box<str>>, user: &str) -> bool {
     match list.binary_search_by(|m| (**m).cmp(user)) {
         Ok(_) => false,
@@ -135,7 +152,7 @@ pub fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Optio
     let is_member = c.exists && c.is_member(user);
     let Conv { members: list, group, .. } = c;
     let Some(g) = group.as_mut().filter(|_| is_member) else { return Err(not_member()) };
-    let is_admin = g.admins.binary_search_by(|a| a.as_str().cmp(user)).is_ok();
+    let is_admin = g.admins.iter().any(|a| a == user);
     let is_owner = g.owner == user;
     let has = |list: &[Box<str>], m: &str| list.binary_search_by(|x| (**x).cmp(m)).is_ok();
     let change =
@@ -147,12 +164,10 @@ pub fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Optio
             sorted_remove(list, user);
             if is_owner {
                 // Exactly one owner: the first other admin, else the first member.
-                sorted_remove(&mut g.admins, user);
+                admin_remove(&mut g.admins, user);
                 let next = g.admins.first().cloned().or_else(|| list.first().map(|m| m.to_string()));
                 if let Some(next) = next {
-                    if let Err(i) = g.admins.binary_search(&next) {
-                        g.admins.insert(i, next.clone());
-                    }
+                    admin_add(&mut g.admins, &next);
                     g.owner = next;
                 }
             }
@@ -167,9 +182,7 @@ pub fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Optio
             if *to == g.owner {
                 return Ok(None);
             }
-            if let Err(i) = g.admins.binary_search(to) {
-                g.admins.insert(i, to.clone());
-            }
+            admin_add(&mut g.admins, to);
             g.owner = to.clone();
             Ok(change(vec![to.clone()], Vec::new()))
         }
@@ -216,8 +229,7 @@ pub fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Optio
             }
             let mut new = Vec::new();
             for m in &op.members {
-                if let Err(i) = g.admins.binary_search(m) {
-                    g.admins.insert(i, m.clone());
+                if admin_add(&mut g.admins, m) {
                     new.push(m.clone());
                 }
             }
@@ -230,7 +242,7 @@ pub fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Optio
             if g.admins.iter().all(|a| op.members.contains(a)) {
                 return Err((ErrorCode::Forbidden, "a group keeps at least one admin".into()));
             }
-            let gone: Vec<String> = op.members.iter().filter(|m| sorted_remove(&mut g.admins, m)).cloned().collect();
+            let gone: Vec<String> = op.members.iter().filter(|m| admin_remove(&mut g.admins, m)).cloned().collect();
             Ok(change(gone, Vec::new()))
         }
         // Handled above; an existing group cannot be created again.
@@ -261,7 +273,7 @@ impl Core {
         // (the first member by id when the last admin left or was removed).
         if let Some(ch) = &change {
             for r in &ch.removed {
-                sorted_remove(&mut g.admins, r);
+                admin_remove(&mut g.admins, r);
             }
             if g.admins.is_empty() {
                 if let Some(first) = list.first() {
@@ -275,7 +287,11 @@ impl Core {
             conv: req.conv,
             name: g.name.clone(),
             members: members.clone(),
-            admins: g.admins.clone(),
+            admins: {
+                let mut sorted = g.admins.clone();
+                sorted.sort();
+                sorted
+            },
             seq: 0,
             owner: g.owner.clone(),
             description: g.description.clone(),

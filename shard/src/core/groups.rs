@@ -163,7 +163,7 @@ pub fn apply(c: &mut Conv, user: &str, op: &GroupOp, max: usize) -> Result<Optio
         GroupAction::Leave => {
             sorted_remove(list, user);
             if is_owner {
-                // Exactly one owner: the first other admin, else the first member.
+                // Exactly one owner: the oldest other admin, else the first member.
                 admin_remove(&mut g.admins, user);
                 let next = g.admins.first().cloned().or_else(|| list.first().map(|m| m.to_string()));
                 if let Some(next) = next {

@@ -16,7 +16,9 @@
 //! - [`convs`]: conversations homed here (members, seq, dedupe, typing) with their
 //!   eviction and negative cache; [`dedupe`]: one conversation's dedupe window;
 //! - [`commit`]: the group-commit queue and acks waiting for durability;
-//! - [`messaging`], [`groups`], [`presence`], [`receipts`]: the rules, as `Core` methods;
+//! - [`inbox`]: each user's conversation list, kept at the user's home;
+//! - [`messaging`], [`groups`], [`presence`], [`receipts`], [`lifecycle`] (edits,
+//!   deletes, reactions, forwards, delete for me): the rules, as `Core` methods;
 //! - [`route`]: what cores send each other; [`limits`]: token buckets.
 //!
 //! Every table has a bound or an eviction rule ([`CoreConfig`] names them); what a

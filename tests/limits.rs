@@ -310,14 +310,33 @@ fn admin_endpoint_reports_metrics_readiness_and_drains() {
         assert!(matches!(a.recv(), ServerFrame::Ack(_)));
         assert!(matches!(b.recv(), ServerFrame::Msg(_)));
     }
-    let (status, metrics) = admin_request(&server, "GET", "/metrics");
+    // The conversation-list records of those messages are committed after the acks, so
+    // commits go on for a moment: scrape until two scrapes agree on the commit count,
+    // then check that one scrape against itself.
+    let commits_in = |m: &str| -> u64 {
+        m.lines()
+            .filter(|l| l.starts_with("switchboard_commits_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let (mut status, mut metrics) = admin_request(&server, "GET", "/metrics");
+    loop {
+        let (s2, m2) = admin_request(&server, "GET", "/metrics");
+        let settled = commits_in(&m2) == commits_in(&metrics);
+        (status, metrics) = (s2, m2);
+        if settled {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "commits never settled:\n{metrics}");
+    }
     assert_eq!(status, 200);
     let total = |name: &str| metric_total(&server, name);
     assert_eq!(total("switchboard_messages_stored_total"), 3, "{metrics}");
     assert_eq!(total("switchboard_deliveries_total"), 3, "{metrics}");
     assert!(total("switchboard_accepted_total") >= 2, "{metrics}");
     // Every commit is in the duration histogram; its +Inf bucket is its count.
-    let commits = total("switchboard_commits_total");
+    let commits = commits_in(&metrics);
     assert!(commits >= 1, "{metrics}");
     let series = |prefix: &str| -> f64 {
         metrics

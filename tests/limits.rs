@@ -320,17 +320,21 @@ fn admin_endpoint_reports_metrics_readiness_and_drains() {
             .sum()
     };
     let deadline = std::time::Instant::now() + DEADLINE;
-    let (mut status, mut metrics) = admin_request(&server, "GET", "/metrics");
+    let scrape = || {
+        let (status, metrics) = admin_request(&server, "GET", "/metrics");
+        assert_eq!(status, 200, "{metrics}");
+        metrics
+    };
+    let mut metrics = scrape();
     loop {
-        let (s2, m2) = admin_request(&server, "GET", "/metrics");
-        let settled = commits_in(&m2) == commits_in(&metrics);
-        (status, metrics) = (s2, m2);
+        let next = scrape();
+        let settled = commits_in(&next) == commits_in(&metrics);
+        metrics = next;
         if settled {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "commits never settled:\n{metrics}");
     }
-    assert_eq!(status, 200);
     let total = |name: &str| metric_total(&server, name);
     assert_eq!(total("switchboard_messages_stored_total"), 3, "{metrics}");
     assert_eq!(total("switchboard_deliveries_total"), 3, "{metrics}");

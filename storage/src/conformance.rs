@@ -125,7 +125,7 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
 
     // Conversation-list parts: each its own record, put together per conversation,
     // ordered by conversation, one user's never another's.
-    use crate::model::{ConvSummary, InboxPart, InboxValue};
+    use crate::model::{ConvSummary, InboxValue, LastOf};
     assert!(s.inbox("bob").unwrap().is_empty());
     let summary = std::sync::Arc::new(ConvSummary {
         group: false,
@@ -133,7 +133,7 @@ pub fn run(open: impl Fn(&Path) -> Box<dyn Store>) {
         pair: vec!["alice".into(), "bob".into()],
         members: 2,
     });
-    let last = |seq: u64| InboxPart::Last { seq, msg: msg(seq).into(), summary: summary.clone() }.value("bob");
+    let last = |seq: u64| InboxValue::Last(LastOf::shared(seq, msg(seq).into(), summary.clone(), "bob"));
     let part = |user: &str, conv, at, value| Write::Inbox { user: user.into(), conv, at, value };
     s.commit(&[
         part("bob", b, 10, last(1)),

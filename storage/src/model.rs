@@ -340,39 +340,6 @@ pub struct ConvSummary {
     pub members: u32,
 }
 
-/// What changed in a user's entry for one conversation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InboxPart {
-    /// A newer message reached the user's home.
-    Last {
-        /// Its seq.
-        seq: u64,
-        /// The message (shared with its delivery).
-        msg: std::sync::Arc<StoredMessage>,
-        /// The conversation as of the message.
-        summary: std::sync::Arc<ConvSummary>,
-    },
-    /// The user's durable read cursor.
-    Read(u64),
-    /// The newest seq the user sent.
-    Own(u64),
-    /// Muted until (ms; 0: not muted).
-    Muted(u64),
-    /// Archived.
-    Archived(bool),
-    /// Pinned.
-    Pinned(bool),
-    /// The user joined the group at this seq (a group's entry exists from then on; its
-    /// last message is the group's, shared by its members on the partition).
-    Joined(u64),
-    /// The user left the group at this seq (their entry keeps its own last message: the
-    /// event that removed them).
-    Left(u64),
-    /// A DM peer's cursors as shown to the user: `(delivered, read)` (read 0 when the
-    /// peer hides reads).
-    Peer(u64, u64),
-}
-
 /// Longest preview kept of a message body, in bytes.
 pub const PREVIEW_BYTES: usize = 100;
 
@@ -532,26 +499,30 @@ impl<'de> Deserialize<'de> for LastOf {
     }
 }
 
-/// One stored part of a user's entry (what [`InboxPart`] is stored as).
+/// One part of a user's entry for a conversation, as stored (each its own record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InboxValue {
-    /// See [`InboxPart::Last`].
+    /// The newest message that reached the user's home (a DM's, or the one a group
+    /// event removing the user left them with).
     Last(LastOf),
-    /// See [`InboxPart::Read`].
+    /// The user's durable read cursor.
     Read(u64),
-    /// See [`InboxPart::Own`].
+    /// The newest seq the user sent.
     Own(u64),
-    /// See [`InboxPart::Muted`].
+    /// Muted until (ms; 0: not muted).
     Muted(u64),
-    /// See [`InboxPart::Archived`].
+    /// Archived.
     Archived(bool),
-    /// See [`InboxPart::Pinned`].
+    /// Pinned.
     Pinned(bool),
-    /// See [`InboxPart::Joined`].
+    /// The user joined the group at this seq (a group's entry exists from then on; its
+    /// last message is the group's, shared by its members on the partition).
     Joined(u64),
-    /// See [`InboxPart::Left`].
+    /// The user left the group at this seq (their entry keeps its own last message: the
+    /// event that removed them).
     Left(u64),
-    /// See [`InboxPart::Peer`].
+    /// A DM peer's cursors as shown to the user: `(delivered, read)` (read 0 when the
+    /// peer hides reads).
     Peer(u64, u64),
 }
 
@@ -568,26 +539,6 @@ impl InboxValue {
             InboxValue::Joined(_) => 6,
             InboxValue::Left(_) => 7,
             InboxValue::Peer(..) => 8,
-        }
-    }
-}
-
-impl InboxPart {
-    /// What is stored for `user`: the message reduced to its preview, the title
-    /// resolved (a DM's is the other member).
-    pub fn value(&self, user: &str) -> InboxValue {
-        match self {
-            InboxPart::Last { seq, msg, summary } => {
-                InboxValue::Last(LastOf::shared(*seq, msg.clone(), summary.clone(), user))
-            }
-            InboxPart::Read(s) => InboxValue::Read(*s),
-            InboxPart::Own(s) => InboxValue::Own(*s),
-            InboxPart::Muted(t) => InboxValue::Muted(*t),
-            InboxPart::Archived(b) => InboxValue::Archived(*b),
-            InboxPart::Pinned(b) => InboxValue::Pinned(*b),
-            InboxPart::Joined(s) => InboxValue::Joined(*s),
-            InboxPart::Left(s) => InboxValue::Left(*s),
-            InboxPart::Peer(d, r) => InboxValue::Peer(*d, *r),
         }
     }
 }

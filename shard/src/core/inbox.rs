@@ -31,7 +31,7 @@ use std::collections::hash_map::Entry;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use storage::model::{is_group, ConvSummary, InboxEntry, InboxPart, LastOf, StoredMessage, Write};
+use storage::model::{is_group, ConvSummary, InboxEntry, InboxValue, LastOf, StoredMessage, Write};
 use storage::read::{ReadDone, ReadReq};
 use storage::StoreError;
 use wire::error::ErrorCode;
@@ -83,27 +83,28 @@ impl Parts {
     }
 
     /// Each part as the stored value it becomes.
-    fn values(&self) -> impl Iterator<Item = InboxPart> + '_ {
-        let last = self.last.as_ref().map(|(seq, msg, summary)| InboxPart::Last {
-            seq: *seq,
-            msg: msg.clone(),
-            summary: summary.clone(),
-        });
+    /// Each part as the value stored for `user` (a last message still shared with its
+    /// delivery, its title resolved for `user`).
+    fn values<'a>(&'a self, user: &'a str) -> impl Iterator<Item = InboxValue> + 'a {
+        let last = self
+            .last
+            .as_ref()
+            .map(|(seq, msg, summary)| InboxValue::Last(LastOf::shared(*seq, msg.clone(), summary.clone(), user)));
         last.into_iter()
-            .chain(self.read.map(InboxPart::Read))
-            .chain(self.own.map(InboxPart::Own))
-            .chain(self.muted.map(InboxPart::Muted))
-            .chain(self.archived.map(InboxPart::Archived))
-            .chain(self.pinned.map(InboxPart::Pinned))
-            .chain(self.joined.map(InboxPart::Joined))
-            .chain(self.left.map(InboxPart::Left))
-            .chain(self.peer.map(|(d, r)| InboxPart::Peer(d, r)))
+            .chain(self.read.map(InboxValue::Read))
+            .chain(self.own.map(InboxValue::Own))
+            .chain(self.muted.map(InboxValue::Muted))
+            .chain(self.archived.map(InboxValue::Archived))
+            .chain(self.pinned.map(InboxValue::Pinned))
+            .chain(self.joined.map(InboxValue::Joined))
+            .chain(self.left.map(InboxValue::Left))
+            .chain(self.peer.map(|(d, r)| InboxValue::Peer(d, r)))
     }
 
     /// Applies these to `entry` (what a list read sees before they are durable).
     fn apply(&self, user: &str, entry: &mut InboxEntry) {
-        for part in self.values() {
-            entry.apply(self.at, part.value(user));
+        for value in self.values(user) {
+            entry.apply(self.at, value);
         }
     }
 }
@@ -481,8 +482,7 @@ impl Core {
         std::mem::swap(&mut l.groups, &mut l.groups_writing);
         writes.reserve(l.writing.len() * 2 + l.groups_writing.len());
         for ((user, conv), parts) in &l.writing {
-            for part in parts.values() {
-                let value = part.value(user);
+            for value in parts.values(user) {
                 writes.push(Write::Inbox { user: user.to_string(), conv: *conv, at: parts.at, value });
             }
         }

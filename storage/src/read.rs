@@ -135,24 +135,39 @@ pub fn execute(store: &dyn Store, req: &ReadReq) -> Result<ReadDone, StoreError>
 /// Drops from `slice` the messages `viewer` hid (delete for me). A page may then hold
 /// fewer than asked; `has_more` still tells whether older ones exist.
 fn without_hidden(store: &dyn Store, conv: ConvId, slice: &mut Slice, viewer: &str) -> Result<(), StoreError> {
-    let (Some(first), Some(last)) = (slice.messages.first(), slice.messages.last()) else { return Ok(()) };
+    let Some((lo, hi)) = bounds(slice) else { return Ok(()) };
     if viewer.is_empty() {
         return Ok(());
     }
-    let hidden = store.hidden(conv, viewer, first.0, last.0)?;
+    drop_hidden(slice, &store.hidden(conv, viewer, lo, hi)?);
+    Ok(())
+}
+
+/// The lowest and highest seq of a page (`None`: empty).
+pub fn bounds(slice: &Slice) -> Option<(u64, u64)> {
+    Some((slice.messages.first()?.0, slice.messages.last()?.0))
+}
+
+/// Removes the messages whose seq is in `hidden` (ascending) from `slice`.
+pub fn drop_hidden(slice: &mut Slice, hidden: &[u64]) {
     if !hidden.is_empty() {
         slice.messages.retain(|(s, _)| hidden.binary_search(s).is_err());
     }
-    Ok(())
 }
 
 /// Adds each message's reactions (counts per emoji, most first, and `viewer`'s own) to
 /// the messages of `slice`.
 fn with_reactions(store: &dyn Store, conv: ConvId, slice: &mut Slice, viewer: &str) -> Result<(), StoreError> {
-    let (Some(first), Some(last)) = (slice.messages.first(), slice.messages.last()) else { return Ok(()) };
-    let all = store.reactions(conv, first.0, last.0)?;
+    let Some((lo, hi)) = bounds(slice) else { return Ok(()) };
+    add_reactions(slice, &store.reactions(conv, lo, hi)?, viewer);
+    Ok(())
+}
+
+/// Adds to the messages of `slice` the reactions in `all` (`(seq, user, emoji)`): counts
+/// per emoji, most first, and `viewer`'s own.
+pub fn add_reactions(slice: &mut Slice, all: &[(u64, String, String)], viewer: &str) {
     if all.is_empty() {
-        return Ok(());
+        return;
     }
     for (seq, m) in &mut slice.messages {
         let mine: Vec<&(u64, String, String)> = all.iter().filter(|r| r.0 == *seq).collect();
@@ -171,5 +186,4 @@ fn with_reactions(store: &dyn Store, conv: ConvId, slice: &mut Slice, viewer: &s
         ext.reactions = counts;
         ext.my_reaction = mine.iter().find(|r| r.1 == viewer).map(|r| r.2.clone());
     }
-    Ok(())
 }

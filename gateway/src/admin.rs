@@ -188,8 +188,14 @@ type Labelled = (&'static str, &'static str, &'static str, Vec<String>, fn(&Shar
 /// One exported series: name, type, help, and where to read it.
 type Series = (&'static str, &'static str, &'static str, fn(&ShardStats) -> &AtomicU64);
 
-fn metrics(stats: &[ShardStats], drain: &Drain) -> String {
+/// More metrics to export beside the shards' (the storage backend's).
+pub type ExtraMetrics = Option<Arc<dyn Fn(&mut String) + Send + Sync>>;
+
+fn metrics(stats: &[ShardStats], drain: &Drain, extra: &ExtraMetrics) -> String {
     let mut out = String::new();
+    if let Some(f) = extra {
+        f(&mut out);
+    }
     let series: [Series; 22] = [
         ("switchboard_connections", "gauge", "Open connections.", |s| &s.connections),
         ("switchboard_accepted_total", "counter", "Sockets accepted.", |s| &s.accepted),
@@ -406,7 +412,7 @@ fn revoke(s: TcpStream, path: &str, desk: &mut RevokeDesk) {
     respond(s, "200 OK", &format!("{{\"revoked_at\":{revoked_at}}}\n"), "application/json");
 }
 
-fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut RevokeDesk) {
+fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut RevokeDesk, extra: &ExtraMetrics) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
     let mut reader = BufReader::new(match s.try_clone() {
@@ -429,7 +435,7 @@ fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut Revok
             get(s, "503 Service Unavailable", "draining\n", text)
         }
         ("GET", "/readyz") => get(s, "200 OK", "ready\n", text),
-        ("GET", "/metrics") => get(s, "200 OK", &metrics(stats, drain), "text/plain; version=0.0.4"),
+        ("GET", "/metrics") => get(s, "200 OK", &metrics(stats, drain, extra), "text/plain; version=0.0.4"),
         ("POST", "/drain") => {
             // The same path as an operator's SIGTERM: the signal thread starts the drain.
             DRAIN_REQUESTED.store(true, Ordering::Relaxed);
@@ -457,12 +463,13 @@ pub fn start(
     stats: Arc<Vec<ShardStats>>,
     drain: Arc<Drain>,
     mut desk: RevokeDesk,
+    extra: ExtraMetrics,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("binding admin {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new().name("admin".into()).spawn(move || {
         for s in listener.incoming().flatten() {
-            serve_one(s, &stats, &drain, &mut desk);
+            serve_one(s, &stats, &drain, &mut desk, &extra);
         }
     })?;
     Ok(bound)

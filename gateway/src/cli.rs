@@ -129,6 +129,12 @@ struct ServeArgs {
     /// Accept permessage-deflate when clients offer it (config key `permessage_deflate`).
     #[arg(long)]
     permessage_deflate: bool,
+    /// Where messages are stored: `embedded` (default) or `cql` (config key `storage`).
+    #[arg(long)]
+    storage: Option<String>,
+    /// CQL contact points, comma-separated `host:port` (config key `cql_nodes`).
+    #[arg(long, value_delimiter = ',')]
+    cql_nodes: Option<Vec<String>>,
     /// Conformance testing only: write every message back instead of handling it.
     #[cfg(feature = "echo")]
     #[arg(long)]
@@ -203,6 +209,9 @@ fn check(file: Option<PathBuf>, mut args: ServeArgs) -> anyhow::Result<String> {
     if cfg.jwt_secret.is_some() {
         cfg.jwt_secret = Some("<redacted>".into());
     }
+    if cfg.cql_password.is_some() {
+        cfg.cql_password = Some("<redacted>".into());
+    }
     Ok(toml::to_string(&cfg)?)
 }
 
@@ -235,6 +244,12 @@ fn effective(args: ServeArgs) -> anyhow::Result<Config> {
     }
     if args.tls_key.is_some() {
         cfg.tls_key = args.tls_key;
+    }
+    if let Some(s) = args.storage {
+        cfg.storage = s;
+    }
+    if let Some(n) = args.cql_nodes {
+        cfg.cql_nodes = n;
     }
     if args.permessage_deflate {
         cfg.permessage_deflate = true;

@@ -24,8 +24,41 @@ pub struct Config {
     pub shards: usize,
     /// Pin shard k to CPU k.
     pub pin: bool,
-    /// Where the embedded store keeps its partitions.
+    /// Where the embedded store keeps its partitions (and, with any storage, the
+    /// revocation list and the development TLS certificate and token secret).
     pub data_dir: PathBuf,
+    /// Where messages are stored: `embedded` (on this host's disk, in `data_dir`) or
+    /// `cql` (a ScyllaDB or Cassandra cluster, `cql_nodes`).
+    pub storage: String,
+    /// CQL contact points, `host:port` (with `storage = "cql"`).
+    pub cql_nodes: Vec<String>,
+    /// The keyspace (created at start if missing).
+    pub cql_keyspace: String,
+    /// Replication strategy of a keyspace the gateway creates.
+    pub cql_replication_class: String,
+    /// Replication factor of a keyspace the gateway creates.
+    pub cql_replication_factor: u32,
+    /// Consistency of every CQL read and write: `local_quorum`, `quorum`, `one`, `all`...
+    pub cql_consistency: String,
+    /// CQL username (with `cql_password`).
+    pub cql_username: Option<String>,
+    /// CQL password.
+    pub cql_password: Option<String>,
+    /// Speak TLS to the cluster, trusting this CA certificate (PEM).
+    pub cql_tls_ca: Option<PathBuf>,
+    /// A CQL request's deadline, in ms, retries included; beyond, the client gets a
+    /// retryable `internal` and nothing is acknowledged.
+    pub cql_request_timeout_ms: u64,
+    /// How long connecting to the cluster may take at start, in seconds.
+    pub cql_connect_timeout_secs: u64,
+    /// CQL requests (reads and commits) one shard may have in flight; beyond, the
+    /// request is refused with a retryable `internal`.
+    pub cql_max_in_flight: usize,
+    /// How long a message's dedupe row lives in the cluster, in seconds (resends older
+    /// than that and no longer in memory are stored again).
+    pub cql_dedupe_ttl_secs: u32,
+    /// Threads of the CQL driver's runtime.
+    pub cql_threads: usize,
     /// HS256 secret for tokens. When unset, a random one is created in `data_dir/jwt-secret`.
     pub jwt_secret: Option<String>,
     /// Accepted clock skew when checking `exp` and `nbf`, in seconds.
@@ -179,6 +212,20 @@ impl Default for Config {
             shards: 0,
             pin: true,
             data_dir: PathBuf::from("./data"),
+            storage: "embedded".into(),
+            cql_nodes: vec!["127.0.0.1:9042".into()],
+            cql_keyspace: "switchboard".into(),
+            cql_replication_class: "NetworkTopologyStrategy".into(),
+            cql_replication_factor: 3,
+            cql_consistency: "local_quorum".into(),
+            cql_username: None,
+            cql_password: None,
+            cql_tls_ca: None,
+            cql_request_timeout_ms: 5000,
+            cql_connect_timeout_secs: 30,
+            cql_max_in_flight: 1024,
+            cql_dedupe_ttl_secs: 30 * 24 * 3600,
+            cql_threads: 2,
             jwt_secret: None,
             jwt_leeway_secs: 30,
             jwt_public_key: None,
@@ -336,6 +383,10 @@ impl Config {
         anyhow::ensure!(self.max_commit_queue >= 1, "max_commit_queue must be at least 1");
         anyhow::ensure!(self.mesh_backlog >= 2, "mesh_backlog must be at least 2");
         anyhow::ensure!(matches!(self.log_format.as_str(), "text" | "json"), "log_format must be \"text\" or \"json\"");
+        anyhow::ensure!(matches!(self.storage.as_str(), "embedded" | "cql"), "storage must be \"embedded\" or \"cql\"");
+        if self.storage == "cql" {
+            self.cql()?;
+        }
         anyhow::ensure!(
             tracing_subscriber::EnvFilter::try_new(&self.log_level).is_ok(),
             "log_level is not a level or filter: {:?}",
@@ -357,6 +408,46 @@ impl Config {
             (None, None, false) => Ok(None),
             _ => anyhow::bail!("tls_cert and tls_key go together"),
         }
+    }
+
+    /// The CQL backend's settings (checked).
+    pub fn cql(&self) -> anyhow::Result<storage_cql::Config> {
+        anyhow::ensure!(!self.cql_nodes.is_empty(), "cql_nodes must name at least one host:port");
+        anyhow::ensure!(
+            storage_cql::schema::valid_keyspace(&self.cql_keyspace),
+            "cql_keyspace must be letters, digits and _ (starting with a letter, at most 48)"
+        );
+        anyhow::ensure!(self.cql_replication_factor >= 1, "cql_replication_factor must be at least 1");
+        anyhow::ensure!(
+            self.cql_replication_class.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'),
+            "cql_replication_class must be a strategy class name"
+        );
+        let consistency = storage_cql::parse_consistency(&self.cql_consistency)
+            .ok_or_else(|| anyhow::anyhow!("cql_consistency is not a consistency level: {:?}", self.cql_consistency))?;
+        let credentials = match (&self.cql_username, &self.cql_password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!("cql_username and cql_password go together"),
+        };
+        anyhow::ensure!(self.cql_request_timeout_ms >= 1, "cql_request_timeout_ms must be at least 1");
+        anyhow::ensure!(self.cql_connect_timeout_secs >= 1, "cql_connect_timeout_secs must be at least 1");
+        anyhow::ensure!(self.cql_max_in_flight >= 1, "cql_max_in_flight must be at least 1");
+        anyhow::ensure!(self.cql_dedupe_ttl_secs >= 60, "cql_dedupe_ttl_secs must be at least 60");
+        anyhow::ensure!((1..=16).contains(&self.cql_threads), "cql_threads must be 1..=16");
+        Ok(storage_cql::Config {
+            nodes: self.cql_nodes.clone(),
+            keyspace: self.cql_keyspace.clone(),
+            replication_class: self.cql_replication_class.clone(),
+            replication_factor: self.cql_replication_factor,
+            consistency,
+            credentials,
+            tls_ca: self.cql_tls_ca.clone(),
+            request_timeout: std::time::Duration::from_millis(self.cql_request_timeout_ms),
+            connect_timeout: std::time::Duration::from_secs(self.cql_connect_timeout_secs),
+            max_in_flight: self.cql_max_in_flight,
+            dedupe_ttl_secs: self.cql_dedupe_ttl_secs,
+            threads: self.cql_threads,
+        })
     }
 
     /// What the shard core enforces.

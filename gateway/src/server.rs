@@ -61,24 +61,34 @@ pub fn listeners(addr: SocketAddr, n: usize) -> anyhow::Result<(SocketAddr, Vec<
     Ok((bound, fds))
 }
 
-/// Runs the gateway until the process is stopped.
-pub fn serve(cfg: Config) -> anyhow::Result<()> {
-    // First, before any thread exists (fjall starts its own): only the drain thread
-    // may receive SIGTERM/SIGINT; every thread started later inherits the mask.
-    crate::reactor::block_termination_signals()?;
-    if !cfg.huge_pages {
-        // Before the storage and shard threads allocate: with transparent huge pages the
-        // allocator's first touches fault in 2 MiB pages, a fixed ~9 MB of RSS that
-        // dwarfs a thousand idle connections (docs/BENCHMARKS.md).
-        crate::reactor::disable_huge_pages()?;
-    }
-    let shards = cfg.shard_count();
-    anyhow::ensure!((1..=128).contains(&shards), "shards must be 1..=128 (got {shards})");
-    cfg.validate()?;
-    // Before opening storage: a second gateway on this port must not start at all.
-    check_port_free(cfg.listen)?;
+/// The shards' storage: one partition each, on this host's disk or in a CQL cluster.
+struct Backend {
+    /// The CQL cluster connection (`None`: embedded).
+    cluster: Option<storage_cql::Cluster>,
+    /// Each shard's partition, as the synchronous interface.
+    stores: Vec<Arc<dyn storage::Store>>,
+    /// Each shard's commit log (embedded storage only).
+    logs: Vec<Option<crate::service::LogSetup>>,
+    /// Each shard's CQL partition, which reads and commits are submitted to.
+    cql: Vec<Option<Arc<storage_cql::Partition>>>,
+}
+
+/// Opens the configured storage: the embedded partitions (replaying their commit logs),
+/// or a connection to the CQL cluster (schema created or migrated, shard count checked).
+fn open_storage(cfg: &Config, shards: usize) -> anyhow::Result<Backend> {
+    // The data directory holds the revocation list and development secrets either way.
     storage::layout::check_shard_count(&cfg.data_dir, shards)?;
-    let verifier = Arc::new(cfg.verifier()?);
+    if cfg.storage == "cql" {
+        let cluster = storage_cql::Cluster::connect(&cfg.cql()?, shards)?;
+        tracing::info!(nodes = ?cfg.cql_nodes, keyspace = %cfg.cql_keyspace, "storing in the CQL cluster");
+        let parts: Vec<Arc<storage_cql::Partition>> = (0..shards).map(|k| Arc::new(cluster.partition(k))).collect();
+        return Ok(Backend {
+            stores: parts.iter().map(|p| p.clone() as Arc<dyn storage::Store>).collect(),
+            logs: (0..shards).map(|_| None).collect(),
+            cql: parts.into_iter().map(Some).collect(),
+            cluster: Some(cluster),
+        });
+    }
     let mut stores: Vec<Arc<dyn storage::Store>> = Vec::with_capacity(shards);
     let mut logs = Vec::with_capacity(shards);
     for k in 0..shards {
@@ -105,6 +115,27 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }));
         stores.push(Arc::new(store));
     }
+    Ok(Backend { cluster: None, stores, logs, cql: (0..shards).map(|_| None).collect() })
+}
+
+/// Runs the gateway until the process is stopped.
+pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    // First, before any thread exists (fjall starts its own): only the drain thread
+    // may receive SIGTERM/SIGINT; every thread started later inherits the mask.
+    crate::reactor::block_termination_signals()?;
+    if !cfg.huge_pages {
+        // Before the storage and shard threads allocate: with transparent huge pages the
+        // allocator's first touches fault in 2 MiB pages, a fixed ~9 MB of RSS that
+        // dwarfs a thousand idle connections (docs/BENCHMARKS.md).
+        crate::reactor::disable_huge_pages()?;
+    }
+    let shards = cfg.shard_count();
+    anyhow::ensure!((1..=128).contains(&shards), "shards must be 1..=128 (got {shards})");
+    cfg.validate()?;
+    // Before opening storage: a second gateway on this port must not start at all.
+    check_port_free(cfg.listen)?;
+    let verifier = Arc::new(cfg.verifier()?);
+    let backend = open_storage(&cfg, shards)?;
     let (bound, fds) = listeners(cfg.listen, shards)?;
     let drain = Arc::new(Drain::new(shards));
     let stats: Arc<Vec<crate::admin::ShardStats>> =
@@ -113,7 +144,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let revoked = crate::revocation::load(&cfg.data_dir)?;
     let (revoke_txs, revoke_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
     let desk = crate::admin::RevokeDesk { data_dir: cfg.data_dir.clone(), list: revoked.clone(), shards: revoke_txs };
-    let admin = crate::admin::start(cfg.admin_listen, stats.clone(), drain.clone(), desk)?;
+    let extra = backend.cluster.as_ref().map(|c| c.metrics_handle());
+    let admin = crate::admin::start(cfg.admin_listen, stats.clone(), drain.clone(), desk, extra)?;
     let tls_files = cfg.tls_files()?;
     let tls = tls_files.as_ref().map(|(c, k)| crate::tls::server_config(c, k)).transpose()?;
     let (tls_txs, tls_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
@@ -128,13 +160,16 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         spin_before_park: std::time::Duration::from_micros(cfg.spin_before_park_us),
     };
     let data_dir = cfg.data_dir.clone();
+    let Backend { cluster, stores, logs, cql } = backend;
     let setups: Vec<ShardSetup> = fds
         .into_iter()
         .zip(stores)
         .zip(logs)
+        .zip(cql)
         .zip(revoke_rxs)
         .zip(tls_rxs)
-        .map(|((((listener, store), log), revoke_rx), tls_rx)| ShardSetup {
+        .map(|(((((listener, store), log), cql), revoke_rx), tls_rx)| ShardSetup {
+            cql,
             tls: tls.clone(),
             tls_rx,
             revoked: revoked.clone(),
@@ -169,6 +204,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     std::thread::spawn(move || drain_on_signal(&drain, drain_secs, tls_files, tls_txs));
     shard::runtime::run(&rt, setups, service::run)?;
     let _ = announcer.join();
+    // The driver stops once every shard (and its partition) has.
+    drop(cluster);
     Ok(())
 }
 

@@ -50,6 +50,9 @@ pub struct ShardSetup {
     pub listener: OwnedFd,
     /// This shard's storage partition.
     pub store: Arc<dyn Store>,
+    /// The same partition in a CQL cluster: reads and commits are submitted to it and
+    /// awaited (no blocking pool).
+    pub cql: Option<Arc<storage_cql::Partition>>,
     /// This shard's commit log (`None`: commit to the store directly).
     pub log: Option<LogSetup>,
     /// Token verification (shared, read-only).
@@ -141,6 +144,8 @@ pub struct Shard {
     wire: Vec<u8>,
     /// This shard's storage partition.
     pub(crate) store: Arc<dyn Store>,
+    /// The partition in a CQL cluster (`None`: embedded, reached on the blocking pool).
+    cql: Option<Arc<storage_cql::Partition>>,
     /// This shard's commit log, and the logged writes on their way to `store`.
     pub(crate) log: Option<crate::commitlog::CommitLog>,
     /// A commit is being made durable (the core's batch, or one held for a checkpoint).
@@ -250,6 +255,7 @@ pub async fn run(ctx: ShardCtx<Envelope>, setup: ShardSetup) {
             plain: Vec::with_capacity(32 * 1024),
             wire: Vec::with_capacity(WIRE_KEEP),
             store: setup.store,
+            cql: setup.cql,
             log,
             committing: false,
             last_commit: None,
@@ -1277,16 +1283,19 @@ impl Shard {
                     Effect::Deliver { conv, seq, msg, to } => self.deliver(&msg.msg_ref(conv, seq), &to),
                     Effect::Route { to, route } => self.mesh.push(to, Envelope::Core(route)),
                     Effect::Read { id, req } => {
-                        let store = self.store.clone();
-                        self.read_store(
-                            move || storage::read::execute(&*store, &req),
-                            move |s, r| {
-                                if r.is_err() {
-                                    ShardStats::bump(&s.stats().storage_errors);
-                                }
-                                s.core.read_done(id, r, now_ms())
-                            },
-                        );
+                        let done = move |s: &mut Shard, r: Result<storage::read::ReadDone, storage::StoreError>| {
+                            if r.is_err() {
+                                ShardStats::bump(&s.stats().storage_errors);
+                            }
+                            s.core.read_done(id, r, now_ms())
+                        };
+                        match &self.cql {
+                            Some(cql) => self.after(cql.submit_read(req), done),
+                            None => {
+                                let store = self.store.clone();
+                                self.read_store(move || storage::read::execute(&*store, &req), done);
+                            }
+                        }
                     }
                     Effect::Close { conn, code, reason } => self.fail(conn, code, reason),
                 }
@@ -1369,6 +1378,11 @@ impl Shard {
         self.last_commit = Some(Instant::now());
         if self.log.is_some() {
             return self.log_commit(writes);
+        }
+        if let Some(cql) = &self.cql {
+            let writes: Arc<[storage::model::Write]> = writes.into();
+            let done = writes.clone();
+            return self.after(cql.submit_commit(writes), move |s, r| s.on_committed(&done, r));
         }
         let store = self.store.clone();
         self.blocking(

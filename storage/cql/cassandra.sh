@@ -12,14 +12,14 @@
 #   storage/cql/cassandra.sh status         list the nodes and whether they run
 #
 # Environment: CASSANDRA_VERSION (5.0.6), CASSANDRA_CACHE (~/.cache/switchboard),
-# CASSANDRA_RUN (/tmp/switchboard-cassandra: data, logs, pids), CASSANDRA_HEAP (512m),
+# CASSANDRA_RUN (/tmp/switchboard-cassandra: data, logs, pids), CASSANDRA_HEAP (1536m: each keyspace a test creates costs the node heap),
 # CASSANDRA_DEADLINE (seconds to wait for CQL, 240).
 set -euo pipefail
 
 VERSION="${CASSANDRA_VERSION:-5.0.6}"
 CACHE="${CASSANDRA_CACHE:-$HOME/.cache/switchboard}/cassandra-$VERSION"
 RUN="${CASSANDRA_RUN:-/tmp/switchboard-cassandra}"
-HEAP="${CASSANDRA_HEAP:-512m}"
+HEAP="${CASSANDRA_HEAP:-1536m}"
 DEADLINE="${CASSANDRA_DEADLINE:-240}"
 
 log() { echo "cassandra.sh: $*" >&2; }

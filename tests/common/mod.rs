@@ -20,6 +20,35 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 /// How long any single expected event may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The CQL test cluster's nodes, when the suite runs against one (`CQL_TEST_NODES`,
+/// `host:port,...`, set by scripts/test after starting Cassandra).
+pub fn cql_nodes() -> Option<Vec<String>> {
+    let v = std::env::var("CQL_TEST_NODES").ok().filter(|v| !v.is_empty())?;
+    Some(v.split(',').map(str::to_owned).collect())
+}
+
+/// The configuration lines that store a server's data in the CQL test cluster, in a
+/// keyspace of its own that belongs to `dir` (a restart on the same directory finds the
+/// same keyspace); `None` when the suite runs on embedded storage.
+fn cql_storage(dir: &Path) -> Option<String> {
+    let nodes = cql_nodes()?;
+    let file = dir.with_extension("keyspace");
+    let keyspace = match std::fs::read_to_string(&file) {
+        Ok(k) => k,
+        Err(_) => {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let k = format!("e2e_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
+            std::fs::write(&file, &k).unwrap();
+            k
+        }
+    };
+    let list = nodes.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+    Some(format!(
+        "storage = \"cql\"\ncql_nodes = [{list}]\ncql_keyspace = \"{keyspace}\"\ncql_replication_factor = {}\n",
+        nodes.len().min(3)
+    ))
+}
+
 /// A running server; killed on drop.
 pub struct Server {
     child: Option<Child>,
@@ -56,6 +85,9 @@ impl Server {
         // Tests burst hundreds of frames on purpose; the limits tests set their own.
         if !toml.contains("max_frames_per_sec") {
             defaults.push_str("max_frames_per_sec = 65535\n");
+        }
+        if let Some(cql) = cql_storage(dir) {
+            defaults.push_str(&cql);
         }
         std::fs::write(&cfg, format!("{defaults}{toml}\n")).unwrap();
         let mut child = Command::new(BIN)

@@ -4,28 +4,8 @@
 mod common;
 
 use common::*;
-use wire::frame::{ClientFrame, ConvId, History, ServerFrame, SyncPoint};
+use wire::frame::{ClientFrame, History, ServerFrame, SyncPoint};
 use wire::Encoding;
-
-fn history_all(c: &mut Client, conv: ConvId) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    let mut before = None;
-    loop {
-        c.send(&ClientFrame::History(History { req_id: None, conv, before_seq: before, limit: Some(100) }));
-        let page = match c.recv() {
-            ServerFrame::HistoryPage(p) => p,
-            other => panic!("expected history_page, got {other:?}"),
-        };
-        let first = page.messages.first().map(|m| m.seq);
-        let mut chunk: Vec<_> = page.messages.into_iter().map(|m| (m.seq, m.client_msg_id)).collect();
-        chunk.append(&mut out);
-        out = chunk;
-        if !page.has_more {
-            return out;
-        }
-        before = first;
-    }
-}
 
 #[test]
 fn acked_messages_survive_kill_9() {

@@ -604,6 +604,39 @@ mod tests {
     }
 
     #[test]
+    fn cql_settings_are_checked_with_the_key_named() {
+        let cql = |extra: &str| toml::from_str::<Config>(&format!("storage = \"cql\"\n{extra}")).unwrap();
+        let good = cql("cql_nodes = [\"10.0.0.1:9042\", \"10.0.0.2:9042\"]\ncql_consistency = \"quorum\"");
+        good.validate().unwrap();
+        let c = good.cql().unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.consistency, scylla_consistency("quorum"));
+        assert_eq!(c.request_timeout, std::time::Duration::from_secs(5));
+        for (extra, key) in [
+            ("cql_nodes = []", "cql_nodes"),
+            ("cql_keyspace = \"a-b\"", "cql_keyspace"),
+            ("cql_consistency = \"most\"", "cql_consistency"),
+            ("cql_username = \"u\"", "cql_username"),
+            ("cql_max_in_flight = 0", "cql_max_in_flight"),
+            ("cql_replication_factor = 0", "cql_replication_factor"),
+            ("cql_replication_class = \"x'}; DROP\"", "cql_replication_class"),
+            ("cql_dedupe_ttl_secs = 1", "cql_dedupe_ttl_secs"),
+            ("cql_threads = 0", "cql_threads"),
+        ] {
+            let e = cql(extra).validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = toml::from_str::<Config>("storage = \"s3\"").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("storage"), "{e}");
+        // Embedded storage does not look at the CQL keys.
+        toml::from_str::<Config>("cql_nodes = []").unwrap().validate().unwrap();
+    }
+
+    fn scylla_consistency(s: &str) -> storage_cql::Consistency {
+        storage_cql::parse_consistency(s).unwrap()
+    }
+
+    #[test]
     fn toml_overrides_defaults_and_rejects_typos() {
         let c: Config = toml::from_str("max_frame = 1024\nshards = 2").unwrap();
         assert_eq!((c.max_frame, c.shards, c.history_max), (1024, 2, 100));

@@ -61,8 +61,9 @@ cluster_name: switchboard-test
 num_tokens: 16
 allocate_tokens_for_local_replication_factor: $((n < 3 ? n : 3))
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
-commitlog_sync: periodic
-commitlog_sync_period: 10000ms
+# A write is acknowledged only once the node's commit log is synced (the default,
+# periodic, acknowledges first and syncs every 10 s: kill -9 loses those writes).
+commitlog_sync: batch
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:

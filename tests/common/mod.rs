@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message as WsMessage, WebSocket};
-use wire::frame::{ClientFrame, ServerFrame};
+use wire::frame::{ClientFrame, ConvId, History, ServerFrame};
 use wire::Encoding;
 
 pub const SECRET: &str = "e2e-secret-0123456789abcdef";
@@ -47,6 +47,27 @@ fn cql_storage(dir: &Path) -> Option<String> {
         "storage = \"cql\"\ncql_nodes = [{list}]\ncql_keyspace = \"{keyspace}\"\ncql_replication_factor = {}\n",
         nodes.len().min(3)
     ))
+}
+
+/// Every message of `conv`, oldest first, as `(seq, client_msg_id)`, paged by history.
+pub fn history_all(c: &mut Client, conv: ConvId) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut before = None;
+    loop {
+        c.send(&ClientFrame::History(History { req_id: None, conv, before_seq: before, limit: Some(100) }));
+        let page = match c.recv() {
+            ServerFrame::HistoryPage(p) => p,
+            other => panic!("expected history_page, got {other:?}"),
+        };
+        let first = page.messages.first().map(|m| m.seq);
+        let mut chunk: Vec<_> = page.messages.into_iter().map(|m| (m.seq, m.client_msg_id)).collect();
+        chunk.append(&mut out);
+        out = chunk;
+        if !page.has_more {
+            return out;
+        }
+        before = first;
+    }
 }
 
 /// A running server; killed on drop.

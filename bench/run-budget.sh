@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Measures the budget of issue 5 on this host (loopback only; every run bounded).
 # Usage: bench/run-budget.sh OUTDIR [PART...]   (one JSON report per run, and a log)
-# PART: idle, storm, tls, chat, fanout, during-storm, reconnect, deflate (default: all of them).
+# PART: idle, storm, tls, chat, fanout, during-storm, reconnect, deflate (default: all of
+# them), and cql (not in the default: the DM chat on a one-node Cassandra started by
+# storage/cql/cassandra.sh, next to the embedded store, alternating, two rounds).
 # Each measurement starts a fresh release gateway (2 shards, embedded storage in a
 # temporary directory) so memory figures are not polluted by earlier runs.
 # EXTRA_TOML: config lines added to every gateway's (e.g. 'commit_log_mib = 0' for an A/B).
@@ -25,7 +27,7 @@ start() { # start TOML_LINES [serve flags...]
   port=$((port + 1))
   RUST_LOG=warn "$sb" serve --listen 127.0.0.1:$port --shards 2 --config "$tmp/c.toml" --data-dir "$tmp/d" "$@" > "$tmp/log" 2>&1 &
   pid=$!
-  for _ in $(seq 100); do grep -q listening "$tmp/log" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 300); do grep -q listening "$tmp/log" 2>/dev/null && break; sleep 0.1; done
   addr=127.0.0.1:$port
 }
 stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$tmp"; }
@@ -133,4 +135,27 @@ for round in 1 2 3; do
     stop
   done
 done
+fi
+
+if want cql; then
+# DM chat stored in Cassandra (one node on 127.0.0.2, commit log synced before each ack)
+# next to the embedded store, at 5,000 and 10,000 msg/s, alternating, two rounds.
+cassandra="$root/storage/cql/cassandra.sh"
+trap '"$cassandra" stop' EXIT
+nodes=$("$cassandra" start 1)
+for round in 1 2; do
+  for rate in 5000 10000; do
+    for storage in embedded cql; do
+      toml=""
+      [ "$storage" = cql ] && toml="storage = \"cql\"
+cql_nodes = [\"$nodes\"]
+cql_keyspace = \"bench_${round}_$rate\"
+cql_replication_factor = 1"
+      start "$toml"
+      run "cql-chat-$storage-$rate-$round" chat --users 2000 --rate $rate --secs 10 --body 64 --tag "q$storage$rate$round"
+      stop
+    done
+  done
+done
+"$cassandra" stop
 fi

@@ -41,6 +41,13 @@ fn send_until_acked(c: &mut Client, to: &str, cmid: &str, deadline: std::time::D
     }
 }
 
+/// Sends 20 messages `{prefix}0..` from `c` to bea, each acknowledged: their
+/// conversation and `(seq, client_msg_id)`s.
+fn send_acked(c: &mut Client, prefix: &str) -> (ConvId, Vec<(u64, String)>) {
+    let acks: Vec<_> = (0..20).map(|i| send_until_acked(c, "bea", &format!("{prefix}{i}"), DEADLINE)).collect();
+    (acks[0].conv, acks.into_iter().map(|a| (a.seq, a.client_msg_id)).collect())
+}
+
 /// Sends `cmid` once while too few replicas are up: it must be refused retryably.
 fn send_refused(c: &mut Client, to: &str, cmid: &str) {
     c.send(&send_to(to, cmid, "m"));
@@ -73,14 +80,7 @@ fn one_node_down_refuses_sends_retryably_and_loses_nothing_acked() {
     let dir = tmp.path().join("d");
     let mut server = Server::start_in(&dir, 2, "cql_request_timeout_ms = 2000\n");
     let mut a = server.connect("abe", "d", Encoding::FlatBuffers);
-    let mut acked = Vec::new();
-    let mut conv = None;
-    for i in 0..20 {
-        let ack = send_until_acked(&mut a, "bea", &format!("up{i}"), DEADLINE);
-        conv = Some(ack.conv);
-        acked.push((ack.seq, ack.client_msg_id));
-    }
-    let conv = conv.unwrap();
+    let (conv, mut acked) = send_acked(&mut a, "up");
     // The messages went through the CQL driver, not the embedded store.
     let (_, metrics) = admin_request(&server, "GET", "/metrics");
     let stored = metrics
@@ -123,14 +123,7 @@ fn three_nodes_at_local_quorum_survive_one_down_and_refuse_with_two_down() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start_in(&tmp.path().join("d"), 2, "cql_request_timeout_ms = 3000\n");
     let mut a = server.connect("abe", "d", Encoding::Json);
-    let mut acked = Vec::new();
-    let mut conv = None;
-    for i in 0..20 {
-        let ack = send_until_acked(&mut a, "bea", &format!("all{i}"), DEADLINE);
-        conv = Some(ack.conv);
-        acked.push((ack.seq, ack.client_msg_id));
-    }
-    let conv = conv.unwrap();
+    let (conv, mut acked) = send_acked(&mut a, "all");
     // One node of three down: LOCAL_QUORUM (2 of 3) still acknowledges, history complete.
     cassandra(&["kill", "3"]);
     for i in 0..20 {

@@ -11,7 +11,8 @@
 #   storage/cql/cassandra.sh stop           stop every node and delete their data
 #   storage/cql/cassandra.sh status         list the nodes and whether they run
 #
-# Environment: CASSANDRA_VERSION (5.0.6), CASSANDRA_CACHE (~/.cache/switchboard),
+# Environment: CASSANDRA_AUTH=password starts the nodes with password authentication
+# (the superuser cassandra/cassandra); CASSANDRA_VERSION (5.0.6), CASSANDRA_CACHE (~/.cache/switchboard),
 # CASSANDRA_RUN (/tmp/switchboard-cassandra: data, logs, pids), CASSANDRA_HEAP (1536m: each keyspace a test creates costs the node heap),
 # CASSANDRA_DEADLINE (seconds to wait for CQL, 240).
 set -euo pipefail
@@ -80,9 +81,12 @@ commitlog_directory: $dir/commitlog
 saved_caches_directory: $dir/saved_caches
 hints_directory: $dir/hints
 cdc_raw_directory: $dir/cdc
-write_request_timeout: 2000ms
-read_request_timeout: 2000ms
+write_request_timeout: 5000ms
+read_request_timeout: 5000ms
 EOF
+    if [[ "${CASSANDRA_AUTH:-}" == password ]]; then
+        printf 'authenticator: PasswordAuthenticator\nauthorizer: CassandraAuthorizer\n' >>"$dir/cassandra.yaml"
+    fi
     cat >"$dir/logback.xml" <<EOF
 <configuration>
   <appender name="FILE" class="ch.qos.logback.core.FileAppender">
@@ -116,6 +120,7 @@ launch() {
         -Dcassandra.config="file://$dir/cassandra.yaml" -Dlogback.configurationFile="$dir/logback.xml" \
         -Dcassandra-foreground=yes -Dcassandra.storagedir="$dir" -Dcassandra.jmx.local.port=$((7199 + k)) \
         -Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=1000 \
+        -Dcassandra.superuser_setup_delay_ms=0 \
         -Djdk.attach.allowAttachSelf=true "${opens[@]}" \
         -cp "$CACHE/lib/*" org.apache.cassandra.service.CassandraDaemon >"$dir/stdout.log" 2>&1 </dev/null &
     echo $! >"$dir/pid"
@@ -127,7 +132,10 @@ wait_cql() {
     ip=$(addr "$k")
     start=$(date +%s)
     while :; do
+        # With password authentication the superuser is created just after CQL starts.
         if grep -q "Starting listening for CQL clients" "$RUN/node$k/system.log" 2>/dev/null &&
+            { [[ "${CASSANDRA_AUTH:-}" != password ]] || ((k > 1)) ||
+                grep -q "Created default superuser role" "$RUN/node$k/system.log"; } &&
             (exec 3<>"/dev/tcp/$ip/9042") 2>/dev/null; then
             log "node $k serves CQL on $ip:9042 after $(($(date +%s) - start)) s"
             return 0

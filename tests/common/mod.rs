@@ -43,10 +43,15 @@ fn cql_storage(dir: &Path) -> Option<String> {
         }
     };
     let list = nodes.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
-    Some(format!(
+    let mut lines = format!(
         "storage = \"cql\"\ncql_nodes = [{list}]\ncql_keyspace = \"{keyspace}\"\ncql_replication_factor = {}\n",
         nodes.len().min(3)
-    ))
+    );
+    // CQL_TEST_CREDENTIALS=user:password when the node checks passwords.
+    if let Some((user, pass)) = std::env::var("CQL_TEST_CREDENTIALS").ok().as_deref().and_then(|c| c.split_once(':')) {
+        lines.push_str(&format!("cql_username = \"{user}\"\ncql_password = \"{pass}\"\n"));
+    }
+    Some(lines)
 }
 
 /// Every message of `conv`, oldest first, as `(seq, client_msg_id)`, paged by history.
@@ -109,6 +114,11 @@ impl Server {
         }
         if let Some(cql) = cql_storage(dir) {
             defaults.push_str(&cql);
+            // A loaded 2-core machine running the node and the suite: a slow write is
+            // not what these tests are about (tests/cql.rs sets its own).
+            if !toml.contains("cql_request_timeout_ms") {
+                defaults.push_str("cql_request_timeout_ms = 15000\n");
+            }
         }
         std::fs::write(&cfg, format!("{defaults}{toml}\n")).unwrap();
         let mut child = Command::new(BIN)

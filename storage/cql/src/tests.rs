@@ -105,11 +105,20 @@ fn test_nodes() -> Vec<String> {
     nodes.split(',').map(str::to_owned).collect()
 }
 
+/// The test cluster's user and password (`CQL_TEST_CREDENTIALS=user:password`, set when
+/// the test command starts its node with password authentication).
+fn test_credentials() -> Option<(String, String)> {
+    let v = std::env::var("CQL_TEST_CREDENTIALS").ok()?;
+    let (u, p) = v.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
 /// A fresh keyspace on the test cluster, replicated once per node there.
 fn test_config(label: &str) -> Config {
     let nodes = test_nodes();
     let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     Config {
+        credentials: test_credentials(),
         replication_factor: u32::try_from(nodes.len()).unwrap().min(3),
         keyspace: format!("sb_{label}_{}", unique % 1_000_000_000_000),
         nodes,
@@ -229,4 +238,18 @@ fn submissions_complete_on_the_driver_and_back_pressure_refuses() {
         ReadDone::Conv { tail, .. } => assert_eq!(tail.last_seq, 1),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+#[ignore = "needs a CQL node with password authentication: run by scripts/test"]
+fn wrong_or_missing_credentials_are_refused_with_the_reason() {
+    let (user, _) = test_credentials().expect("CQL_TEST_CREDENTIALS names the node's user");
+    let mut cfg = test_config("auth");
+    cfg.connect_timeout = Duration::from_secs(10);
+    cfg.credentials = Some((user, "not-the-password".into()));
+    let e = Cluster::connect(&cfg, 1).err().expect("a wrong password is refused");
+    assert!(e.to_string().to_ascii_lowercase().contains("authenticat"), "{e}");
+    cfg.credentials = None;
+    let e = Cluster::connect(&cfg, 1).err().expect("no credentials are refused");
+    assert!(e.to_string().to_ascii_lowercase().contains("authenticat"), "{e}");
 }

@@ -12,7 +12,10 @@
 #   storage/cql/cassandra.sh status         list the nodes and whether they run
 #
 # Environment: CASSANDRA_AUTH=password starts the nodes with password authentication
-# (the superuser cassandra/cassandra); CASSANDRA_VERSION (5.0.6), CASSANDRA_CACHE (~/.cache/switchboard),
+# (the superuser cassandra/cassandra); CASSANDRA_TLS=1 makes them accept TLS clients too
+# (plain ones still work), with a certificate for their addresses signed by a CA whose
+# certificate is written to $CASSANDRA_RUN/ca.pem; CASSANDRA_FIRST (2): node K listens on
+# 127.0.0.(FIRST+K-1), so two clusters can run side by side with different run dirs; CASSANDRA_VERSION (5.0.6), CASSANDRA_CACHE (~/.cache/switchboard),
 # CASSANDRA_RUN (/tmp/switchboard-cassandra: data, logs, pids), CASSANDRA_HEAP (1536m: each keyspace a test creates costs the node heap),
 # CASSANDRA_DEADLINE (seconds to wait for CQL, 240).
 set -euo pipefail
@@ -49,7 +52,23 @@ EOF
     touch "$CACHE/lib/.complete"
 }
 
-addr() { echo "127.0.0.$(($1 + 1))"; }
+FIRST="${CASSANDRA_FIRST:-2}"
+addr() { echo "127.0.0.$(($1 + FIRST - 1))"; }
+
+# A CA and a certificate for every node's address, in a PKCS12 keystore for the nodes.
+make_tls() {
+    local n=$1 dir="$RUN/tls" san=""
+    mkdir -p "$dir"
+    for k in $(seq 1 "$n"); do san+="${san:+,}IP:$(addr "$k")"; done
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=switchboard test CA" \
+        -keyout "$dir/ca.key" -out "$RUN/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=cassandra" -keyout "$dir/node.key" -out "$dir/node.csr" 2>/dev/null
+    printf 'subjectAltName=%s\n' "$san" >"$dir/ext"
+    openssl x509 -req -in "$dir/node.csr" -CA "$RUN/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
+        -extfile "$dir/ext" -out "$dir/node.pem" 2>/dev/null
+    openssl pkcs12 -export -in "$dir/node.pem" -inkey "$dir/node.key" -certfile "$RUN/ca.pem" \
+        -passout pass:switchboard -out "$dir/node.p12"
+}
 
 # Writes node K's configuration for a cluster of N nodes.
 configure() {
@@ -84,6 +103,16 @@ cdc_raw_directory: $dir/cdc
 write_request_timeout: 5000ms
 read_request_timeout: 5000ms
 EOF
+    if [[ -n "${CASSANDRA_TLS:-}" ]]; then
+        cat >>"$dir/cassandra.yaml" <<EOF
+client_encryption_options:
+  enabled: true
+  optional: true
+  keystore: $RUN/tls/node.p12
+  keystore_password: switchboard
+  store_type: PKCS12
+EOF
+    fi
     if [[ "${CASSANDRA_AUTH:-}" == password ]]; then
         printf 'authenticator: PasswordAuthenticator\nauthorizer: CassandraAuthorizer\n' >>"$dir/cassandra.yaml"
     fi
@@ -118,7 +147,7 @@ launch() {
     # setsid: the node survives the shell that started it; stop/kill find it by its pid.
     setsid java -Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError -Xss512k \
         -Dcassandra.config="file://$dir/cassandra.yaml" -Dlogback.configurationFile="$dir/logback.xml" \
-        -Dcassandra-foreground=yes -Dcassandra.storagedir="$dir" -Dcassandra.jmx.local.port=$((7199 + k)) \
+        -Dcassandra-foreground=yes -Dcassandra.storagedir="$dir" -Dcassandra.jmx.local.port=$((7198 + FIRST + k)) \
         -Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=1000 \
         -Dcassandra.superuser_setup_delay_ms=0 \
         -Djdk.attach.allowAttachSelf=true "${opens[@]}" \
@@ -182,6 +211,7 @@ start)
     fetch
     stop_all
     mkdir -p "$RUN"
+    [[ -z "${CASSANDRA_TLS:-}" ]] || make_tls "$n"
     for k in $(seq 1 "$n"); do configure "$k" "$n"; done
     # The seed first; the others join one at a time (Cassandra refuses concurrent joins).
     for k in $(seq 1 "$n"); do
@@ -208,7 +238,7 @@ status)
     done
     ;;
 *)
-    sed -n '2,17p' "$0"
+    sed -n '2,/^set -euo/p' "$0" | sed '$d'
     exit 2
     ;;
 esac

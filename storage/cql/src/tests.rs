@@ -253,3 +253,28 @@ fn wrong_or_missing_credentials_are_refused_with_the_reason() {
     let e = Cluster::connect(&cfg, 1).err().expect("no credentials are refused");
     assert!(e.to_string().to_ascii_lowercase().contains("authenticat"), "{e}");
 }
+
+#[test]
+#[ignore = "needs a CQL node accepting TLS: run by scripts/test with CQL_TEST_TLS_CA"]
+fn tls_to_the_cluster_is_verified_against_the_configured_ca() {
+    let ca = std::path::PathBuf::from(std::env::var("CQL_TEST_TLS_CA").expect("CQL_TEST_TLS_CA: the nodes' CA"));
+    let mut cfg = test_config("tls");
+    cfg.tls_ca = Some(ca);
+    let cluster = Cluster::connect(&cfg, 1).unwrap();
+    let p = cluster.partition(0);
+    let rec = UserRecord { last_seen: Some(7), hide_last_seen: false, receipts_off: true };
+    Store::commit(&p, &[Write::User { user: "tls".into(), record: rec }]).unwrap();
+    assert_eq!(p.user_record("tls").unwrap(), rec);
+    drop(p);
+    drop(cluster);
+    // A CA that did not sign the nodes' certificate: no connection at all.
+    cfg.tls_ca = Some("/etc/ssl/certs/ca-certificates.crt".into());
+    cfg.connect_timeout = Duration::from_secs(10);
+    let e = Cluster::connect(&cfg, 1).err().expect("an unknown issuer is refused");
+    assert!(e.to_string().to_ascii_lowercase().contains("certificate"), "{e}");
+    // A file without a certificate is a configuration error.
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    cfg.tls_ca = Some(empty.path().to_owned());
+    let e = Cluster::connect(&cfg, 1).err().expect("no certificate");
+    assert!(e.to_string().contains("no certificate"), "{e}");
+}

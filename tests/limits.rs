@@ -365,6 +365,32 @@ fn admin_endpoint_reports_metrics_readiness_and_drains() {
     assert!(status.success(), "{status:?}");
 }
 
+/// From the moment a drain is asked for until the process exits, an upgrade gets `503`
+/// with `Retry-After`: none is admitted only to be closed with 1012, and the listener does
+/// not vanish (a refused TCP connect tells a client nothing).
+#[test]
+fn upgrades_during_a_drain_get_503_with_retry_after() {
+    let mut server = Server::start_with(1, "drain_secs = 1\nclosing_grace_secs = 3\nretry_after_secs = 7");
+    // A client that never reads its 1012 holds the drain open for the closing grace.
+    let _holder = raw_upgrade(server.addr, &server.token("holder", Some("d")));
+    let mut reader = server.connect("reader", "d", Encoding::Json);
+    let token = server.token("late", Some("d"));
+    assert_eq!(admin_request(&server, "POST", "/drain").0, 202);
+    let refused = |when: &str| {
+        let r = upgrade_response(server.addr, &token);
+        assert!(r.starts_with("HTTP/1.1 503"), "{when}: {r}");
+        assert!(r.contains("Retry-After: 7\r\n"), "{when}: {r}");
+    };
+    // At once (before the shard's next tick starts the drain), then once it is draining.
+    refused("right after POST /drain");
+    assert_eq!(reader.expect_close(), 1012);
+    for i in 0..5 {
+        refused(&format!("while draining, attempt {i}"));
+    }
+    let status = server.terminate_wait();
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn a_reconnect_storm_is_absorbed_while_connected_users_keep_chatting() {
     let server = Server::start_with(2, "handshake_rate = 200\nhandshake_burst = 50\nretry_after_secs = 1");

@@ -426,22 +426,25 @@ impl Shard {
         self.core.revoke(&r.user, &r.device, now_ms());
     }
 
-    /// Stop accepting, and start closing connections over `drain_secs`.
+    /// Start closing connections over `drain_secs`. The listener stays open until the
+    /// process exits, so a client that still reaches this host is told `503` with
+    /// `Retry-After` (not refused by the kernel, not admitted and closed with 1012).
     fn start_drain(&mut self) {
         let ticks = (self.cfg.drain_secs as usize * 1000 / TICK.as_millis() as usize).max(1);
         self.draining = Some(self.conns.len().div_ceil(ticks).max(1));
-        self.ring.cancel(token(Op::Accept, ConnId { slot: 0, gen: 0 }));
-        if let Some(l) = self.listener.take() {
-            reactor::close(l);
-        }
         tracing::info!(shard = self.me.0, connections = self.conns.len(), "draining");
+    }
+
+    /// A drain was asked for: on this shard's next tick, or already started.
+    fn drain_asked(&self) -> bool {
+        self.draining.is_some() || self.drain.requested.load(Ordering::Relaxed)
     }
 
     fn drain_step(&mut self, per_tick: usize) {
         let ids: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.phase != Phase::Closing)
+            .filter(|(_, c)| c.phase == Phase::Open)
             .take(per_tick)
             .map(|(slot, c)| ConnId { slot: slot as u32, gen: c.gen })
             .collect();
@@ -451,7 +454,9 @@ impl Shard {
                 _ => self.close(id),
             }
         }
-        let mut idle = self.conns.is_empty()
+        // Upgrades refused during the drain (never counted as connections) do not hold
+        // it up: the exit closes them with the listener.
+        let mut idle = self.conns.iter().all(|(_, c)| !c.counted && c.phase != Phase::Open)
             && self.inbox.is_empty()
             && self.core.is_idle()
             && !self.committing
@@ -532,8 +537,6 @@ impl Shard {
         if op == Op::Accept {
             if c.result >= 0 {
                 self.on_accept(reactor::accepted(c.result));
-            } else if self.draining.is_some() {
-                // The listener was closed on purpose.
             } else {
                 self.accept_failures += 1;
                 let now = std::time::Instant::now();
@@ -543,7 +546,7 @@ impl Shard {
                     self.accept_warned = now;
                 }
             }
-            if !c.more && self.draining.is_none() {
+            if !c.more {
                 self.rearm_accept(c.result < 0);
             }
             return;
@@ -763,7 +766,7 @@ impl Shard {
         };
         // Admission before any expensive work (token verification, handoff).
         let retry = self.cfg.retry_after_secs;
-        if self.draining.is_some() {
+        if self.drain_asked() {
             return self
                 .refuse(id, &Refusal::busy("draining", "server restarting; retry another host or later", retry));
         }

@@ -388,3 +388,25 @@ fn the_admin_subcommands_drive_a_running_gateway() {
     assert!(ok && out.contains("drain started"), "{out}{err}");
     assert!(server.terminate_wait().success());
 }
+
+/// `allowed_origins`: a browser on another origin is refused with 403 and the reason; a
+/// listed origin and a client without `Origin` (an app, a server) are let through.
+#[test]
+fn allowed_origins_refuses_a_foreign_browser_origin() {
+    let server = Server::start_with(1, "allowed_origins = [\"https://chat.example.com\", \"http://localhost:8080\"]");
+    let token = server.token("web", Some("d"));
+    let foreign = upgrade_response_with(server.addr, &token, "Origin: https://evil.example.net\r\n");
+    assert!(foreign.starts_with("HTTP/1.1 403"), "{foreign}");
+    assert!(foreign.contains("forbidden_origin") && foreign.contains("https://evil.example.net"), "{foreign}");
+    for ok in ["Origin: https://chat.example.com\r\n", "Origin: HTTP://LOCALHOST:8080\r\n", ""] {
+        let r = upgrade_response_with(server.addr, &token, ok);
+        assert!(r.starts_with("HTTP/1.1 101"), "{ok:?}: {r}");
+    }
+    assert_eq!(metric_total(&server, "switchboard_upgrades_refused_by_reason_total"), 1);
+    let (_, metrics) = admin_request(&server, "GET", "/metrics");
+    assert!(metrics.contains("reason=\"forbidden_origin\"} 1"), "{metrics}");
+    // Off by default: any origin.
+    let open = Server::start(1);
+    let r = upgrade_response_with(open.addr, &open.token("web", Some("d")), "Origin: https://evil.example.net\r\n");
+    assert!(r.starts_with("HTTP/1.1 101"), "{r}");
+}

@@ -121,11 +121,12 @@ pub struct ShardStats {
 }
 
 /// The `code` of every upgrade refusal (HTTP answers before the WebSocket starts).
-pub const REFUSAL_CODES: [&str; 10] = [
+pub const REFUSAL_CODES: [&str; 11] = [
     "bad_request",
     "connection_limit",
     "device_limit",
     "draining",
+    "forbidden_origin",
     "handshake_rate",
     "headers_too_large",
     "method_not_allowed",

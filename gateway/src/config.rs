@@ -192,6 +192,10 @@ pub struct Config {
     /// Seconds a closing connection (close frame or refusal queued) may take to read it
     /// before its TCP connection is ended.
     pub closing_grace_secs: u32,
+    /// Browser origins (`https://app.example.com`) allowed to open a connection; an
+    /// upgrade with another `Origin` gets 403 `forbidden_origin`. Empty: any origin.
+    /// Requests without `Origin` (not from a browser) are not affected.
+    pub allowed_origins: Vec<String>,
     /// Accept permessage-deflate (RFC 7692) when a client offers it. Each message is
     /// compressed on its own (no context takeover either way), so a connection keeps no
     /// compression state; it costs CPU per message instead.
@@ -285,6 +289,7 @@ impl Default for Config {
             log_format: "text".into(),
             drain_secs: 10,
             closing_grace_secs: 5,
+            allowed_origins: Vec::new(),
             permessage_deflate: false,
             echo: false,
         }

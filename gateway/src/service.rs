@@ -776,6 +776,10 @@ impl Shard {
             let secs = wait_ms.div_ceil(1000).max(retry);
             return self.refuse(id, &Refusal::busy("handshake_rate", "too many new connections; retry later", secs));
         }
+        if !upgrade::origin_allowed(&self.cfg.allowed_origins, req.origin.as_deref()) {
+            let origin = req.origin.as_deref().unwrap_or_default();
+            return self.refuse(id, &Refusal::new(403, "forbidden_origin", format!("origin {origin} is not allowed")));
+        }
         let claims = match req.token.as_deref().map(|t| self.verifier.verify(t)) {
             None => Err(crate::auth::AuthError::Missing),
             Some(r) => r,

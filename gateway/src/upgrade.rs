@@ -26,6 +26,19 @@ pub struct Request {
     pub deflate: Negotiated,
     /// The `Sec-WebSocket-Extensions` answer, when an extension was negotiated.
     pub extensions: Option<String>,
+    /// The `Origin` header (browsers send it; other clients usually do not).
+    pub origin: Option<String>,
+}
+
+/// Whether a request from `origin` may upgrade under `allowed` (empty: any origin).
+/// Origins compare as ASCII case-insensitive `scheme://host[:port]`; a request without
+/// `Origin` (not from a browser) is let through: the token authenticates it.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    match origin {
+        _ if allowed.is_empty() => true,
+        None => true,
+        Some(o) => allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o.trim_end_matches('/'))),
+    }
 }
 
 /// An HTTP refusal: status, and a JSON body with a stable code and a message.
@@ -186,6 +199,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
             echo_protocol,
             deflate,
             extensions,
+            origin: header("origin").and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned),
         },
         len,
     }
@@ -265,6 +279,19 @@ pub fn refuse(r: &Refusal, out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn origins_match_exactly_ignoring_case_and_a_trailing_slash() {
+        let allowed = vec!["https://chat.example.com".to_owned(), "http://localhost:8080/".to_owned()];
+        assert!(origin_allowed(&[], Some("https://anything.example")));
+        assert!(origin_allowed(&allowed, None));
+        assert!(origin_allowed(&allowed, Some("https://chat.example.com")));
+        assert!(origin_allowed(&allowed, Some("HTTPS://CHAT.EXAMPLE.COM/")));
+        assert!(origin_allowed(&allowed, Some("http://localhost:8080")));
+        assert!(!origin_allowed(&allowed, Some("https://chat.example.com.evil.net")));
+        assert!(!origin_allowed(&allowed, Some("http://chat.example.com")));
+        assert!(!origin_allowed(&allowed, Some("null")));
+    }
+
     use super::*;
 
     const REQ: &str = "GET /ws?token=abc&device=my%20phone HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: chat, switchboard.v1.fb\r\n\r\n";

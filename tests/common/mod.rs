@@ -397,11 +397,16 @@ fn raw_upgrade_with(mut s: TcpStream, token: &str) -> TcpStream {
 
 /// Writes a WebSocket upgrade request with a bearer token.
 fn write_upgrade_request(s: &mut TcpStream, token: &str) {
+    write_upgrade_request_with(s, token, "");
+}
+
+/// An upgrade request with `extra` header lines (each ending in `\r\n`).
+fn write_upgrade_request_with(s: &mut TcpStream, token: &str, extra: &str) {
     use std::io::Write;
     write!(
         s,
         "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"
     )
     .unwrap();
 }
@@ -426,7 +431,7 @@ pub fn wait_for_eof(s: &mut TcpStream) {
 /// The raw HTTP response to an upgrade attempt (status line, headers, body).
 /// Upgrades and keeps the connection (`Ok`), or returns the refusal's response text.
 pub fn upgrade_response_keep(addr: SocketAddr, token: &str) -> Result<TcpStream, String> {
-    let r = upgrade_response_on(addr, token);
+    let r = upgrade_response_on(addr, token, "");
     if r.0.starts_with("HTTP/1.1 101") {
         Ok(r.1)
     } else {
@@ -435,14 +440,19 @@ pub fn upgrade_response_keep(addr: SocketAddr, token: &str) -> Result<TcpStream,
 }
 
 pub fn upgrade_response(addr: SocketAddr, token: &str) -> String {
-    upgrade_response_on(addr, token).0
+    upgrade_response_on(addr, token, "").0
 }
 
-fn upgrade_response_on(addr: SocketAddr, token: &str) -> (String, TcpStream) {
+/// The raw HTTP response to an upgrade with `extra` header lines (`Origin: ...\r\n`).
+pub fn upgrade_response_with(addr: SocketAddr, token: &str, extra: &str) -> String {
+    upgrade_response_on(addr, token, extra).0
+}
+
+fn upgrade_response_on(addr: SocketAddr, token: &str, extra: &str) -> (String, TcpStream) {
     use std::io::Read;
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    write_upgrade_request(&mut s, token);
+    write_upgrade_request_with(&mut s, token, extra);
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

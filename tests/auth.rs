@@ -141,3 +141,37 @@ fn revoking_a_device_closes_it_refuses_its_tokens_and_survives_restart() {
     let fresh = encode(&Header::default(), &later, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
     assert_eq!(upgrade_status(server.addr, Some(&fresh)), None);
 }
+
+/// A browser's WebSocket API cannot set headers; it can offer subprotocols. A
+/// `bearer.<token>` entry next to the encoding's authenticates, and only the encoding is
+/// echoed back (a token never has to travel in the URL).
+#[test]
+fn a_token_in_a_subprotocol_entry_authenticates_and_is_not_echoed() {
+    use std::io::{Read, Write};
+    let server = Server::start(1);
+    let upgrade = |protocols: &str| {
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Protocol: {protocols}\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let token = server.token("browser", Some("tab"));
+    let ok = upgrade(&format!("switchboard.v1.json, bearer.{token}"));
+    assert!(ok.starts_with("HTTP/1.1 101"), "{ok}");
+    assert!(ok.contains("Sec-WebSocket-Protocol: switchboard.v1.json\r\n"), "{ok}");
+    assert!(!ok.contains("bearer."), "the token is not echoed: {ok}");
+    let ok = upgrade(&format!("bearer.{token}, switchboard.v1.fb"));
+    assert!(ok.contains("Sec-WebSocket-Protocol: switchboard.v1.fb\r\n"), "{ok}");
+    let bad = upgrade("switchboard.v1.json, bearer.not-a-token");
+    assert!(bad.starts_with("HTTP/1.1 401"), "{bad}");
+    let none = upgrade("switchboard.v1.json");
+    assert!(none.starts_with("HTTP/1.1 401"), "{none}");
+}

@@ -14,7 +14,8 @@ use crate::deflate::{self, Negotiated};
 pub struct Request {
     /// `Sec-WebSocket-Accept` value for the response.
     pub accept_key: String,
-    /// The token from `Authorization: Bearer` or `?token=`.
+    /// The token from `Authorization: Bearer`, a `bearer.<token>` subprotocol entry or
+    /// `?token=` (in that order).
     pub token: Option<String>,
     /// `?device=`, if given.
     pub device: Option<String>,
@@ -161,24 +162,29 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
         .map_or((Negotiated::OFF, None), |(n, answer)| (n, Some(answer))),
         false => (Negotiated::OFF, None),
     };
-    // Encoding: the first protocol the client offers that we speak; JSON when none.
+    // Encoding: the first protocol the client offers that we speak; JSON when none. A
+    // `bearer.<token>` entry carries the token, as a browser may send it (its WebSocket
+    // API sets no headers); it is never echoed.
     let mut encoding = Encoding::Json;
     let mut echo_protocol = false;
+    let mut protocol_token = None;
     for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol")) {
-        if echo_protocol {
-            break;
-        }
-        if let Some(e) =
-            std::str::from_utf8(h.value).ok().and_then(|v| v.split(',').find_map(Encoding::from_subprotocol))
-        {
-            encoding = e;
-            echo_protocol = true;
+        for entry in std::str::from_utf8(h.value).unwrap_or_default().split(',').map(str::trim) {
+            if let Some(t) = entry.strip_prefix("bearer.") {
+                protocol_token.get_or_insert_with(|| t.to_owned());
+            } else if !echo_protocol {
+                if let Some(e) = Encoding::from_subprotocol(entry) {
+                    encoding = e;
+                    echo_protocol = true;
+                }
+            }
         }
     }
     let mut token = header("authorization")
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|t| t.trim().to_owned());
+        .map(|t| t.trim().to_owned())
+        .or(protocol_token);
     let mut device = None;
     if let Some(query) = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q) {
         for pair in query.split('&') {

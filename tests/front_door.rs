@@ -410,3 +410,51 @@ fn allowed_origins_refuses_a_foreign_browser_origin() {
     let r = upgrade_response_with(open.addr, &open.token("web", Some("d")), "Origin: https://evil.example.net\r\n");
     assert!(r.starts_with("HTTP/1.1 101"), "{r}");
 }
+
+/// A browser's WebSocket API shows no HTTP status: with `?refusals=close` a refusal is
+/// an accepted upgrade closed at once with 4000 + the status and a JSON reason.
+#[test]
+fn refusals_a_browser_can_see_arrive_as_close_codes_with_a_reason() {
+    use std::io::{Read, Write};
+    let server = Server::start_with(1, "allowed_origins = [\"https://chat.example.com\"]\nretry_after_secs = 4");
+    let refused = |query: &str, headers: &str| -> (u16, serde_json::Value) {
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(
+            s,
+            "GET /ws?{query} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        // The 101, then one close frame (unmasked, short: 0x88, length, code, reason).
+        let frame = loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            let f = &got[end + 4..];
+            if f.len() >= 2 && f.len() >= 2 + usize::from(f[1]) {
+                break f[..2 + usize::from(f[1])].to_vec();
+            }
+        };
+        assert_eq!(frame[0], 0x88, "a close frame");
+        let code = u16::from_be_bytes([frame[2], frame[3]]);
+        (code, serde_json::from_slice(&frame[4..]).expect("a JSON reason"))
+    };
+    let (code, reason) = refused("refusals=close&token=not-a-jwt", "");
+    assert_eq!(code, 4401);
+    assert_eq!(reason["code"], "unauthorized");
+    assert!(reason["message"].as_str().unwrap().len() > 3, "{reason}");
+    let token = server.token("web", Some("d"));
+    let (code, reason) =
+        refused("refusals=close", &format!("Authorization: Bearer {token}\r\nOrigin: https://evil.example\r\n"));
+    assert_eq!((code, reason["code"].as_str()), (4403, Some("forbidden_origin")));
+    // Without the flag: the HTTP status, as before.
+    assert!(upgrade_response_with(server.addr, "not-a-jwt", "").starts_with("HTTP/1.1 401"));
+    let (_, metrics) = admin_request(&server, "GET", "/metrics");
+    assert!(metrics.contains("code=\"4401\"} 1"), "{metrics}");
+}

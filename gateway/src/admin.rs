@@ -136,7 +136,8 @@ pub const REFUSAL_CODES: [&str; 11] = [
 ];
 
 /// The WebSocket close codes the server sends, counted one by one.
-pub const CLOSE_CODES: [u16; 12] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 4000, 4003, 4408];
+pub const CLOSE_CODES: [u16; 17] =
+    [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 4000, 4003, 4400, 4401, 4403, 4408, 4429, 4503];
 
 /// Upper bounds (µs) of the commit-duration histogram's buckets.
 pub const COMMIT_BUCKETS_US: [u64; 10] = [250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000];

@@ -767,18 +767,26 @@ impl Shard {
         // Admission before any expensive work (token verification, handoff).
         let retry = self.cfg.retry_after_secs;
         if self.drain_asked() {
-            return self
-                .refuse(id, &Refusal::busy("draining", "server restarting; retry another host or later", retry));
+            return self.refuse_upgrade(
+                id,
+                &req,
+                Refusal::busy("draining", "server restarting; retry another host or later", retry),
+            );
         }
         let (rate, burst) = (self.cfg.handshake_rate, self.cfg.handshake_burst);
         if let Err(wait_ms) = self.handshakes.take(rate, burst, now_ms()) {
             // The configured back-off, or longer when the bucket needs longer to refill.
             let secs = wait_ms.div_ceil(1000).max(retry);
-            return self.refuse(id, &Refusal::busy("handshake_rate", "too many new connections; retry later", secs));
+            let r = Refusal::busy("handshake_rate", "too many new connections; retry later", secs);
+            return self.refuse_upgrade(id, &req, r);
         }
         if !upgrade::origin_allowed(&self.cfg.allowed_origins, req.origin.as_deref()) {
             let origin = req.origin.as_deref().unwrap_or_default();
-            return self.refuse(id, &Refusal::new(403, "forbidden_origin", format!("origin {origin} is not allowed")));
+            return self.refuse_upgrade(
+                id,
+                &req,
+                Refusal::new(403, "forbidden_origin", format!("origin {origin} is not allowed")),
+            );
         }
         let claims = match req.token.as_deref().map(|t| self.verifier.verify(t)) {
             None => Err(crate::auth::AuthError::Missing),
@@ -787,22 +795,23 @@ impl Shard {
         let claims = match claims {
             Ok(c) => c,
             Err(e) => {
-                return self.refuse(id, &Refusal::new(401, "unauthorized", e.to_string()));
+                return self.refuse_upgrade(id, &req, Refusal::new(401, "unauthorized", e.to_string()));
             }
         };
         let device = claims.device.or(req.device.clone()).unwrap_or_else(|| "default".to_owned());
         if let Err(e) = wire::frame::check::user_id("device", &device) {
-            return self.refuse(id, &Refusal::new(400, "bad_request", e.to_string()));
+            return self.refuse_upgrade(id, &req, Refusal::new(400, "bad_request", e.to_string()));
         }
         if self.revoked.is_revoked(&claims.sub, &device, claims.iat) {
-            return self.refuse(id, &Refusal::new(401, "unauthorized", "device revoked: sign in again"));
+            return self.refuse_upgrade(id, &req, Refusal::new(401, "unauthorized", "device revoked: sign in again"));
         }
         // The host-wide connection count: taken here, carried by the handoff, given
         // back when the adopted connection closes.
         let open = self.host_conns.fetch_add(1, Ordering::Relaxed);
         if open >= self.cfg.max_connections {
             self.host_conns.fetch_sub(1, Ordering::Relaxed);
-            return self.refuse(id, &Refusal::busy("connection_limit", "connection limit reached; retry later", retry));
+            let r = Refusal::busy("connection_limit", "connection limit reached; retry later", retry);
+            return self.refuse_upgrade(id, &req, r);
         }
         let conn = self.conns.remove(id.slot as usize);
         let mut pending_out = Vec::with_capacity(256);
@@ -822,6 +831,28 @@ impl Shard {
             self.inbox.push_back(handoff);
         } else {
             self.mesh.push(home, Envelope::Handoff(handoff));
+        }
+    }
+
+    /// Refuses a parsed upgrade: with its HTTP status, or, when the client asked for
+    /// refusals it can see (`?refusals=close`: a browser's WebSocket API shows no HTTP
+    /// status), by accepting the upgrade and closing at once with 4000 + the status
+    /// (4429 for the handshake rate) and a JSON reason.
+    fn refuse_upgrade(&mut self, id: ConnId, req: &upgrade::Request, r: Refusal) {
+        if !req.close_refusals {
+            return self.refuse(id, &r);
+        }
+        ShardStats::bump(&self.stats().refused);
+        self.stats().refusal(r.code);
+        let (code, reason) = upgrade::refusal_close(&r);
+        tracing::debug!(shard = self.me.0, code, "upgrade refused with a close frame: {}", r.message);
+        let now = self.now;
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.inbuf = Vec::new();
+        upgrade::accept(req, &mut conn.out);
+        self.fail(id, code, &reason);
+        if let Some(conn) = self.conn_mut(id) {
+            conn.last_seen = now;
         }
     }
 

@@ -29,6 +29,31 @@ pub struct Request {
     pub extensions: Option<String>,
     /// The `Origin` header (browsers send it; other clients usually do not).
     pub origin: Option<String>,
+    /// `?refusals=close`: refuse by accepting and closing with a code a browser sees.
+    pub close_refusals: bool,
+}
+
+/// The close frame a refusal becomes for a client that asked for `?refusals=close`:
+/// 4000 + the HTTP status (4429 for the handshake rate) and a JSON reason
+/// `{"code","message","retry_after"}` within the 123 bytes a close reason may hold (the
+/// message is cut at a character boundary when it does not fit).
+pub fn refusal_close(r: &Refusal) -> (u16, String) {
+    let code = match (r.status, r.code) {
+        (503, "handshake_rate") => 4429,
+        (s, _) => 4000 + s,
+    };
+    let mut message = r.message.clone();
+    loop {
+        let mut v = serde_json::json!({"code": r.code, "message": message});
+        if let Some(secs) = r.retry_after {
+            v["retry_after"] = secs.into();
+        }
+        let text = v.to_string();
+        if text.len() <= 123 || message.is_empty() {
+            return (code, text);
+        }
+        message.pop();
+    }
 }
 
 /// Whether a request from `origin` may upgrade under `allowed` (empty: any origin).
@@ -186,12 +211,14 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
         .map(|t| t.trim().to_owned())
         .or(protocol_token);
     let mut device = None;
+    let mut close_refusals = false;
     if let Some(query) = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q) {
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "token" if token.is_none() => token = percent_decode(v),
                 "device" => device = percent_decode(v),
+                "refusals" => close_refusals = v == "close",
                 _ => {}
             }
         }
@@ -206,6 +233,7 @@ pub fn parse(buf: &[u8], limits: Limits) -> Parsed {
             deflate,
             extensions,
             origin: header("origin").and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned),
+            close_refusals,
         },
         len,
     }
@@ -259,6 +287,7 @@ pub fn refuse(r: &Refusal, out: &mut Vec<u8>) {
     let reason = match r.status {
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         405 => "Method Not Allowed",
         414 => "URI Too Long",
         426 => "Upgrade Required",
@@ -285,6 +314,19 @@ pub fn refuse(r: &Refusal, out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refusals_become_close_codes_with_a_bounded_json_reason() {
+        let (code, reason) = refusal_close(&Refusal::new(401, "unauthorized", "token expired"));
+        assert_eq!((code, reason.as_str()), (4401, r#"{"code":"unauthorized","message":"token expired"}"#));
+        assert_eq!(refusal_close(&Refusal::busy("handshake_rate", "slow down", 3)).0, 4429);
+        let (code, reason) = refusal_close(&Refusal::busy("draining", "é".repeat(200), 5));
+        assert_eq!(code, 4503);
+        assert!(reason.len() <= 123, "{}", reason.len());
+        let v: serde_json::Value = serde_json::from_str(&reason).unwrap();
+        assert_eq!((v["code"].as_str(), v["retry_after"].as_u64()), (Some("draining"), Some(5)));
+        assert_eq!(refusal_close(&Refusal::new(403, "forbidden_origin", "no")).0, 4403);
+    }
+
     #[test]
     fn origins_match_exactly_ignoring_case_and_a_trailing_slash() {
         let allowed = vec!["https://chat.example.com".to_owned(), "http://localhost:8080/".to_owned()];

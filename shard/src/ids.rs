@@ -130,6 +130,9 @@ mod tests {
         assert_ne!(dm_conv("alice", "bob"), dm_conv("alice", "carol"));
         assert_ne!(dm_conv("ab", "c"), dm_conv("a", "bc"));
         assert_eq!(dm_conv("x", "y").0 >> 127, 0);
+        // The vector docs/PROTOCOL.md gives client developers (a client computes it; the
+        // same value from Python's xxhash: xxh3_128_intdigest(b"alice\0bob", seed)).
+        assert_eq!(format!("{:032x}", dm_conv("alice", "bob").0), "467f60b5619b3715f85dc00343365677");
     }
 
     #[test]

@@ -458,3 +458,31 @@ fn refusals_a_browser_can_see_arrive_as_close_codes_with_a_reason() {
     let (_, metrics) = admin_request(&server, "GET", "/metrics");
     assert!(metrics.contains("code=\"4401\"} 1"), "{metrics}");
 }
+
+/// `switchboard tune check` on this machine: its open-files limit (20,000 hard here,
+/// without CAP_SYS_RESOURCE to raise it) blocks 200,000 connections, with the fix named;
+/// exit status 1; JSON for scripts.
+#[test]
+fn tune_check_names_what_blocks_the_target_and_how_to_fix_it() {
+    let out =
+        std::process::Command::new(BIN).args(["tune", "check", "--connections", "200000", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["blocking"], true);
+    let findings = report["findings"].as_array().unwrap();
+    let hard = findings.iter().find(|f| f["setting"] == "nofile (hard)").expect("nofile (hard) is checked");
+    assert_eq!(hard["level"], "blocking", "{hard}");
+    assert!(hard["fix"].as_str().unwrap().contains("LimitNOFILE=201024"), "{hard}");
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    assert_eq!(hard["current"], line.split_whitespace().nth(4).unwrap(), "{line}");
+    for setting in ["fs.nr_open", "kernel", "kernel.io_uring_disabled", "memlock (soft)", "net.core.somaxconn"] {
+        assert!(findings.iter().any(|f| f["setting"] == setting), "{setting} is checked");
+    }
+    // The table says the same to a person.
+    let out = std::process::Command::new(BIN).args(["tune", "check", "--connections", "200000"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BLOCKING  nofile (hard)") && text.contains("setting(s) block 200000"), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot hold 200000 connections"), "{err}");
+}

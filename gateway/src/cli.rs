@@ -27,6 +27,16 @@ enum Cmd {
     Config(ConfigCmd),
     /// Talk to a running gateway's admin endpoint.
     Admin(AdminArgs),
+    /// Host tuning.
+    #[command(subcommand)]
+    Tune(TuneCmd),
+}
+
+#[derive(Subcommand)]
+enum TuneCmd {
+    /// Report every host setting that would stop N connections (current value, value to
+    /// set, the command that sets it); exit status 1 when one blocks the target.
+    Check(tuning::host::TuneArgs),
 }
 
 #[derive(Args)]
@@ -337,6 +347,7 @@ pub fn main() -> ExitCode {
         Cmd::Plan(a) => tuning::plan::plan(&a).map(|text| print!("{text}")),
         Cmd::Config(ConfigCmd::Check { file, serve }) => check(file, serve).map(|text| print!("{text}")),
         Cmd::Admin(a) => admin(a).map(|text| print!("{text}")),
+        Cmd::Tune(TuneCmd::Check(a)) => tuning::host::tune_check(&a).map(|text| print!("{text}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

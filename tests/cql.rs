@@ -88,6 +88,14 @@ fn one_node_down_refuses_sends_retryably_and_loses_nothing_acked() {
         .find_map(|l| l.strip_prefix("switchboard_cql_requests_total{statement=\"insert_message\",outcome=\"ok\"} "))
         .expect("the CQL driver's metrics are exported");
     assert!(stored.parse::<u64>().unwrap() >= 1, "{stored}");
+    // The driver's families pass promtool beside the gateway's (scripts/test installs it).
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    assert!(check.wait().unwrap().success(), "promtool check metrics failed on:\n{metrics}");
 
     cassandra(&["kill", "1"]);
     for i in 0..5 {

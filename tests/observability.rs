@@ -103,6 +103,10 @@ fn a_burst_moves_the_metrics_by_what_happened_and_the_exposition_passes_promtool
     let moved = |name: &str| family_sum(&metrics, name) - family_sum(&before, name);
     assert_eq!(moved("switchboard_messages_stored_total"), 40.0);
     assert_eq!(moved("switchboard_deliveries_total"), 40.0);
+    // Send→ack and send→deliver latency histograms: one observation per ack and at
+    // least one per delivered message.
+    assert_eq!(moved("switchboard_send_ack_seconds_count"), 40.0);
+    assert!(moved("switchboard_send_deliver_seconds_count") >= 40.0);
     assert_eq!(moved("switchboard_accepted_total"), 5.0, "3 refused + 2 clients");
     let refused = |m: &str| {
         (0..2)

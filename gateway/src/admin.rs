@@ -75,11 +75,13 @@ pub struct ShardStats {
     pub tls_handshakes: AtomicU64,
     /// Of those, the ones that resumed an earlier session (a ticket) instead of a full handshake.
     pub tls_resumed: AtomicU64,
-    /// Group commits by duration: `commit_le[i]` counts those that took at most
-    /// `COMMIT_BUCKETS_US[i]` and more than the bucket before; the last one, longer ones.
-    pub commit_le: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
-    /// Total duration of those commits, in microseconds.
-    pub commit_us: AtomicU64,
+    /// Group commits by duration (`COMMIT_BUCKETS_US`).
+    pub commit: Histo,
+    /// From a message's acceptance at its conversation's home to its ack written to the
+    /// sender (`LATENCY_BUCKETS_US`; the acceptance time has ms resolution).
+    pub send_ack: Histo,
+    /// From a message's acceptance to its delivery to the recipients on this shard.
+    pub send_deliver: Histo,
     /// Batches of logged writes applied to the store (commit log on).
     pub store_applies: AtomicU64,
     /// Commit log checkpoints (store flushed, log emptied).
@@ -176,10 +178,51 @@ impl ShardStats {
     /// Records one group commit (from the start of the batch to the storage's answer,
     /// failed ones included).
     pub fn observe_commit(&self, took: Duration) {
-        let us = took.as_micros().min(u64::MAX as u128) as u64;
-        let i = COMMIT_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(COMMIT_BUCKETS_US.len());
-        Self::bump(&self.commit_le[i]);
-        self.commit_us.fetch_add(us, Ordering::Relaxed);
+        self.commit.observe(&COMMIT_BUCKETS_US, took.as_micros().min(u64::MAX as u128) as u64);
+    }
+}
+
+/// A histogram a shard writes and the admin thread reads: `le[i]` counts the values of
+/// at most `bounds[i]` and more than the bound before; `le[bounds.len()]`, larger ones.
+#[derive(Default)]
+pub struct Histo {
+    le: [AtomicU64; 16],
+    sum_us: AtomicU64,
+}
+
+impl Histo {
+    /// Counts one value of `us` microseconds against `bounds` (at most 15).
+    pub fn observe(&self, bounds: &[u64], us: u64) {
+        let i = bounds.iter().position(|&b| us <= b).unwrap_or(bounds.len());
+        ShardStats::bump(&self.le[i]);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds (µs) of the send→ack and send→deliver histograms' buckets.
+pub const LATENCY_BUCKETS_US: [u64; 12] =
+    [1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000];
+
+/// Appends a histogram family, one series per shard, in seconds.
+fn histogram(
+    out: &mut String,
+    stats: &[ShardStats],
+    name: &str,
+    help: &str,
+    bounds: &[u64],
+    get: fn(&ShardStats) -> &Histo,
+) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+    for (k, s) in stats.iter().enumerate() {
+        let h = get(s);
+        let mut count = 0;
+        for (i, bucket) in h.le.iter().take(bounds.len() + 1).enumerate() {
+            count += bucket.load(Ordering::Relaxed);
+            let le = bounds.get(i).map_or("+Inf".to_owned(), |&us| format!("{}", us as f64 / 1e6));
+            out.push_str(&format!("{name}_bucket{{shard=\"{k}\",le=\"{le}\"}} {count}\n"));
+        }
+        let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        out.push_str(&format!("{name}_sum{{shard=\"{k}\"}} {sum}\n{name}_count{{shard=\"{k}\"}} {count}\n"));
     }
 }
 
@@ -241,20 +284,30 @@ fn metrics(stats: &[ShardStats], drain: &Drain, extra: &ExtraMetrics) -> String 
             out.push_str(&format!("{name}{{shard=\"{k}\"}} {}\n", get(s).load(Ordering::Relaxed)));
         }
     }
-    let name = "switchboard_commit_duration_seconds";
-    out.push_str(&format!(
-        "# HELP {name} Group commits by duration (batch start to the storage's answer).\n# TYPE {name} histogram\n"
-    ));
-    for (k, s) in stats.iter().enumerate() {
-        let mut count = 0;
-        for (i, bucket) in s.commit_le.iter().enumerate() {
-            count += bucket.load(Ordering::Relaxed);
-            let le = COMMIT_BUCKETS_US.get(i).map_or("+Inf".to_owned(), |&us| format!("{}", us as f64 / 1e6));
-            out.push_str(&format!("{name}_bucket{{shard=\"{k}\",le=\"{le}\"}} {count}\n"));
-        }
-        let sum = s.commit_us.load(Ordering::Relaxed) as f64 / 1e6;
-        out.push_str(&format!("{name}_sum{{shard=\"{k}\"}} {sum}\n{name}_count{{shard=\"{k}\"}} {count}\n"));
-    }
+    histogram(
+        &mut out,
+        stats,
+        "switchboard_commit_duration_seconds",
+        "Group commits by duration (batch start to the storage's answer).",
+        &COMMIT_BUCKETS_US,
+        |s| &s.commit,
+    );
+    histogram(
+        &mut out,
+        stats,
+        "switchboard_send_ack_seconds",
+        "From a message's acceptance at its conversation's home to its ack written to the sender (ms resolution).",
+        &LATENCY_BUCKETS_US,
+        |s| &s.send_ack,
+    );
+    histogram(
+        &mut out,
+        stats,
+        "switchboard_send_deliver_seconds",
+        "From a message's acceptance to its delivery to the recipients on this shard (ms resolution).",
+        &LATENCY_BUCKETS_US,
+        |s| &s.send_deliver,
+    );
     let labelled: [Labelled; 3] = [
         (
             "switchboard_upgrades_refused_by_reason_total",

@@ -1317,8 +1317,20 @@ impl Shard {
             self.core.take_effects(&mut effects);
             for e in effects.drain(..) {
                 match e {
-                    Effect::Frame { to, frame } => self.send_frame(to, &frame),
-                    Effect::Deliver { conv, seq, msg, to } => self.deliver(&msg.msg_ref(conv, seq), &to),
+                    Effect::Frame { to, frame } => {
+                        if let ServerFrame::Ack(a) = &frame {
+                            if !a.duplicate {
+                                let us = now_ms().saturating_sub(a.ts).saturating_mul(1000);
+                                self.stats().send_ack.observe(&crate::admin::LATENCY_BUCKETS_US, us);
+                            }
+                        }
+                        self.send_frame(to, &frame)
+                    }
+                    Effect::Deliver { conv, seq, msg, to } => {
+                        let us = now_ms().saturating_sub(msg.ts).saturating_mul(1000);
+                        self.stats().send_deliver.observe(&crate::admin::LATENCY_BUCKETS_US, us);
+                        self.deliver(&msg.msg_ref(conv, seq), &to)
+                    }
                     Effect::Route { to, route } => self.mesh.push(to, Envelope::Core(route)),
                     Effect::Read { id, req } => {
                         let done = move |s: &mut Shard, r: Result<storage::read::ReadDone, storage::StoreError>| {

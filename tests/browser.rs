@@ -9,23 +9,12 @@ use std::time::Instant;
 
 use common::*;
 
-#[test]
-#[ignore = "needs Chromium and playwright-core: scripts/test installs them and runs it"]
-fn a_page_sees_why_it_was_refused_and_can_send_its_token_without_the_url() {
-    // The page's origin: a free port, allowed by one gateway and not by the other.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let origin = format!("http://127.0.0.1:{port}");
-    let allowing = Server::start_with(1, &format!("allowed_origins = [\"{origin}\"]"));
-    let refusing = Server::start_with(1, "allowed_origins = [\"https://chat.example.com\"]");
-    let token = allowing.token("page", Some("tab"));
-    assert_eq!(token, refusing.token("page", Some("tab")), "both gateways share the test secret");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/browser/refusals.mjs");
+/// Runs a script of tests/browser/ with node (bounded), returning its stdout.
+fn node(script: &str, args: &[String]) -> String {
+    let path = format!("{}/../tests/browser/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new("node")
-        .arg(script)
-        .arg(port.to_string())
-        .arg(format!("ws://{}/ws", allowing.addr))
-        .arg(format!("ws://{}/ws", refusing.addr))
-        .arg(&token)
+        .arg(path)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -37,13 +26,30 @@ fn a_page_sees_why_it_was_refused_and_can_send_its_token_without_the_url() {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("the browser run did not finish within 120 s");
+            panic!("{script} did not finish within 120 s");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let mut out = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert!(status.success(), "{status}: {out}");
+    assert!(status.success(), "{script}: {status}: {out}");
+    out
+}
+
+#[test]
+#[ignore = "needs Chromium and playwright-core: scripts/test installs them and runs it"]
+fn a_page_sees_why_it_was_refused_and_can_send_its_token_without_the_url() {
+    // The page's origin: a free port, allowed by one gateway and not by the other.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let allowing = Server::start_with(1, &format!("allowed_origins = [\"{origin}\"]"));
+    let refusing = Server::start_with(1, "allowed_origins = [\"https://chat.example.com\"]");
+    let token = allowing.token("page", Some("tab"));
+    assert_eq!(token, refusing.token("page", Some("tab")), "both gateways share the test secret");
+    let out = node(
+        "refusals.mjs",
+        &[port.to_string(), format!("ws://{}/ws", allowing.addr), format!("ws://{}/ws", refusing.addr), token],
+    );
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     let reason = |k: &str| serde_json::from_str::<serde_json::Value>(r[k]["reason"].as_str().unwrap()).unwrap();
     // A bad token: the page sees 4401 and why, not a bare 1006.
@@ -58,4 +64,20 @@ fn a_page_sees_why_it_was_refused_and_can_send_its_token_without_the_url() {
     assert_eq!(r["subprotocol_token"]["code"], 1000, "{r}");
     let first: serde_json::Value = serde_json::from_str(r["subprotocol_token"]["first"].as_str().unwrap()).unwrap();
     assert_eq!(first["op"], "ready", "{r}");
+}
+
+/// The web console on the admin port, in a real browser: two signed-in pages chat (a DM
+/// each way, typing shown), and the live view counts their connections.
+#[test]
+#[ignore = "needs Chromium and playwright-core: scripts/test installs them and runs it"]
+fn the_console_chats_between_two_pages_and_shows_the_gateway_live() {
+    let server = Server::start(2);
+    let url = format!("http://{}/console", server.admin);
+    let out = node("console.mjs", &[url, server.token("alice", Some("web")), server.token("bob", Some("web"))]);
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(r["bob_log"].as_str().unwrap().contains("alice: hello from the console"), "{r}");
+    assert!(r["alice_status"].as_str().unwrap().starts_with("connected as alice"), "{r}");
+    assert_eq!(r["connections"], "2", "{r}");
+    // The server stored both messages.
+    assert_eq!(metric_total(&server, "switchboard_messages_stored_total"), 2);
 }

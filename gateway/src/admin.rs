@@ -233,6 +233,9 @@ type Labelled = (&'static str, &'static str, &'static str, Vec<String>, fn(&Shar
 /// One exported series: name, type, help, and where to read it.
 type Series = (&'static str, &'static str, &'static str, fn(&ShardStats) -> &AtomicU64);
 
+/// The web console: a chat client and a live view of this gateway, one static page.
+const CONSOLE: &str = include_str!("console.html");
+
 /// More metrics to export beside the shards' (the storage backend's).
 pub type ExtraMetrics = Option<Arc<dyn Fn(&mut String) + Send + Sync>>;
 
@@ -430,7 +433,7 @@ fn respond_with(mut s: TcpStream, status: &str, body: &str, content_type: &str, 
 /// The methods each admin path answers (for 405's `Allow`), or `None` for an unknown path.
 fn allowed(path: &str) -> Option<&'static str> {
     match path.split('?').next().unwrap_or("") {
-        "/healthz" | "/readyz" | "/metrics" => Some("GET, HEAD"),
+        "/healthz" | "/readyz" | "/metrics" | "/console" | "/" => Some("GET, HEAD"),
         "/drain" | "/revoke" => Some("POST"),
         _ => None,
     }
@@ -467,7 +470,14 @@ fn revoke(s: TcpStream, path: &str, desk: &mut RevokeDesk) {
     respond(s, "200 OK", &format!("{{\"revoked_at\":{revoked_at}}}\n"), "application/json");
 }
 
-fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut RevokeDesk, extra: &ExtraMetrics) {
+fn serve_one(
+    s: TcpStream,
+    stats: &[ShardStats],
+    drain: &Drain,
+    desk: &mut RevokeDesk,
+    extra: &ExtraMetrics,
+    ws_port: u16,
+) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
     let mut reader = BufReader::new(match s.try_clone() {
@@ -490,6 +500,10 @@ fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut Revok
             get(s, "503 Service Unavailable", "draining\n", text)
         }
         ("GET", "/readyz") => get(s, "200 OK", "ready\n", text),
+        ("GET", "/console") | ("GET", "/") => {
+            let page = format!("<script>window.SWITCHBOARD_WS_PORT={ws_port}</script>\n{CONSOLE}");
+            get(s, "200 OK", &page, "text/html; charset=utf-8")
+        }
         ("GET", "/metrics") => get(s, "200 OK", &metrics(stats, drain, extra), "text/plain; version=0.0.4"),
         ("POST", "/drain") => {
             // The same path as an operator's SIGTERM: the signal thread starts the drain.
@@ -506,7 +520,12 @@ fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut Revok
                 &format!("Allow: {allow}\r\n"),
                 with_body,
             ),
-            None => get(s, "404 Not Found", "try /healthz, /readyz, /metrics, POST /drain or POST /revoke\n", text),
+            None => get(
+                s,
+                "404 Not Found",
+                "try /console, /healthz, /readyz, /metrics, POST /drain or POST /revoke\n",
+                text,
+            ),
         },
     }
 }
@@ -519,12 +538,13 @@ pub fn start(
     drain: Arc<Drain>,
     mut desk: RevokeDesk,
     extra: ExtraMetrics,
+    ws_port: u16,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("binding admin {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new().name("admin".into()).spawn(move || {
         for s in listener.incoming().flatten() {
-            serve_one(s, &stats, &drain, &mut desk, &extra);
+            serve_one(s, &stats, &drain, &mut desk, &extra, ws_port);
         }
     })?;
     Ok(bound)

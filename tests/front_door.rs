@@ -486,3 +486,40 @@ fn tune_check_names_what_blocks_the_target_and_how_to_fix_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot hold 200000 connections"), "{err}");
 }
+
+/// With `admin_token`, the admin endpoint's state-changing requests need it; reads and
+/// health checks do not; `switchboard admin` sends it from the configuration; a
+/// non-loopback admin address without a token is refused at start.
+#[test]
+fn the_admin_token_guards_drain_and_revoke() {
+    let token = "admin-token-0123456789";
+    let mut server = Server::start_with(1, &format!("admin_token = \"{token}\""));
+    assert_eq!(admin_request(&server, "POST", "/drain").0, 401);
+    assert_eq!(admin_request(&server, "POST", "/revoke?user=u&device=d").0, 401);
+    assert_eq!(admin_request(&server, "GET", "/healthz").0, 200);
+    assert_eq!(admin_request(&server, "GET", "/metrics").0, 200);
+    // Still running, not draining.
+    assert_eq!(admin_request(&server, "GET", "/readyz").0, 200);
+    let cfg = server.dir.with_extension("toml");
+    let admin = |extra: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["admin", "--admin", &server.admin.to_string(), "--config"])
+            .arg(&cfg)
+            .args(extra)
+            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .output()
+            .unwrap()
+    };
+    let out = admin(&["revoke", "--user", "u", "--device", "d"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = admin(&["drain"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(server.terminate_wait().success());
+    // An admin endpoint on every interface needs a token.
+    let out = std::process::Command::new(BIN)
+        .args(["config", "check", "--set", "admin_listen=\"0.0.0.0:9100\""])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_token is required"), "{out:?}");
+}

@@ -239,6 +239,28 @@ const CONSOLE: &str = include_str!("console.html");
 /// More metrics to export beside the shards' (the storage backend's).
 pub type ExtraMetrics = Option<Arc<dyn Fn(&mut String) + Send + Sync>>;
 
+/// What the admin endpoint serves beside the shards' figures.
+pub struct Options {
+    /// The storage backend's metrics.
+    pub metrics: ExtraMetrics,
+    /// The WebSocket listener's port (the console connects there).
+    pub ws_port: u16,
+    /// When set, `POST /drain` and `POST /revoke` need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// Whether the request's headers carry `Authorization: Bearer <token>` (compared in
+/// time independent of where they differ).
+fn authorized(headers: &[String], token: &str) -> bool {
+    headers.iter().any(|h| {
+        let Some((name, value)) = h.split_once(':') else { return false };
+        let Some(given) = value.trim().strip_prefix("Bearer ") else { return false };
+        name.trim().eq_ignore_ascii_case("authorization")
+            && given.len() == token.len()
+            && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    })
+}
+
 fn metrics(stats: &[ShardStats], drain: &Drain, extra: &ExtraMetrics) -> String {
     let mut out = String::new();
     if let Some(f) = extra {
@@ -470,14 +492,7 @@ fn revoke(s: TcpStream, path: &str, desk: &mut RevokeDesk) {
     respond(s, "200 OK", &format!("{{\"revoked_at\":{revoked_at}}}\n"), "application/json");
 }
 
-fn serve_one(
-    s: TcpStream,
-    stats: &[ShardStats],
-    drain: &Drain,
-    desk: &mut RevokeDesk,
-    extra: &ExtraMetrics,
-    ws_port: u16,
-) {
+fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut RevokeDesk, opts: &Options) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
     let mut reader = BufReader::new(match s.try_clone() {
@@ -487,8 +502,28 @@ fn serve_one(
     if reader.read_line(&mut line).is_err() || line.len() > 1024 {
         return;
     }
+    // The headers (at most 32 lines of 1 KiB), for the admin token.
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.len() > 1024 || headers.len() > 32 {
+            return;
+        }
+        if h.trim().is_empty() {
+            break;
+        }
+        headers.push(h);
+    }
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method == "POST" && opts.token.as_deref().is_some_and(|t| !authorized(&headers, t)) {
+        return respond(
+            s,
+            "401 Unauthorized",
+            "this admin endpoint needs Authorization: Bearer <admin_token>\n",
+            "text/plain; charset=utf-8",
+        );
+    }
     let text = "text/plain; charset=utf-8";
     // HEAD is GET without the body (health checkers and load balancers use it).
     let (method, with_body) = if method == "HEAD" { ("GET", false) } else { (method, true) };
@@ -501,10 +536,10 @@ fn serve_one(
         }
         ("GET", "/readyz") => get(s, "200 OK", "ready\n", text),
         ("GET", "/console") | ("GET", "/") => {
-            let page = format!("<script>window.SWITCHBOARD_WS_PORT={ws_port}</script>\n{CONSOLE}");
+            let page = format!("<script>window.SWITCHBOARD_WS_PORT={}</script>\n{CONSOLE}", opts.ws_port);
             get(s, "200 OK", &page, "text/html; charset=utf-8")
         }
-        ("GET", "/metrics") => get(s, "200 OK", &metrics(stats, drain, extra), "text/plain; version=0.0.4"),
+        ("GET", "/metrics") => get(s, "200 OK", &metrics(stats, drain, &opts.metrics), "text/plain; version=0.0.4"),
         ("POST", "/drain") => {
             // The same path as an operator's SIGTERM: the signal thread starts the drain.
             DRAIN_REQUESTED.store(true, Ordering::Relaxed);
@@ -537,14 +572,13 @@ pub fn start(
     stats: Arc<Vec<ShardStats>>,
     drain: Arc<Drain>,
     mut desk: RevokeDesk,
-    extra: ExtraMetrics,
-    ws_port: u16,
+    opts: Options,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("binding admin {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new().name("admin".into()).spawn(move || {
         for s in listener.incoming().flatten() {
-            serve_one(s, &stats, &drain, &mut desk, &extra, ws_port);
+            serve_one(s, &stats, &drain, &mut desk, &opts);
         }
     })?;
     Ok(bound)

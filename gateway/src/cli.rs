@@ -222,6 +222,9 @@ fn check(file: Option<PathBuf>, mut args: ServeArgs) -> anyhow::Result<String> {
     if cfg.cql_password.is_some() {
         cfg.cql_password = Some("<redacted>".into());
     }
+    if cfg.admin_token.is_some() {
+        cfg.admin_token = Some("<redacted>".into());
+    }
     Ok(toml::to_string(&cfg)?)
 }
 
@@ -272,13 +275,20 @@ fn effective(args: ServeArgs) -> anyhow::Result<Config> {
 }
 
 /// One request to the admin endpoint: (status, body).
-fn admin_request(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+fn admin_request(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let timeout = std::time::Duration::from_secs(10);
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| anyhow::anyhow!("no admin endpoint at {addr}: {e} (is the gateway running? see --admin)"))?;
     s.set_read_timeout(Some(timeout))?;
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
@@ -298,28 +308,27 @@ fn encode_query(v: &str) -> String {
 }
 
 fn admin(args: AdminArgs) -> anyhow::Result<String> {
-    let addr = match args.admin {
-        Some(a) => a,
-        None => load(&args.common)?.admin_listen,
-    };
+    let cfg = load(&args.common)?;
+    let addr = args.admin.unwrap_or(cfg.admin_listen);
+    let token = cfg.admin_token.as_deref();
     match args.cmd {
         AdminCmd::Status => {
-            let (live, _) = admin_request(addr, "GET", "/healthz")?;
-            let (ready, _) = admin_request(addr, "GET", "/readyz")?;
-            let (_, metrics) = admin_request(addr, "GET", "/metrics")?;
+            let (live, _) = admin_request(addr, token, "GET", "/healthz")?;
+            let (ready, _) = admin_request(addr, token, "GET", "/readyz")?;
+            let (_, metrics) = admin_request(addr, token, "GET", "/metrics")?;
             let mut out = format!("live: {}\nready: {}\n", live == 200, ready == 200);
             for l in metrics.lines().filter(|l| l.starts_with("switchboard_connections{")) {
                 out.push_str(&format!("{l}\n"));
             }
             Ok(out)
         }
-        AdminCmd::Drain => match admin_request(addr, "POST", "/drain")? {
+        AdminCmd::Drain => match admin_request(addr, token, "POST", "/drain")? {
             (200 | 202, body) => Ok(format!("drain started: {}\n", body.trim())),
             (status, body) => anyhow::bail!("drain refused ({status}): {}", body.trim()),
         },
         AdminCmd::Revoke { user, device } => {
             let path = format!("/revoke?user={}&device={}", encode_query(&user), encode_query(&device));
-            match admin_request(addr, "POST", &path)? {
+            match admin_request(addr, token, "POST", &path)? {
                 (200, body) => Ok(format!("{}\n", body.trim())),
                 (status, body) => anyhow::bail!("revocation refused ({status}): {}", body.trim()),
             }

@@ -14,6 +14,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the admin endpoint (health, readiness, metrics, drain).
     pub admin_listen: SocketAddr,
+    /// Bearer token `POST /drain` and `POST /revoke` need (`switchboard admin` sends
+    /// it). Required when `admin_listen` is not a loopback address.
+    pub admin_token: Option<String>,
     /// TLS certificate chain (PEM). With `tls_key`, the listener speaks WSS only.
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -210,6 +213,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:9000".parse().expect("literal address"),
             admin_listen: "127.0.0.1:9100".parse().expect("literal address"),
+            admin_token: None,
             tls_cert: None,
             tls_key: None,
             tls_dev: false,
@@ -344,6 +348,15 @@ impl Config {
             "echo: this build has no echo mode (build with `--features echo`; for conformance testing only)"
         );
         anyhow::ensure!(self.host_id < 32, "host_id must be below 32");
+        anyhow::ensure!(
+            self.admin_listen.ip().is_loopback() || self.admin_token.is_some(),
+            "admin_token is required when admin_listen ({}) is not a loopback address",
+            self.admin_listen
+        );
+        anyhow::ensure!(
+            self.admin_token.as_ref().is_none_or(|t| t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic())),
+            "admin_token must be at least 16 printable characters"
+        );
         anyhow::ensure!(self.max_frame >= 1024, "max_frame must be at least 1024 bytes");
         anyhow::ensure!(self.max_body <= self.max_frame, "max_body must not exceed max_frame");
         anyhow::ensure!(self.max_handshake >= 512, "max_handshake must be at least 512 bytes");

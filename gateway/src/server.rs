@@ -145,7 +145,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let (revoke_txs, revoke_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
     let desk = crate::admin::RevokeDesk { data_dir: cfg.data_dir.clone(), list: revoked.clone(), shards: revoke_txs };
     let extra = backend.cluster.as_ref().map(|c| c.metrics_handle());
-    let admin = crate::admin::start(cfg.admin_listen, stats.clone(), drain.clone(), desk, extra, bound.port())?;
+    let opts = crate::admin::Options { metrics: extra, ws_port: bound.port(), token: cfg.admin_token.clone() };
+    let admin = crate::admin::start(cfg.admin_listen, stats.clone(), drain.clone(), desk, opts)?;
     let tls_files = cfg.tls_files()?;
     let tls = tls_files.as_ref().map(|(c, k)| crate::tls::server_config(c, k)).transpose()?;
     let (tls_txs, tls_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();

@@ -119,7 +119,7 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
                 let c = p.conv().ok_or(DecodeError::MissingField("sync.conv"))?;
                 sync.push(SyncPoint { conv: conv_id(c), seq: p.seq() });
             }
-            ClientFrame::Hello { sync, list_since: h.list_since() }
+            ClientFrame::Hello { sync, list_since: h.list_since().val() }
         }
         g::Frame::Send => {
             let s = env.frame_as_send().ok_or(DecodeError::MissingField("frame"))?;
@@ -129,9 +129,9 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
                 s.conv().map(conv_id),
                 s.body().map(|b| b.bytes().to_vec()),
                 kind(s.kind())?,
-                s.reply_to(),
-                s.target(),
-                match (s.forward_conv(), s.forward_seq()) {
+                s.reply_to().val(),
+                s.target().val(),
+                match (s.forward_conv(), s.forward_seq().val()) {
                     (Some(c), Some(seq)) => Some(ForwardOf { conv: conv_id(c), seq }),
                     (None, None) => None,
                     _ => return Err(DecodeError::MissingField("forward_seq")),
@@ -147,8 +147,8 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             ClientFrame::History(History {
                 req_id,
                 conv: conv_id(h.conv().ok_or(DecodeError::MissingField("conv"))?),
-                before_seq: h.before_seq(),
-                limit: h.limit(),
+                before_seq: h.before_seq().val(),
+                limit: h.limit().val(),
             })
         }
         g::Frame::PresenceSub => ClientFrame::PresenceSub {
@@ -161,7 +161,7 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             let p = env.frame_as_presence_set().ok_or(DecodeError::MissingField("frame"))?;
             ClientFrame::PresenceSet {
                 state: check::settable(presence_state(p.state())?)?,
-                hide_last_seen: p.hide_last_seen(),
+                hide_last_seen: p.hide_last_seen().val(),
             }
         }
         g::Frame::Typing => {
@@ -198,20 +198,20 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
                 conv: conv_id(r.conv().ok_or(DecodeError::MissingField("conv"))?),
                 seq: r.seq(),
                 after: r.after().map(str::to_owned),
-                limit: r.limit(),
+                limit: r.limit().val(),
             })?)
         }
         g::Frame::Settings => {
             let s = env.frame_as_settings().ok_or(DecodeError::MissingField("frame"))?;
-            ClientFrame::Settings { read_receipts: s.read_receipts() }
+            ClientFrame::Settings { read_receipts: s.read_receipts().val() }
         }
         g::Frame::Conversations => {
             let c = env.frame_as_conversations().ok_or(DecodeError::MissingField("frame"))?;
             ClientFrame::Conversations(check::conversations(ConversationsReq {
                 req_id: c.req_id().map(str::to_owned),
                 cursor: c.cursor().map(str::to_owned),
-                limit: c.limit(),
-                since: c.since(),
+                limit: c.limit().val(),
+                since: c.since().val(),
             })?)
         }
         g::Frame::ConvSettings => {
@@ -231,16 +231,21 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
 fn conv_settings(c: g::ConvSettings<'_>) -> Result<ConvSettings, DecodeError> {
     Ok(ConvSettings {
         conv: conv_id(c.conv().ok_or(DecodeError::MissingField("conv"))?),
-        muted_until: c.muted_until(),
-        archived: c.archived(),
-        pinned: c.pinned(),
+        muted_until: c.muted_until().val(),
+        archived: c.archived().val(),
+        pinned: c.pinned().val(),
     })
 }
 
 fn g_conv_settings<'a>(b: &mut FlatBufferBuilder<'a>, s: &ConvSettings) -> WIPOffset<g::ConvSettings<'a>> {
     let conv = g_conv(s.conv);
-    let args =
-        g::ConvSettingsArgs { conv: Some(&conv), muted_until: s.muted_until, archived: s.archived, pinned: s.pinned };
+    let (muted_until, archived, pinned) = (s.muted_until.wrap(), s.archived.wrap(), s.pinned.wrap());
+    let args = g::ConvSettingsArgs {
+        conv: Some(&conv),
+        muted_until: muted_until.as_ref(),
+        archived: archived.as_ref(),
+        pinned: pinned.as_ref(),
+    };
     g::ConvSettings::create(b, &args)
 }
 
@@ -259,6 +264,10 @@ fn g_message<'a>(b: &mut FlatBufferBuilder<'a>, m: &MsgRef<'_>) -> WIPOffset<g::
     let cmid = b.create_string(m.client_msg_id);
     let conv = g_conv(m.conv);
     let mut fwd_conv = None;
+    // The optional numbers, wrapped before the arguments borrow them.
+    let opt = |f: fn(&crate::frame::MsgExtra) -> Option<u64>| m.extra.and_then(f).wrap();
+    let (reply_to, target) = (opt(|x| x.reply_to), opt(|x| x.target));
+    let (edited_at, deleted_at) = (opt(|x| x.edited_at), opt(|x| x.deleted_at));
     let mut args = g::MsgArgs {
         conv: Some(&conv),
         seq: m.seq,
@@ -272,11 +281,11 @@ fn g_message<'a>(b: &mut FlatBufferBuilder<'a>, m: &MsgRef<'_>) -> WIPOffset<g::
         ..g::MsgArgs::default()
     };
     if let Some(x) = m.extra {
-        args.reply_to = x.reply_to;
-        args.target = x.target;
-        args.edited_at = x.edited_at;
+        args.reply_to = reply_to.as_ref();
+        args.target = target.as_ref();
+        args.edited_at = edited_at.as_ref();
         args.deleted_by = x.deleted_by.as_deref().map(|d| b.create_string(d));
-        args.deleted_at = x.deleted_at;
+        args.deleted_at = deleted_at.as_ref();
         if !x.reactions.is_empty() {
             let rs: Vec<_> = x
                 .reactions
@@ -381,7 +390,7 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                         name: Some(name),
                         message: Some(message),
                         ref_id,
-                        retry_after_ms: e.retry_after_ms,
+                        retry_after_ms: e.retry_after_ms.wrap().as_ref(),
                     },
                 );
                 (g::Frame::ErrorFrame, o.as_union_value())
@@ -396,7 +405,7 @@ pub fn encode_server(frame: &ServerFrame, out: &mut Vec<u8>) {
                             &g::PresenceUpdateArgs {
                                 user: Some(user),
                                 state: g_presence(u.state),
-                                last_seen: u.last_seen,
+                                last_seen: u.last_seen.wrap().as_ref(),
                             },
                         )
                     })
@@ -518,7 +527,8 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                 })
                 .collect();
             let sync = b.create_vector(&points);
-            let args = g::HelloArgs { sync: Some(sync), list_since: *list_since };
+            let list_since = list_since.wrap();
+            let args = g::HelloArgs { sync: Some(sync), list_since: list_since.as_ref() };
             (g::Frame::Hello, g::Hello::create(&mut b, &args).as_union_value())
         }
         ClientFrame::Send(s) => {
@@ -537,10 +547,10 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
                     conv: conv.as_ref(),
                     body: Some(body),
                     kind: g_kind(s.kind),
-                    reply_to: s.reply_to,
-                    target: s.target_seq,
+                    reply_to: s.reply_to.wrap().as_ref(),
+                    target: s.target_seq.wrap().as_ref(),
                     forward_conv: fwd_conv.as_ref(),
-                    forward_seq: s.forward.as_ref().map(|f| f.seq),
+                    forward_seq: s.forward.as_ref().map(|f| g::OptU64::new(f.seq)).as_ref(),
                 },
             );
             (g::Frame::Send, o.as_union_value())
@@ -560,7 +570,7 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
         ClientFrame::PresenceSet { state, hide_last_seen } => {
             let o = g::PresenceSet::create(
                 &mut b,
-                &g::PresenceSetArgs { state: g_presence(*state), hide_last_seen: *hide_last_seen },
+                &g::PresenceSetArgs { state: g_presence(*state), hide_last_seen: hide_last_seen.wrap().as_ref() },
             );
             (g::Frame::PresenceSet, o.as_union_value())
         }
@@ -574,7 +584,12 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             let conv = g_conv(h.conv);
             let o = g::History::create(
                 &mut b,
-                &g::HistoryArgs { req_id, conv: Some(&conv), before_seq: h.before_seq, limit: h.limit },
+                &g::HistoryArgs {
+                    req_id,
+                    conv: Some(&conv),
+                    before_seq: h.before_seq.wrap().as_ref(),
+                    limit: h.limit.wrap().as_ref(),
+                },
             );
             (g::Frame::History, o.as_union_value())
         }
@@ -613,17 +628,19 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
             let req_id = r.req_id.as_deref().map(|x| b.create_string(x));
             let after = r.after.as_deref().map(|x| b.create_string(x));
             let conv = g_conv(r.conv);
-            let args = g::ReceiptsArgs { req_id, conv: Some(&conv), seq: r.seq, after, limit: r.limit };
+            let limit = r.limit.wrap();
+            let args = g::ReceiptsArgs { req_id, conv: Some(&conv), seq: r.seq, after, limit: limit.as_ref() };
             (g::Frame::Receipts, g::Receipts::create(&mut b, &args).as_union_value())
         }
         ClientFrame::Settings { read_receipts } => {
-            let o = g::Settings::create(&mut b, &g::SettingsArgs { read_receipts: *read_receipts });
+            let o = g::Settings::create(&mut b, &g::SettingsArgs { read_receipts: read_receipts.wrap().as_ref() });
             (g::Frame::Settings, o.as_union_value())
         }
         ClientFrame::Conversations(c) => {
             let req_id = c.req_id.as_deref().map(|x| b.create_string(x));
             let cursor = c.cursor.as_deref().map(|x| b.create_string(x));
-            let args = g::ConversationsArgs { req_id, cursor, limit: c.limit, since: c.since };
+            let (limit, since) = (c.limit.wrap(), c.since.wrap());
+            let args = g::ConversationsArgs { req_id, cursor, limit: limit.as_ref(), since: since.as_ref() };
             (g::Frame::Conversations, g::Conversations::create(&mut b, &args).as_union_value())
         }
         ClientFrame::ConvSettings(s) => (g::Frame::ConvSettings, g_conv_settings(&mut b, s).as_union_value()),
@@ -656,11 +673,11 @@ fn message(m: g::Msg<'_>) -> Result<Message, DecodeError> {
 
 fn extra(m: &g::Msg<'_>) -> Option<Box<MsgExtra>> {
     let x = MsgExtra {
-        reply_to: m.reply_to(),
-        target: m.target(),
-        edited_at: m.edited_at(),
+        reply_to: m.reply_to().val(),
+        target: m.target().val(),
+        edited_at: m.edited_at().val(),
         deleted_by: m.deleted_by().map(str::to_owned),
-        deleted_at: m.deleted_at(),
+        deleted_at: m.deleted_at().val(),
         reactions: m
             .reactions()
             .iter()
@@ -735,7 +752,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
                     .ok_or(DecodeError::BadValue { field: "code", reason: "unknown code" })?,
                 message: e.message().unwrap_or_default().to_owned(),
                 ref_id: e.ref_id().map(str::to_owned),
-                retry_after_ms: e.retry_after_ms(),
+                retry_after_ms: e.retry_after_ms().val(),
             })
         }
         g::Frame::Presence => {
@@ -745,7 +762,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
                 updates.push(PresenceUpdate {
                     user: u.user().unwrap_or_default().to_owned(),
                     state: presence_state(u.state())?,
-                    last_seen: u.last_seen(),
+                    last_seen: u.last_seen().val(),
                 });
             }
             ServerFrame::Presence { updates }
@@ -871,6 +888,57 @@ fn g_conv_entry<'a>(b: &mut FlatBufferBuilder<'a>, e: &ConvEntry) -> WIPOffset<g
         peer_read: e.peer_read,
     };
     g::ConvEntry::create(b, &args)
+}
+
+/// An optional value read from its struct wrapper (`OptU64`, `OptU32`, `OptBool`: absent
+/// when the field was not written).
+trait Val<T> {
+    fn val(self) -> Option<T>;
+}
+
+impl Val<u64> for Option<&g::OptU64> {
+    fn val(self) -> Option<u64> {
+        self.map(|v| v.value())
+    }
+}
+
+impl Val<u32> for Option<&g::OptU32> {
+    fn val(self) -> Option<u32> {
+        self.map(|v| v.value())
+    }
+}
+
+impl Val<bool> for Option<&g::OptBool> {
+    fn val(self) -> Option<bool> {
+        self.map(|v| v.value())
+    }
+}
+
+/// An optional value as its struct wrapper, to be written by reference.
+trait Wrap {
+    type W;
+    fn wrap(self) -> Option<Self::W>;
+}
+
+impl Wrap for Option<u64> {
+    type W = g::OptU64;
+    fn wrap(self) -> Option<g::OptU64> {
+        self.map(g::OptU64::new)
+    }
+}
+
+impl Wrap for Option<u32> {
+    type W = g::OptU32;
+    fn wrap(self) -> Option<g::OptU32> {
+        self.map(g::OptU32::new)
+    }
+}
+
+impl Wrap for Option<bool> {
+    type W = g::OptBool;
+    fn wrap(self) -> Option<g::OptBool> {
+        self.map(g::OptBool::new)
+    }
 }
 
 #[cfg(test)]

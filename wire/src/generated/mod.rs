@@ -14,6 +14,12 @@ pub mod switchboard {
     pub use self::frame_generated::*;
     mod conv_id_generated;
     pub use self::conv_id_generated::*;
+    mod opt_u64_generated;
+    pub use self::opt_u64_generated::*;
+    mod opt_u32_generated;
+    pub use self::opt_u32_generated::*;
+    mod opt_bool_generated;
+    pub use self::opt_bool_generated::*;
     mod sync_point_generated;
     pub use self::sync_point_generated::*;
     mod hello_generated;

@@ -33,10 +33,10 @@ impl<'a> ConvSettings<'a> {
     args: &'args ConvSettingsArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ConvSettings<'bldr>> {
     let mut builder = ConvSettingsBuilder::new(_fbb);
-    if let Some(x) = args.muted_until { builder.add_muted_until(x); }
-    if let Some(x) = args.conv { builder.add_conv(x); }
     if let Some(x) = args.pinned { builder.add_pinned(x); }
     if let Some(x) = args.archived { builder.add_archived(x); }
+    if let Some(x) = args.muted_until { builder.add_muted_until(x); }
+    if let Some(x) = args.conv { builder.add_conv(x); }
     builder.finish()
   }
 
@@ -49,25 +49,25 @@ impl<'a> ConvSettings<'a> {
     unsafe { self._tab.get::<ConvId>(ConvSettings::VT_CONV, None)}
   }
   #[inline]
-  pub fn muted_until(&self) -> Option<u64> {
+  pub fn muted_until(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(ConvSettings::VT_MUTED_UNTIL, None)}
+    unsafe { self._tab.get::<OptU64>(ConvSettings::VT_MUTED_UNTIL, None)}
   }
   #[inline]
-  pub fn archived(&self) -> Option<bool> {
+  pub fn archived(&self) -> Option<&'a OptBool> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<bool>(ConvSettings::VT_ARCHIVED, None)}
+    unsafe { self._tab.get::<OptBool>(ConvSettings::VT_ARCHIVED, None)}
   }
   #[inline]
-  pub fn pinned(&self) -> Option<bool> {
+  pub fn pinned(&self) -> Option<&'a OptBool> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<bool>(ConvSettings::VT_PINNED, None)}
+    unsafe { self._tab.get::<OptBool>(ConvSettings::VT_PINNED, None)}
   }
 }
 
@@ -78,18 +78,18 @@ impl ::flatbuffers::Verifiable for ConvSettings<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
-     .visit_field::<u64>("muted_until", Self::VT_MUTED_UNTIL, false)?
-     .visit_field::<bool>("archived", Self::VT_ARCHIVED, false)?
-     .visit_field::<bool>("pinned", Self::VT_PINNED, false)?
+     .visit_field::<OptU64>("muted_until", Self::VT_MUTED_UNTIL, false)?
+     .visit_field::<OptBool>("archived", Self::VT_ARCHIVED, false)?
+     .visit_field::<OptBool>("pinned", Self::VT_PINNED, false)?
      .finish();
     Ok(())
   }
 }
 pub struct ConvSettingsArgs<'a> {
     pub conv: Option<&'a ConvId>,
-    pub muted_until: Option<u64>,
-    pub archived: Option<bool>,
-    pub pinned: Option<bool>,
+    pub muted_until: Option<&'a OptU64>,
+    pub archived: Option<&'a OptBool>,
+    pub pinned: Option<&'a OptBool>,
 }
 impl<'a> Default for ConvSettingsArgs<'a> {
   #[inline]
@@ -113,16 +113,16 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConvSettingsBuilder<'a, 'b, A
     self.fbb_.push_slot_always::<&ConvId>(ConvSettings::VT_CONV, conv);
   }
   #[inline]
-  pub fn add_muted_until(&mut self, muted_until: u64) {
-    self.fbb_.push_slot_always::<u64>(ConvSettings::VT_MUTED_UNTIL, muted_until);
+  pub fn add_muted_until(&mut self, muted_until: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(ConvSettings::VT_MUTED_UNTIL, muted_until);
   }
   #[inline]
-  pub fn add_archived(&mut self, archived: bool) {
-    self.fbb_.push_slot_always::<bool>(ConvSettings::VT_ARCHIVED, archived);
+  pub fn add_archived(&mut self, archived: &OptBool) {
+    self.fbb_.push_slot_always::<&OptBool>(ConvSettings::VT_ARCHIVED, archived);
   }
   #[inline]
-  pub fn add_pinned(&mut self, pinned: bool) {
-    self.fbb_.push_slot_always::<bool>(ConvSettings::VT_PINNED, pinned);
+  pub fn add_pinned(&mut self, pinned: &OptBool) {
+    self.fbb_.push_slot_always::<&OptBool>(ConvSettings::VT_PINNED, pinned);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConvSettingsBuilder<'a, 'b, A> {

@@ -56,18 +56,18 @@ impl<'a> Conversations<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Conversations::VT_CURSOR, None)}
   }
   #[inline]
-  pub fn limit(&self) -> Option<u32> {
+  pub fn limit(&self) -> Option<&'a OptU32> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(Conversations::VT_LIMIT, None)}
+    unsafe { self._tab.get::<OptU32>(Conversations::VT_LIMIT, None)}
   }
   #[inline]
-  pub fn since(&self) -> Option<u64> {
+  pub fn since(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Conversations::VT_SINCE, None)}
+    unsafe { self._tab.get::<OptU64>(Conversations::VT_SINCE, None)}
   }
 }
 
@@ -79,8 +79,8 @@ impl ::flatbuffers::Verifiable for Conversations<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("req_id", Self::VT_REQ_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("cursor", Self::VT_CURSOR, false)?
-     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
-     .visit_field::<u64>("since", Self::VT_SINCE, false)?
+     .visit_field::<OptU32>("limit", Self::VT_LIMIT, false)?
+     .visit_field::<OptU64>("since", Self::VT_SINCE, false)?
      .finish();
     Ok(())
   }
@@ -88,8 +88,8 @@ impl ::flatbuffers::Verifiable for Conversations<'_> {
 pub struct ConversationsArgs<'a> {
     pub req_id: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub cursor: Option<::flatbuffers::WIPOffset<&'a str>>,
-    pub limit: Option<u32>,
-    pub since: Option<u64>,
+    pub limit: Option<&'a OptU32>,
+    pub since: Option<&'a OptU64>,
 }
 impl<'a> Default for ConversationsArgs<'a> {
   #[inline]
@@ -117,12 +117,12 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConversationsBuilder<'a, 'b, 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Conversations::VT_CURSOR, cursor);
   }
   #[inline]
-  pub fn add_limit(&mut self, limit: u32) {
-    self.fbb_.push_slot_always::<u32>(Conversations::VT_LIMIT, limit);
+  pub fn add_limit(&mut self, limit: &OptU32) {
+    self.fbb_.push_slot_always::<&OptU32>(Conversations::VT_LIMIT, limit);
   }
   #[inline]
-  pub fn add_since(&mut self, since: u64) {
-    self.fbb_.push_slot_always::<u64>(Conversations::VT_SINCE, since);
+  pub fn add_since(&mut self, since: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(Conversations::VT_SINCE, since);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConversationsBuilder<'a, 'b, A> {

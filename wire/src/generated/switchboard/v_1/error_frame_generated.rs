@@ -73,11 +73,11 @@ impl<'a> ErrorFrame<'a> {
   }
   /// For `rate_limited` and `unavailable`: when to retry.
   #[inline]
-  pub fn retry_after_ms(&self) -> Option<u32> {
+  pub fn retry_after_ms(&self) -> Option<&'a OptU32> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(ErrorFrame::VT_RETRY_AFTER_MS, None)}
+    unsafe { self._tab.get::<OptU32>(ErrorFrame::VT_RETRY_AFTER_MS, None)}
   }
 }
 
@@ -91,7 +91,7 @@ impl ::flatbuffers::Verifiable for ErrorFrame<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("ref_id", Self::VT_REF_ID, false)?
-     .visit_field::<u32>("retry_after_ms", Self::VT_RETRY_AFTER_MS, false)?
+     .visit_field::<OptU32>("retry_after_ms", Self::VT_RETRY_AFTER_MS, false)?
      .finish();
     Ok(())
   }
@@ -101,7 +101,7 @@ pub struct ErrorFrameArgs<'a> {
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub ref_id: Option<::flatbuffers::WIPOffset<&'a str>>,
-    pub retry_after_ms: Option<u32>,
+    pub retry_after_ms: Option<&'a OptU32>,
 }
 impl<'a> Default for ErrorFrameArgs<'a> {
   #[inline]
@@ -138,8 +138,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorFrameBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ErrorFrame::VT_REF_ID, ref_id);
   }
   #[inline]
-  pub fn add_retry_after_ms(&mut self, retry_after_ms: u32) {
-    self.fbb_.push_slot_always::<u32>(ErrorFrame::VT_RETRY_AFTER_MS, retry_after_ms);
+  pub fn add_retry_after_ms(&mut self, retry_after_ms: &OptU32) {
+    self.fbb_.push_slot_always::<&OptU32>(ErrorFrame::VT_RETRY_AFTER_MS, retry_after_ms);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorFrameBuilder<'a, 'b, A> {

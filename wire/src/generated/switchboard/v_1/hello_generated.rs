@@ -46,11 +46,11 @@ impl<'a> Hello<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SyncPoint>>>>(Hello::VT_SYNC, None)}
   }
   #[inline]
-  pub fn list_since(&self) -> Option<u64> {
+  pub fn list_since(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Hello::VT_LIST_SINCE, None)}
+    unsafe { self._tab.get::<OptU64>(Hello::VT_LIST_SINCE, None)}
   }
 }
 
@@ -61,14 +61,14 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<SyncPoint>>>>("sync", Self::VT_SYNC, false)?
-     .visit_field::<u64>("list_since", Self::VT_LIST_SINCE, false)?
+     .visit_field::<OptU64>("list_since", Self::VT_LIST_SINCE, false)?
      .finish();
     Ok(())
   }
 }
 pub struct HelloArgs<'a> {
     pub sync: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SyncPoint<'a>>>>>,
-    pub list_since: Option<u64>,
+    pub list_since: Option<&'a OptU64>,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -90,8 +90,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_SYNC, sync);
   }
   #[inline]
-  pub fn add_list_since(&mut self, list_since: u64) {
-    self.fbb_.push_slot_always::<u64>(Hello::VT_LIST_SINCE, list_since);
+  pub fn add_list_since(&mut self, list_since: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(Hello::VT_LIST_SINCE, list_since);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {

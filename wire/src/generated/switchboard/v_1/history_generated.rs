@@ -34,8 +34,8 @@ impl<'a> History<'a> {
     args: &'args HistoryArgs<'args>
   ) -> ::flatbuffers::WIPOffset<History<'bldr>> {
     let mut builder = HistoryBuilder::new(_fbb);
-    if let Some(x) = args.before_seq { builder.add_before_seq(x); }
     if let Some(x) = args.limit { builder.add_limit(x); }
+    if let Some(x) = args.before_seq { builder.add_before_seq(x); }
     if let Some(x) = args.conv { builder.add_conv(x); }
     if let Some(x) = args.req_id { builder.add_req_id(x); }
     builder.finish()
@@ -57,18 +57,18 @@ impl<'a> History<'a> {
     unsafe { self._tab.get::<ConvId>(History::VT_CONV, None)}
   }
   #[inline]
-  pub fn before_seq(&self) -> Option<u64> {
+  pub fn before_seq(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(History::VT_BEFORE_SEQ, None)}
+    unsafe { self._tab.get::<OptU64>(History::VT_BEFORE_SEQ, None)}
   }
   #[inline]
-  pub fn limit(&self) -> Option<u32> {
+  pub fn limit(&self) -> Option<&'a OptU32> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(History::VT_LIMIT, None)}
+    unsafe { self._tab.get::<OptU32>(History::VT_LIMIT, None)}
   }
 }
 
@@ -80,8 +80,8 @@ impl ::flatbuffers::Verifiable for History<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("req_id", Self::VT_REQ_ID, false)?
      .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
-     .visit_field::<u64>("before_seq", Self::VT_BEFORE_SEQ, false)?
-     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .visit_field::<OptU64>("before_seq", Self::VT_BEFORE_SEQ, false)?
+     .visit_field::<OptU32>("limit", Self::VT_LIMIT, false)?
      .finish();
     Ok(())
   }
@@ -89,8 +89,8 @@ impl ::flatbuffers::Verifiable for History<'_> {
 pub struct HistoryArgs<'a> {
     pub req_id: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub conv: Option<&'a ConvId>,
-    pub before_seq: Option<u64>,
-    pub limit: Option<u32>,
+    pub before_seq: Option<&'a OptU64>,
+    pub limit: Option<&'a OptU32>,
 }
 impl<'a> Default for HistoryArgs<'a> {
   #[inline]
@@ -118,12 +118,12 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HistoryBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<&ConvId>(History::VT_CONV, conv);
   }
   #[inline]
-  pub fn add_before_seq(&mut self, before_seq: u64) {
-    self.fbb_.push_slot_always::<u64>(History::VT_BEFORE_SEQ, before_seq);
+  pub fn add_before_seq(&mut self, before_seq: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(History::VT_BEFORE_SEQ, before_seq);
   }
   #[inline]
-  pub fn add_limit(&mut self, limit: u32) {
-    self.fbb_.push_slot_always::<u32>(History::VT_LIMIT, limit);
+  pub fn add_limit(&mut self, limit: &OptU32) {
+    self.fbb_.push_slot_always::<&OptU32>(History::VT_LIMIT, limit);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HistoryBuilder<'a, 'b, A> {

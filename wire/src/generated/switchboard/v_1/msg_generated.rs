@@ -51,10 +51,6 @@ impl<'a> Msg<'a> {
   ) -> ::flatbuffers::WIPOffset<Msg<'bldr>> {
     let mut builder = MsgBuilder::new(_fbb);
     builder.add_forwarded_seq(args.forwarded_seq);
-    if let Some(x) = args.deleted_at { builder.add_deleted_at(x); }
-    if let Some(x) = args.edited_at { builder.add_edited_at(x); }
-    if let Some(x) = args.target { builder.add_target(x); }
-    if let Some(x) = args.reply_to { builder.add_reply_to(x); }
     builder.add_ts(args.ts);
     builder.add_message_id(args.message_id);
     builder.add_seq(args.seq);
@@ -63,7 +59,11 @@ impl<'a> Msg<'a> {
     if let Some(x) = args.forwarded_conv { builder.add_forwarded_conv(x); }
     if let Some(x) = args.my_reaction { builder.add_my_reaction(x); }
     if let Some(x) = args.reactions { builder.add_reactions(x); }
+    if let Some(x) = args.deleted_at { builder.add_deleted_at(x); }
     if let Some(x) = args.deleted_by { builder.add_deleted_by(x); }
+    if let Some(x) = args.edited_at { builder.add_edited_at(x); }
+    if let Some(x) = args.target { builder.add_target(x); }
+    if let Some(x) = args.reply_to { builder.add_reply_to(x); }
     if let Some(x) = args.client_msg_id { builder.add_client_msg_id(x); }
     if let Some(x) = args.body { builder.add_body(x); }
     if let Some(x) = args.from_device { builder.add_from_device(x); }
@@ -138,26 +138,26 @@ impl<'a> Msg<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Msg::VT_CLIENT_MSG_ID, None)}
   }
   #[inline]
-  pub fn reply_to(&self) -> Option<u64> {
+  pub fn reply_to(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Msg::VT_REPLY_TO, None)}
+    unsafe { self._tab.get::<OptU64>(Msg::VT_REPLY_TO, None)}
   }
   #[inline]
-  pub fn target(&self) -> Option<u64> {
+  pub fn target(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Msg::VT_TARGET, None)}
+    unsafe { self._tab.get::<OptU64>(Msg::VT_TARGET, None)}
   }
   /// Last edited (ms).
   #[inline]
-  pub fn edited_at(&self) -> Option<u64> {
+  pub fn edited_at(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Msg::VT_EDITED_AT, None)}
+    unsafe { self._tab.get::<OptU64>(Msg::VT_EDITED_AT, None)}
   }
   /// Deleted for everyone by this user (the body is gone), at `deleted_at` (ms).
   #[inline]
@@ -168,11 +168,11 @@ impl<'a> Msg<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Msg::VT_DELETED_BY, None)}
   }
   #[inline]
-  pub fn deleted_at(&self) -> Option<u64> {
+  pub fn deleted_at(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Msg::VT_DELETED_AT, None)}
+    unsafe { self._tab.get::<OptU64>(Msg::VT_DELETED_AT, None)}
   }
   /// History and sync pages only: counts per emoji, and the asking user's own.
   #[inline]
@@ -236,11 +236,11 @@ impl ::flatbuffers::Verifiable for Msg<'_> {
      .visit_field::<MsgKind>("kind", Self::VT_KIND, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("body", Self::VT_BODY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
-     .visit_field::<u64>("reply_to", Self::VT_REPLY_TO, false)?
-     .visit_field::<u64>("target", Self::VT_TARGET, false)?
-     .visit_field::<u64>("edited_at", Self::VT_EDITED_AT, false)?
+     .visit_field::<OptU64>("reply_to", Self::VT_REPLY_TO, false)?
+     .visit_field::<OptU64>("target", Self::VT_TARGET, false)?
+     .visit_field::<OptU64>("edited_at", Self::VT_EDITED_AT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("deleted_by", Self::VT_DELETED_BY, false)?
-     .visit_field::<u64>("deleted_at", Self::VT_DELETED_AT, false)?
+     .visit_field::<OptU64>("deleted_at", Self::VT_DELETED_AT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReactionCount>>>>("reactions", Self::VT_REACTIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("my_reaction", Self::VT_MY_REACTION, false)?
      .visit_field::<ConvId>("forwarded_conv", Self::VT_FORWARDED_CONV, false)?
@@ -261,11 +261,11 @@ pub struct MsgArgs<'a> {
     pub kind: MsgKind,
     pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub client_msg_id: Option<::flatbuffers::WIPOffset<&'a str>>,
-    pub reply_to: Option<u64>,
-    pub target: Option<u64>,
-    pub edited_at: Option<u64>,
+    pub reply_to: Option<&'a OptU64>,
+    pub target: Option<&'a OptU64>,
+    pub edited_at: Option<&'a OptU64>,
     pub deleted_by: Option<::flatbuffers::WIPOffset<&'a str>>,
-    pub deleted_at: Option<u64>,
+    pub deleted_at: Option<&'a OptU64>,
     pub reactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReactionCount<'a>>>>>,
     pub my_reaction: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub forwarded_conv: Option<&'a ConvId>,
@@ -343,24 +343,24 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MsgBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Msg::VT_CLIENT_MSG_ID, client_msg_id);
   }
   #[inline]
-  pub fn add_reply_to(&mut self, reply_to: u64) {
-    self.fbb_.push_slot_always::<u64>(Msg::VT_REPLY_TO, reply_to);
+  pub fn add_reply_to(&mut self, reply_to: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(Msg::VT_REPLY_TO, reply_to);
   }
   #[inline]
-  pub fn add_target(&mut self, target: u64) {
-    self.fbb_.push_slot_always::<u64>(Msg::VT_TARGET, target);
+  pub fn add_target(&mut self, target: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(Msg::VT_TARGET, target);
   }
   #[inline]
-  pub fn add_edited_at(&mut self, edited_at: u64) {
-    self.fbb_.push_slot_always::<u64>(Msg::VT_EDITED_AT, edited_at);
+  pub fn add_edited_at(&mut self, edited_at: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(Msg::VT_EDITED_AT, edited_at);
   }
   #[inline]
   pub fn add_deleted_by(&mut self, deleted_by: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Msg::VT_DELETED_BY, deleted_by);
   }
   #[inline]
-  pub fn add_deleted_at(&mut self, deleted_at: u64) {
-    self.fbb_.push_slot_always::<u64>(Msg::VT_DELETED_AT, deleted_at);
+  pub fn add_deleted_at(&mut self, deleted_at: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(Msg::VT_DELETED_AT, deleted_at);
   }
   #[inline]
   pub fn add_reactions(&mut self, reactions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReactionCount<'b >>>>) {

@@ -29,7 +29,7 @@ impl<'a> PresenceSet<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args PresenceSetArgs
+    args: &'args PresenceSetArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PresenceSet<'bldr>> {
     let mut builder = PresenceSetBuilder::new(_fbb);
     if let Some(x) = args.hide_last_seen { builder.add_hide_last_seen(x); }
@@ -46,11 +46,11 @@ impl<'a> PresenceSet<'a> {
     unsafe { self._tab.get::<PresenceState>(PresenceSet::VT_STATE, Some(PresenceState::Online)).unwrap()}
   }
   #[inline]
-  pub fn hide_last_seen(&self) -> Option<bool> {
+  pub fn hide_last_seen(&self) -> Option<&'a OptBool> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<bool>(PresenceSet::VT_HIDE_LAST_SEEN, None)}
+    unsafe { self._tab.get::<OptBool>(PresenceSet::VT_HIDE_LAST_SEEN, None)}
   }
 }
 
@@ -61,16 +61,16 @@ impl ::flatbuffers::Verifiable for PresenceSet<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<PresenceState>("state", Self::VT_STATE, false)?
-     .visit_field::<bool>("hide_last_seen", Self::VT_HIDE_LAST_SEEN, false)?
+     .visit_field::<OptBool>("hide_last_seen", Self::VT_HIDE_LAST_SEEN, false)?
      .finish();
     Ok(())
   }
 }
-pub struct PresenceSetArgs {
+pub struct PresenceSetArgs<'a> {
     pub state: PresenceState,
-    pub hide_last_seen: Option<bool>,
+    pub hide_last_seen: Option<&'a OptBool>,
 }
-impl<'a> Default for PresenceSetArgs {
+impl<'a> Default for PresenceSetArgs<'a> {
   #[inline]
   fn default() -> Self {
     PresenceSetArgs {
@@ -90,8 +90,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceSetBuilder<'a, 'b, A>
     self.fbb_.push_slot::<PresenceState>(PresenceSet::VT_STATE, state, PresenceState::Online);
   }
   #[inline]
-  pub fn add_hide_last_seen(&mut self, hide_last_seen: bool) {
-    self.fbb_.push_slot_always::<bool>(PresenceSet::VT_HIDE_LAST_SEEN, hide_last_seen);
+  pub fn add_hide_last_seen(&mut self, hide_last_seen: &OptBool) {
+    self.fbb_.push_slot_always::<&OptBool>(PresenceSet::VT_HIDE_LAST_SEEN, hide_last_seen);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceSetBuilder<'a, 'b, A> {

@@ -55,11 +55,11 @@ impl<'a> PresenceUpdate<'a> {
     unsafe { self._tab.get::<PresenceState>(PresenceUpdate::VT_STATE, Some(PresenceState::Offline)).unwrap()}
   }
   #[inline]
-  pub fn last_seen(&self) -> Option<u64> {
+  pub fn last_seen(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(PresenceUpdate::VT_LAST_SEEN, None)}
+    unsafe { self._tab.get::<OptU64>(PresenceUpdate::VT_LAST_SEEN, None)}
   }
 }
 
@@ -71,7 +71,7 @@ impl ::flatbuffers::Verifiable for PresenceUpdate<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
      .visit_field::<PresenceState>("state", Self::VT_STATE, false)?
-     .visit_field::<u64>("last_seen", Self::VT_LAST_SEEN, false)?
+     .visit_field::<OptU64>("last_seen", Self::VT_LAST_SEEN, false)?
      .finish();
     Ok(())
   }
@@ -79,7 +79,7 @@ impl ::flatbuffers::Verifiable for PresenceUpdate<'_> {
 pub struct PresenceUpdateArgs<'a> {
     pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub state: PresenceState,
-    pub last_seen: Option<u64>,
+    pub last_seen: Option<&'a OptU64>,
 }
 impl<'a> Default for PresenceUpdateArgs<'a> {
   #[inline]
@@ -106,8 +106,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceUpdateBuilder<'a, 'b,
     self.fbb_.push_slot::<PresenceState>(PresenceUpdate::VT_STATE, state, PresenceState::Offline);
   }
   #[inline]
-  pub fn add_last_seen(&mut self, last_seen: u64) {
-    self.fbb_.push_slot_always::<u64>(PresenceUpdate::VT_LAST_SEEN, last_seen);
+  pub fn add_last_seen(&mut self, last_seen: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(PresenceUpdate::VT_LAST_SEEN, last_seen);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceUpdateBuilder<'a, 'b, A> {

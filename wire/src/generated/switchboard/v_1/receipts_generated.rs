@@ -72,11 +72,11 @@ impl<'a> Receipts<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Receipts::VT_AFTER, None)}
   }
   #[inline]
-  pub fn limit(&self) -> Option<u32> {
+  pub fn limit(&self) -> Option<&'a OptU32> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(Receipts::VT_LIMIT, None)}
+    unsafe { self._tab.get::<OptU32>(Receipts::VT_LIMIT, None)}
   }
 }
 
@@ -90,7 +90,7 @@ impl ::flatbuffers::Verifiable for Receipts<'_> {
      .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("after", Self::VT_AFTER, false)?
-     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .visit_field::<OptU32>("limit", Self::VT_LIMIT, false)?
      .finish();
     Ok(())
   }
@@ -100,7 +100,7 @@ pub struct ReceiptsArgs<'a> {
     pub conv: Option<&'a ConvId>,
     pub seq: u64,
     pub after: Option<::flatbuffers::WIPOffset<&'a str>>,
-    pub limit: Option<u32>,
+    pub limit: Option<&'a OptU32>,
 }
 impl<'a> Default for ReceiptsArgs<'a> {
   #[inline]
@@ -137,8 +137,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReceiptsBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Receipts::VT_AFTER, after);
   }
   #[inline]
-  pub fn add_limit(&mut self, limit: u32) {
-    self.fbb_.push_slot_always::<u32>(Receipts::VT_LIMIT, limit);
+  pub fn add_limit(&mut self, limit: &OptU32) {
+    self.fbb_.push_slot_always::<&OptU32>(Receipts::VT_LIMIT, limit);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReceiptsBuilder<'a, 'b, A> {

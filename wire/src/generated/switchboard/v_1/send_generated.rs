@@ -40,9 +40,9 @@ impl<'a> Send<'a> {
   ) -> ::flatbuffers::WIPOffset<Send<'bldr>> {
     let mut builder = SendBuilder::new(_fbb);
     if let Some(x) = args.forward_seq { builder.add_forward_seq(x); }
+    if let Some(x) = args.forward_conv { builder.add_forward_conv(x); }
     if let Some(x) = args.target { builder.add_target(x); }
     if let Some(x) = args.reply_to { builder.add_reply_to(x); }
-    if let Some(x) = args.forward_conv { builder.add_forward_conv(x); }
     if let Some(x) = args.body { builder.add_body(x); }
     if let Some(x) = args.conv { builder.add_conv(x); }
     if let Some(x) = args.to { builder.add_to(x); }
@@ -89,19 +89,19 @@ impl<'a> Send<'a> {
   }
   /// The seq this message replies to (not for events).
   #[inline]
-  pub fn reply_to(&self) -> Option<u64> {
+  pub fn reply_to(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Send::VT_REPLY_TO, None)}
+    unsafe { self._tab.get::<OptU64>(Send::VT_REPLY_TO, None)}
   }
   /// For Edit, Delete, Reaction: the seq acted on.
   #[inline]
-  pub fn target(&self) -> Option<u64> {
+  pub fn target(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Send::VT_TARGET, None)}
+    unsafe { self._tab.get::<OptU64>(Send::VT_TARGET, None)}
   }
   /// Forward message `forward_seq` of `forward_conv` (no body: the server copies it).
   #[inline]
@@ -112,11 +112,11 @@ impl<'a> Send<'a> {
     unsafe { self._tab.get::<ConvId>(Send::VT_FORWARD_CONV, None)}
   }
   #[inline]
-  pub fn forward_seq(&self) -> Option<u64> {
+  pub fn forward_seq(&self) -> Option<&'a OptU64> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Send::VT_FORWARD_SEQ, None)}
+    unsafe { self._tab.get::<OptU64>(Send::VT_FORWARD_SEQ, None)}
   }
 }
 
@@ -131,10 +131,10 @@ impl ::flatbuffers::Verifiable for Send<'_> {
      .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("body", Self::VT_BODY, false)?
      .visit_field::<MsgKind>("kind", Self::VT_KIND, false)?
-     .visit_field::<u64>("reply_to", Self::VT_REPLY_TO, false)?
-     .visit_field::<u64>("target", Self::VT_TARGET, false)?
+     .visit_field::<OptU64>("reply_to", Self::VT_REPLY_TO, false)?
+     .visit_field::<OptU64>("target", Self::VT_TARGET, false)?
      .visit_field::<ConvId>("forward_conv", Self::VT_FORWARD_CONV, false)?
-     .visit_field::<u64>("forward_seq", Self::VT_FORWARD_SEQ, false)?
+     .visit_field::<OptU64>("forward_seq", Self::VT_FORWARD_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -145,10 +145,10 @@ pub struct SendArgs<'a> {
     pub conv: Option<&'a ConvId>,
     pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub kind: MsgKind,
-    pub reply_to: Option<u64>,
-    pub target: Option<u64>,
+    pub reply_to: Option<&'a OptU64>,
+    pub target: Option<&'a OptU64>,
     pub forward_conv: Option<&'a ConvId>,
-    pub forward_seq: Option<u64>,
+    pub forward_seq: Option<&'a OptU64>,
 }
 impl<'a> Default for SendArgs<'a> {
   #[inline]
@@ -193,20 +193,20 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SendBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<MsgKind>(Send::VT_KIND, kind, MsgKind::Text);
   }
   #[inline]
-  pub fn add_reply_to(&mut self, reply_to: u64) {
-    self.fbb_.push_slot_always::<u64>(Send::VT_REPLY_TO, reply_to);
+  pub fn add_reply_to(&mut self, reply_to: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(Send::VT_REPLY_TO, reply_to);
   }
   #[inline]
-  pub fn add_target(&mut self, target: u64) {
-    self.fbb_.push_slot_always::<u64>(Send::VT_TARGET, target);
+  pub fn add_target(&mut self, target: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(Send::VT_TARGET, target);
   }
   #[inline]
   pub fn add_forward_conv(&mut self, forward_conv: &ConvId) {
     self.fbb_.push_slot_always::<&ConvId>(Send::VT_FORWARD_CONV, forward_conv);
   }
   #[inline]
-  pub fn add_forward_seq(&mut self, forward_seq: u64) {
-    self.fbb_.push_slot_always::<u64>(Send::VT_FORWARD_SEQ, forward_seq);
+  pub fn add_forward_seq(&mut self, forward_seq: &OptU64) {
+    self.fbb_.push_slot_always::<&OptU64>(Send::VT_FORWARD_SEQ, forward_seq);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SendBuilder<'a, 'b, A> {

@@ -27,7 +27,7 @@ impl<'a> Settings<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args SettingsArgs
+    args: &'args SettingsArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Settings<'bldr>> {
     let mut builder = SettingsBuilder::new(_fbb);
     if let Some(x) = args.read_receipts { builder.add_read_receipts(x); }
@@ -36,11 +36,11 @@ impl<'a> Settings<'a> {
 
 
   #[inline]
-  pub fn read_receipts(&self) -> Option<bool> {
+  pub fn read_receipts(&self) -> Option<&'a OptBool> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<bool>(Settings::VT_READ_RECEIPTS, None)}
+    unsafe { self._tab.get::<OptBool>(Settings::VT_READ_RECEIPTS, None)}
   }
 }
 
@@ -50,15 +50,15 @@ impl ::flatbuffers::Verifiable for Settings<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<bool>("read_receipts", Self::VT_READ_RECEIPTS, false)?
+     .visit_field::<OptBool>("read_receipts", Self::VT_READ_RECEIPTS, false)?
      .finish();
     Ok(())
   }
 }
-pub struct SettingsArgs {
-    pub read_receipts: Option<bool>,
+pub struct SettingsArgs<'a> {
+    pub read_receipts: Option<&'a OptBool>,
 }
-impl<'a> Default for SettingsArgs {
+impl<'a> Default for SettingsArgs<'a> {
   #[inline]
   fn default() -> Self {
     SettingsArgs {
@@ -73,8 +73,8 @@ pub struct SettingsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
 }
 impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SettingsBuilder<'a, 'b, A> {
   #[inline]
-  pub fn add_read_receipts(&mut self, read_receipts: bool) {
-    self.fbb_.push_slot_always::<bool>(Settings::VT_READ_RECEIPTS, read_receipts);
+  pub fn add_read_receipts(&mut self, read_receipts: &OptBool) {
+    self.fbb_.push_slot_always::<&OptBool>(Settings::VT_READ_RECEIPTS, read_receipts);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SettingsBuilder<'a, 'b, A> {

@@ -128,10 +128,9 @@ EOF
     echo "$n" >"$RUN/size"
 }
 
-# Starts node K in the background (its data, if any, is kept).
-launch() {
-    local k=$1 dir="$RUN/node$1"
-    local opens=()
+# The JVM flags Cassandra 5.0 needs on Java 17 (module access), in $opens.
+jvm_opens() {
+    opens=()
     for m in java.base/jdk.internal.misc java.base/jdk.internal.ref java.base/sun.nio.ch \
         java.management.rmi/com.sun.jmx.remote.internal.rmi java.rmi/sun.rmi.registry \
         java.rmi/sun.rmi.server java.sql/java.sql java.base/java.lang.ref jdk.unsupported/sun.misc; do
@@ -144,6 +143,43 @@ launch() {
         java.base/java.util java.base/jdk.internal.misc; do
         opens+=(--add-opens "$m=ALL-UNNAMED")
     done
+}
+
+# Waits until node 1 (or, when K is 1, node 2) sees the given nodes (default: all) Up and
+# Normal in the ring: a node that serves CQL may not own its tokens in the others' view
+# yet.
+wait_ring() {
+    local n start ok want=("$@") ask=1
+    n=$(cat "$RUN/size")
+    ((n > 1)) || return 0
+    ((${#want[@]})) || want=($(seq 1 "$n"))
+    [[ ${#want[@]} -eq 1 && ${want[0]} -eq 1 ]] && ask=2
+    jvm_opens
+    start=$(date +%s)
+    while :; do
+        status=$(java "${opens[@]}" -Dlogback.configurationFile=/dev/null -cp "$CACHE/lib/*" \
+            org.apache.cassandra.tools.NodeTool -h 127.0.0.1 -p $((7198 + FIRST + ask)) status 2>/dev/null || true)
+        ok=0
+        for k in "${want[@]}"; do
+            grep -q "^UN  $(addr "$k") " <<<"$status" && ok=$((ok + 1))
+        done
+        if ((ok == ${#want[@]})); then
+            log "node(s) ${want[*]} up and normal in the ring"
+            return 0
+        fi
+        if (($(date +%s) - start > DEADLINE)); then
+            log "node(s) ${want[*]} not all up and normal after $DEADLINE s; node $ask sees:"
+            echo "$status" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+# Starts node K in the background (its data, if any, is kept).
+launch() {
+    local k=$1 dir="$RUN/node$1"
+    jvm_opens
     # setsid: the node survives the shell that started it; stop/kill find it by its pid.
     setsid java -Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError -Xss512k \
         -Dcassandra.config="file://$dir/cassandra.yaml" -Dlogback.configurationFile="$dir/logback.xml" \
@@ -218,6 +254,7 @@ start)
         launch "$k"
         wait_cql "$k" || { stop_all; exit 1; }
     done
+    wait_ring || { stop_all; exit 1; }
     nodes
     ;;
 kill)
@@ -228,6 +265,7 @@ restart)
     : >"$RUN/node$2/system.log"
     launch "$2"
     wait_cql "$2"
+    wait_ring "$2"
     ;;
 stop) stop_all ;;
 status)

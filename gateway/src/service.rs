@@ -1183,8 +1183,9 @@ impl Shard {
             return;
         }
         self.stats().close(code);
+        let shard = self.me.0;
         let Some(conn) = self.conn_mut(id) else { return };
-        tracing::debug!(code, reason, "closing connection");
+        tracing::debug!(shard, conn = id.slot, code, reason, "closing connection");
         ws::write_close(&mut conn.out, code, reason);
         conn.last_seen = now;
         conn.phase = Phase::Closing;

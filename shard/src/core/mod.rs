@@ -534,8 +534,23 @@ fn busy(what: &str) -> (ErrorCode, String) {
     (ErrorCode::Unavailable, format!("server busy ({what} full); retry later"))
 }
 
+thread_local! {
+    /// When this shard last logged a storage failure (ms), and how many it has not
+    /// logged since: an outage logs one line a second, not one per request.
+    static STORAGE_LOGGED: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
 fn storage_failed(e: &StoreError) -> (ErrorCode, String) {
-    tracing::error!("storage: {e}");
+    let now = crate::ids::now_ms();
+    STORAGE_LOGGED.with(|c| {
+        let (last, skipped) = c.get();
+        if now.saturating_sub(last) >= 1000 {
+            tracing::error!(more_since_last_line = skipped, "storage: {e}");
+            c.set((now, 0));
+        } else {
+            c.set((last, skipped + 1));
+        }
+    });
     (ErrorCode::Internal, "storage is unavailable; retry later (the message was not stored)".into())
 }
 

@@ -116,7 +116,7 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             let h = env.frame_as_hello().ok_or(DecodeError::MissingField("frame"))?;
             let mut sync = Vec::new();
             for p in h.sync().iter().flatten() {
-                let c = p.conv().ok_or(DecodeError::MissingField("sync.conv"))?;
+                let c = p.conv();
                 sync.push(SyncPoint { conv: conv_id(c), seq: p.seq() });
             }
             ClientFrame::Hello { sync, list_since: h.list_since().val() }
@@ -146,7 +146,7 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             }
             ClientFrame::History(History {
                 req_id,
-                conv: conv_id(h.conv().ok_or(DecodeError::MissingField("conv"))?),
+                conv: conv_id(h.conv()),
                 before_seq: h.before_seq().val(),
                 limit: h.limit().val(),
             })
@@ -166,10 +166,7 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
         }
         g::Frame::Typing => {
             let t = env.frame_as_typing().ok_or(DecodeError::MissingField("frame"))?;
-            ClientFrame::Typing {
-                conv: conv_id(t.conv().ok_or(DecodeError::MissingField("conv"))?),
-                typing: t.typing(),
-            }
+            ClientFrame::Typing { conv: conv_id(t.conv()), typing: t.typing() }
         }
         g::Frame::GroupOp => {
             let o = env.frame_as_group_op().ok_or(DecodeError::MissingField("frame"))?;
@@ -185,17 +182,17 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
         }
         g::Frame::Delivered => {
             let d = env.frame_as_delivered().ok_or(DecodeError::MissingField("frame"))?;
-            ClientFrame::Delivered { conv: conv_id(d.conv().ok_or(DecodeError::MissingField("conv"))?), seq: d.seq() }
+            ClientFrame::Delivered { conv: conv_id(d.conv()), seq: d.seq() }
         }
         g::Frame::Read => {
             let d = env.frame_as_read().ok_or(DecodeError::MissingField("frame"))?;
-            ClientFrame::Read { conv: conv_id(d.conv().ok_or(DecodeError::MissingField("conv"))?), seq: d.seq() }
+            ClientFrame::Read { conv: conv_id(d.conv()), seq: d.seq() }
         }
         g::Frame::Receipts => {
             let r = env.frame_as_receipts().ok_or(DecodeError::MissingField("frame"))?;
             ClientFrame::Receipts(check::receipts(ReceiptsReq {
                 req_id: r.req_id().map(str::to_owned),
-                conv: conv_id(r.conv().ok_or(DecodeError::MissingField("conv"))?),
+                conv: conv_id(r.conv()),
                 seq: r.seq(),
                 after: r.after().map(str::to_owned),
                 limit: r.limit().val(),
@@ -220,7 +217,7 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
         }
         g::Frame::Hide => {
             let h = env.frame_as_hide().ok_or(DecodeError::MissingField("frame"))?;
-            let conv = conv_id(h.conv().ok_or(DecodeError::MissingField("conv"))?);
+            let conv = conv_id(h.conv());
             check::hide(conv, h.seqs().map(|v| v.iter().collect()).unwrap_or_default())?
         }
         g::Frame::NONE => return Err(DecodeError::MissingField("frame")),
@@ -230,7 +227,7 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
 
 fn conv_settings(c: g::ConvSettings<'_>) -> Result<ConvSettings, DecodeError> {
     Ok(ConvSettings {
-        conv: conv_id(c.conv().ok_or(DecodeError::MissingField("conv"))?),
+        conv: conv_id(c.conv()),
         muted_until: c.muted_until().val(),
         archived: c.archived().val(),
         pinned: c.pinned().val(),
@@ -658,7 +655,7 @@ pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
 
 fn message(m: g::Msg<'_>) -> Result<Message, DecodeError> {
     Ok(Message {
-        conv: conv_id(m.conv().ok_or(DecodeError::MissingField("conv"))?),
+        conv: conv_id(m.conv()),
         seq: m.seq(),
         message_id: m.message_id(),
         from: m.from().unwrap_or_default().to_owned(),
@@ -697,13 +694,13 @@ fn extra(m: &g::Msg<'_>) -> Option<Box<MsgExtra>> {
 
 fn page(
     req_id: Option<&str>,
-    conv: Option<&g::ConvId>,
+    conv: &g::ConvId,
     ms: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<g::Msg<'_>>>>,
     has_more: bool,
 ) -> Result<Page, DecodeError> {
     Ok(Page {
         req_id: req_id.map(str::to_owned),
-        conv: conv_id(conv.ok_or(DecodeError::MissingField("conv"))?),
+        conv: conv_id(conv),
         messages: ms.iter().flatten().map(message).collect::<Result<_, _>>()?,
         has_more,
     })
@@ -728,7 +725,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
             let a = env.frame_as_ack().ok_or(missing)?;
             ServerFrame::Ack(Ack {
                 client_msg_id: a.client_msg_id().unwrap_or_default().to_owned(),
-                conv: conv_id(a.conv().ok_or(DecodeError::MissingField("conv"))?),
+                conv: conv_id(a.conv()),
                 seq: a.seq(),
                 message_id: a.message_id(),
                 ts: a.ts(),
@@ -770,7 +767,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         g::Frame::Typing => {
             let t = env.frame_as_typing().ok_or(missing)?;
             ServerFrame::Typing {
-                conv: conv_id(t.conv().ok_or(DecodeError::MissingField("conv"))?),
+                conv: conv_id(t.conv()),
                 from: t.from().unwrap_or_default().to_owned(),
                 typing: t.typing(),
             }
@@ -779,7 +776,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
             let i = env.frame_as_group_info().ok_or(missing)?;
             ServerFrame::GroupInfo(Box::new(GroupInfo {
                 req_id: i.req_id().map(str::to_owned),
-                conv: conv_id(i.conv().ok_or(DecodeError::MissingField("conv"))?),
+                conv: conv_id(i.conv()),
                 name: i.name().unwrap_or_default().to_owned(),
                 members: strings(i.members()),
                 admins: strings(i.admins()),
@@ -793,7 +790,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         g::Frame::Receipt => {
             let r = env.frame_as_receipt().ok_or(missing)?;
             ServerFrame::Receipt {
-                conv: conv_id(r.conv().ok_or(DecodeError::MissingField("conv"))?),
+                conv: conv_id(r.conv()),
                 user: r.user().unwrap_or_default().to_owned(),
                 delivered: r.delivered(),
                 read: r.read(),
@@ -802,7 +799,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         g::Frame::ReceiptCount => {
             let r = env.frame_as_receipt_count().ok_or(missing)?;
             ServerFrame::ReceiptCount {
-                conv: conv_id(r.conv().ok_or(DecodeError::MissingField("conv"))?),
+                conv: conv_id(r.conv()),
                 seq: r.seq(),
                 members: r.members(),
                 delivered: r.delivered(),
@@ -813,7 +810,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
             let r = env.frame_as_receipt_list().ok_or(missing)?;
             ServerFrame::ReceiptList(ReceiptList {
                 req_id: r.req_id().map(str::to_owned),
-                conv: conv_id(r.conv().ok_or(DecodeError::MissingField("conv"))?),
+                conv: conv_id(r.conv()),
                 seq: r.seq(),
                 delivered: strings(r.delivered()),
                 read: strings(r.read()),
@@ -825,7 +822,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
             let mut items = Vec::new();
             for e in l.items().iter().flatten() {
                 items.push(ConvEntry {
-                    conv: conv_id(e.conv().ok_or(DecodeError::MissingField("conv"))?),
+                    conv: conv_id(e.conv()),
                     group: e.group(),
                     title: e.title().unwrap_or_default().to_owned(),
                     members: e.members(),
@@ -856,7 +853,7 @@ pub fn decode_server(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
         g::Frame::Hidden => {
             let h = env.frame_as_hidden().ok_or(missing)?;
             ServerFrame::Hidden {
-                conv: conv_id(h.conv().ok_or(DecodeError::MissingField("conv"))?),
+                conv: conv_id(h.conv()),
                 seqs: h.seqs().map(|v| v.iter().collect()).unwrap_or_default(),
             }
         }

@@ -53,11 +53,11 @@ impl<'a> Ack<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Ack::VT_CLIENT_MSG_ID, None)}
   }
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(Ack::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(Ack::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn seq(&self) -> u64 {
@@ -96,7 +96,7 @@ impl ::flatbuffers::Verifiable for Ack<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .visit_field::<u64>("message_id", Self::VT_MESSAGE_ID, false)?
      .visit_field::<u64>("ts", Self::VT_TS, false)?
@@ -118,7 +118,7 @@ impl<'a> Default for AckArgs<'a> {
   fn default() -> Self {
     AckArgs {
       client_msg_id: None,
-      conv: None,
+      conv: None, // required field
       seq: 0,
       message_id: 0,
       ts: 0,
@@ -167,6 +167,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AckBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<Ack<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Ack::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

@@ -66,11 +66,11 @@ impl<'a> ConvEntry<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(ConvEntry::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(ConvEntry::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn group(&self) -> bool {
@@ -185,7 +185,7 @@ impl ::flatbuffers::Verifiable for ConvEntry<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<bool>("group", Self::VT_GROUP, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("title", Self::VT_TITLE, false)?
      .visit_field::<u32>("members", Self::VT_MEMBERS, false)?
@@ -227,7 +227,7 @@ impl<'a> Default for ConvEntryArgs<'a> {
   #[inline]
   fn default() -> Self {
     ConvEntryArgs {
-      conv: None,
+      conv: None, // required field
       group: false,
       title: None,
       members: 0,
@@ -327,6 +327,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConvEntryBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<ConvEntry<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ConvEntry::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

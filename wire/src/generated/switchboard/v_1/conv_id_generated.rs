@@ -2,7 +2,9 @@
 // @generated
 extern crate alloc;
 use super::*;
-/// A conversation id: 128 bits (JSON: 32 lowercase hex digits, `hi` first).
+/// A conversation id: 128 bits (JSON: 32 lowercase hex digits, `hi` first). Marked
+/// `(required)` wherever a frame means nothing without it: a buffer that lacks one
+/// there fails verification (`bad_frame`), and generated builders check it.
 // struct ConvId, aligned to 8
 #[repr(transparent)]
 #[derive(Clone, Copy, PartialEq)]

@@ -42,11 +42,11 @@ impl<'a> ConvSettings<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(ConvSettings::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(ConvSettings::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn muted_until(&self) -> Option<&'a OptU64> {
@@ -77,7 +77,7 @@ impl ::flatbuffers::Verifiable for ConvSettings<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<OptU64>("muted_until", Self::VT_MUTED_UNTIL, false)?
      .visit_field::<OptBool>("archived", Self::VT_ARCHIVED, false)?
      .visit_field::<OptBool>("pinned", Self::VT_PINNED, false)?
@@ -95,7 +95,7 @@ impl<'a> Default for ConvSettingsArgs<'a> {
   #[inline]
   fn default() -> Self {
     ConvSettingsArgs {
-      conv: None,
+      conv: None, // required field
       muted_until: None,
       archived: None,
       pinned: None,
@@ -135,6 +135,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConvSettingsBuilder<'a, 'b, A
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<ConvSettings<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ConvSettings::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

@@ -62,11 +62,11 @@ impl<'a> GroupInfo<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupInfo::VT_REQ_ID, None)}
   }
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(GroupInfo::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(GroupInfo::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn name(&self) -> Option<&'a str> {
@@ -133,7 +133,7 @@ impl ::flatbuffers::Verifiable for GroupInfo<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("req_id", Self::VT_REQ_ID, false)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("members", Self::VT_MEMBERS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("admins", Self::VT_ADMINS, false)?
@@ -163,7 +163,7 @@ impl<'a> Default for GroupInfoArgs<'a> {
   fn default() -> Self {
     GroupInfoArgs {
       req_id: None,
-      conv: None,
+      conv: None, // required field
       name: None,
       members: None,
       admins: None,
@@ -232,6 +232,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupInfoBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupInfo<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, GroupInfo::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

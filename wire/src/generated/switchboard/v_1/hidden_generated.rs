@@ -38,11 +38,11 @@ impl<'a> Hidden<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(Hidden::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(Hidden::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn seqs(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
@@ -59,7 +59,7 @@ impl ::flatbuffers::Verifiable for Hidden<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("seqs", Self::VT_SEQS, false)?
      .finish();
     Ok(())
@@ -73,7 +73,7 @@ impl<'a> Default for HiddenArgs<'a> {
   #[inline]
   fn default() -> Self {
     HiddenArgs {
-      conv: None,
+      conv: None, // required field
       seqs: None,
     }
   }
@@ -103,6 +103,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HiddenBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<Hidden<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Hidden::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

@@ -38,11 +38,11 @@ impl<'a> Hide<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(Hide::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(Hide::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn seqs(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
@@ -59,7 +59,7 @@ impl ::flatbuffers::Verifiable for Hide<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("seqs", Self::VT_SEQS, false)?
      .finish();
     Ok(())
@@ -73,7 +73,7 @@ impl<'a> Default for HideArgs<'a> {
   #[inline]
   fn default() -> Self {
     HideArgs {
-      conv: None,
+      conv: None, // required field
       seqs: None,
     }
   }
@@ -103,6 +103,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HideBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<Hide<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Hide::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

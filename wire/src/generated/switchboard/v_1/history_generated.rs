@@ -50,11 +50,11 @@ impl<'a> History<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(History::VT_REQ_ID, None)}
   }
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(History::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(History::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn before_seq(&self) -> Option<&'a OptU64> {
@@ -79,7 +79,7 @@ impl ::flatbuffers::Verifiable for History<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("req_id", Self::VT_REQ_ID, false)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<OptU64>("before_seq", Self::VT_BEFORE_SEQ, false)?
      .visit_field::<OptU32>("limit", Self::VT_LIMIT, false)?
      .finish();
@@ -97,7 +97,7 @@ impl<'a> Default for HistoryArgs<'a> {
   fn default() -> Self {
     HistoryArgs {
       req_id: None,
-      conv: None,
+      conv: None, // required field
       before_seq: None,
       limit: None,
     }
@@ -136,6 +136,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HistoryBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<History<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, History::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

@@ -49,11 +49,11 @@ impl<'a> HistoryPage<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(HistoryPage::VT_REQ_ID, None)}
   }
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(HistoryPage::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(HistoryPage::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn messages(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Msg<'a>>>> {
@@ -78,7 +78,7 @@ impl ::flatbuffers::Verifiable for HistoryPage<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("req_id", Self::VT_REQ_ID, false)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Msg>>>>("messages", Self::VT_MESSAGES, false)?
      .visit_field::<bool>("has_more", Self::VT_HAS_MORE, false)?
      .finish();
@@ -96,7 +96,7 @@ impl<'a> Default for HistoryPageArgs<'a> {
   fn default() -> Self {
     HistoryPageArgs {
       req_id: None,
-      conv: None,
+      conv: None, // required field
       messages: None,
       has_more: false,
     }
@@ -135,6 +135,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HistoryPageBuilder<'a, 'b, A>
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<HistoryPage<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, HistoryPage::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

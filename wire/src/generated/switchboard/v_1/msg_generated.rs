@@ -75,11 +75,11 @@ impl<'a> Msg<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(Msg::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(Msg::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn seq(&self) -> u64 {
@@ -227,7 +227,7 @@ impl ::flatbuffers::Verifiable for Msg<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .visit_field::<u64>("message_id", Self::VT_MESSAGE_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from", Self::VT_FROM, false)?
@@ -277,7 +277,7 @@ impl<'a> Default for MsgArgs<'a> {
   #[inline]
   fn default() -> Self {
     MsgArgs {
-      conv: None,
+      conv: None, // required field
       seq: 0,
       message_id: 0,
       from: None,
@@ -397,6 +397,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MsgBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<Msg<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Msg::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

@@ -38,11 +38,11 @@ impl<'a> Read<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(Read::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(Read::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn seq(&self) -> u64 {
@@ -59,7 +59,7 @@ impl ::flatbuffers::Verifiable for Read<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .finish();
     Ok(())
@@ -73,7 +73,7 @@ impl<'a> Default for ReadArgs<'a> {
   #[inline]
   fn default() -> Self {
     ReadArgs {
-      conv: None,
+      conv: None, // required field
       seq: 0,
     }
   }
@@ -103,6 +103,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<Read<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Read::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

@@ -44,11 +44,11 @@ impl<'a> ReceiptCount<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(ReceiptCount::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(ReceiptCount::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn seq(&self) -> u64 {
@@ -86,7 +86,7 @@ impl ::flatbuffers::Verifiable for ReceiptCount<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .visit_field::<u32>("members", Self::VT_MEMBERS, false)?
      .visit_field::<u32>("delivered", Self::VT_DELIVERED, false)?
@@ -106,7 +106,7 @@ impl<'a> Default for ReceiptCountArgs<'a> {
   #[inline]
   fn default() -> Self {
     ReceiptCountArgs {
-      conv: None,
+      conv: None, // required field
       seq: 0,
       members: 0,
       delivered: 0,
@@ -151,6 +151,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReceiptCountBuilder<'a, 'b, A
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<ReceiptCount<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ReceiptCount::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

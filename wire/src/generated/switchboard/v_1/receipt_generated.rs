@@ -42,11 +42,11 @@ impl<'a> Receipt<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(Receipt::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(Receipt::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn user(&self) -> Option<&'a str> {
@@ -77,7 +77,7 @@ impl ::flatbuffers::Verifiable for Receipt<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
      .visit_field::<u64>("delivered", Self::VT_DELIVERED, false)?
      .visit_field::<u64>("read", Self::VT_READ, false)?
@@ -95,7 +95,7 @@ impl<'a> Default for ReceiptArgs<'a> {
   #[inline]
   fn default() -> Self {
     ReceiptArgs {
-      conv: None,
+      conv: None, // required field
       user: None,
       delivered: 0,
       read: 0,
@@ -135,6 +135,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReceiptBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<Receipt<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Receipt::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

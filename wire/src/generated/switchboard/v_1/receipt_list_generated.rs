@@ -53,11 +53,11 @@ impl<'a> ReceiptList<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ReceiptList::VT_REQ_ID, None)}
   }
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(ReceiptList::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(ReceiptList::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn seq(&self) -> u64 {
@@ -96,7 +96,7 @@ impl ::flatbuffers::Verifiable for ReceiptList<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("req_id", Self::VT_REQ_ID, false)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("delivered", Self::VT_DELIVERED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("read", Self::VT_READ, false)?
@@ -118,7 +118,7 @@ impl<'a> Default for ReceiptListArgs<'a> {
   fn default() -> Self {
     ReceiptListArgs {
       req_id: None,
-      conv: None,
+      conv: None, // required field
       seq: 0,
       delivered: None,
       read: None,
@@ -167,6 +167,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReceiptListBuilder<'a, 'b, A>
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<ReceiptList<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ReceiptList::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

@@ -51,11 +51,11 @@ impl<'a> Receipts<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Receipts::VT_REQ_ID, None)}
   }
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(Receipts::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(Receipts::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn seq(&self) -> u64 {
@@ -87,7 +87,7 @@ impl ::flatbuffers::Verifiable for Receipts<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("req_id", Self::VT_REQ_ID, false)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("after", Self::VT_AFTER, false)?
      .visit_field::<OptU32>("limit", Self::VT_LIMIT, false)?
@@ -107,7 +107,7 @@ impl<'a> Default for ReceiptsArgs<'a> {
   fn default() -> Self {
     ReceiptsArgs {
       req_id: None,
-      conv: None,
+      conv: None, // required field
       seq: 0,
       after: None,
       limit: None,
@@ -151,6 +151,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReceiptsBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<Receipts<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Receipts::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

@@ -40,11 +40,11 @@ impl<'a> SyncPage<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(SyncPage::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(SyncPage::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn messages(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Msg<'a>>>> {
@@ -68,7 +68,7 @@ impl ::flatbuffers::Verifiable for SyncPage<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Msg>>>>("messages", Self::VT_MESSAGES, false)?
      .visit_field::<bool>("has_more", Self::VT_HAS_MORE, false)?
      .finish();
@@ -84,7 +84,7 @@ impl<'a> Default for SyncPageArgs<'a> {
   #[inline]
   fn default() -> Self {
     SyncPageArgs {
-      conv: None,
+      conv: None, // required field
       messages: None,
       has_more: false,
     }
@@ -119,6 +119,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SyncPageBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<SyncPage<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, SyncPage::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

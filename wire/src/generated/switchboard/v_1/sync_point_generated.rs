@@ -39,11 +39,11 @@ impl<'a> SyncPoint<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(SyncPoint::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(SyncPoint::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn seq(&self) -> u64 {
@@ -60,7 +60,7 @@ impl ::flatbuffers::Verifiable for SyncPoint<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .finish();
     Ok(())
@@ -74,7 +74,7 @@ impl<'a> Default for SyncPointArgs<'a> {
   #[inline]
   fn default() -> Self {
     SyncPointArgs {
-      conv: None,
+      conv: None, // required field
       seq: 0,
     }
   }
@@ -104,6 +104,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SyncPointBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<SyncPoint<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, SyncPoint::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

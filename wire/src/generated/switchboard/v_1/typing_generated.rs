@@ -41,11 +41,11 @@ impl<'a> Typing<'a> {
 
 
   #[inline]
-  pub fn conv(&self) -> Option<&'a ConvId> {
+  pub fn conv(&self) -> &'a ConvId {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<ConvId>(Typing::VT_CONV, None)}
+    unsafe { self._tab.get::<ConvId>(Typing::VT_CONV, None).unwrap()}
   }
   #[inline]
   pub fn from(&self) -> Option<&'a str> {
@@ -69,7 +69,7 @@ impl ::flatbuffers::Verifiable for Typing<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<ConvId>("conv", Self::VT_CONV, false)?
+     .visit_field::<ConvId>("conv", Self::VT_CONV, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from", Self::VT_FROM, false)?
      .visit_field::<bool>("typing", Self::VT_TYPING, false)?
      .finish();
@@ -85,7 +85,7 @@ impl<'a> Default for TypingArgs<'a> {
   #[inline]
   fn default() -> Self {
     TypingArgs {
-      conv: None,
+      conv: None, // required field
       from: None,
       typing: true,
     }
@@ -120,6 +120,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TypingBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<Typing<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Typing::VT_CONV,"conv");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }

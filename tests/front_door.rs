@@ -223,8 +223,18 @@ fn logs_are_json_or_plain_text_and_say_why_an_upgrade_was_refused() {
         };
         // No token: 401.
         assert_eq!(upgrade_status(addr, None), Some(401));
+        // A client the drain closes (1012).
+        let token = Command::new(BIN)
+            .args(["token", "--user", "log-user", "--device", "log-device"])
+            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .output()
+            .unwrap();
+        let token = String::from_utf8(token.stdout).unwrap();
+        // Registered once `ready` came (connect waits for it).
+        let mut client = Client::connect(addr, token.trim(), wire::Encoding::Json);
         // Stop it cleanly and take everything it logged.
         let _ = Command::new("kill").arg(child.id().to_string()).status();
+        assert_eq!(client.expect_close(), 1012);
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "a clean drain exits 0");
         String::from_utf8(out.stderr).unwrap()
@@ -241,6 +251,14 @@ fn logs_are_json_or_plain_text_and_say_why_an_upgrade_was_refused() {
             .iter()
             .any(|e| e["status"] == 401 && e["message"].as_str().is_some_and(|m| m.contains("upgrade refused"))),
         "the refusal is logged at debug: {json}"
+    );
+    assert!(
+        events.iter().any(|e| e["code"] == 1012
+            && e["user"] == "log-user"
+            && e["device"] == "log-device"
+            && e["shard"].is_u64()
+            && e["conn"].is_u64()),
+        "a close is logged at debug with its shard, connection, user and device: {json}"
     );
 }
 
@@ -416,7 +434,10 @@ fn allowed_origins_refuses_a_foreign_browser_origin() {
 #[test]
 fn refusals_a_browser_can_see_arrive_as_close_codes_with_a_reason() {
     use std::io::{Read, Write};
-    let server = Server::start_with(1, "allowed_origins = [\"https://chat.example.com\"]\nretry_after_secs = 4");
+    let server = Server::start_with(
+        2,
+        "allowed_origins = [\"https://chat.example.com\"]\nretry_after_secs = 4\nmax_devices_per_user = 1",
+    );
     let refused = |query: &str, headers: &str| -> (u16, serde_json::Value) {
         let mut s = std::net::TcpStream::connect(server.addr).unwrap();
         s.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -453,6 +474,12 @@ fn refusals_a_browser_can_see_arrive_as_close_codes_with_a_reason() {
     let (code, reason) =
         refused("refusals=close", &format!("Authorization: Bearer {token}\r\nOrigin: https://evil.example\r\n"));
     assert_eq!((code, reason["code"].as_str()), (4403, Some("forbidden_origin")));
+    // Refused at the user's home shard, after the accepting shard upgraded it: one
+    // device too many.
+    let _first = server.connect("dev", "a", wire::Encoding::Json);
+    let second = server.token("dev", Some("b"));
+    let (code, reason) = refused("refusals=close", &format!("Authorization: Bearer {second}\r\n"));
+    assert_eq!((code, reason["code"].as_str(), reason["retry_after"].as_u64()), (4503, Some("device_limit"), Some(4)));
     // Without the flag: the HTTP status, as before.
     assert!(upgrade_response_with(server.addr, "not-a-jwt", "").starts_with("HTTP/1.1 401"));
     let (_, metrics) = admin_request(&server, "GET", "/metrics");

@@ -34,4 +34,6 @@ pub struct Handoff {
     pub pending_out: Vec<u8>,
     /// The TLS session, for WSS connections.
     pub tls: Option<Box<crate::tls::Session>>,
+    /// The client asked for refusals as close codes (`?refusals=close`).
+    pub close_refusals: bool,
 }

@@ -825,6 +825,7 @@ impl Shard {
             pending_out,
             user: claims.sub,
             tls: conn.tls,
+            close_refusals: req.close_refusals,
         });
         let home = home_of_user(&handoff.user, self.shards);
         if home == self.me {
@@ -895,7 +896,15 @@ impl Shard {
             let r = Refusal::busy("device_limit", format!("at most {max} devices per user"), self.cfg.retry_after_secs);
             self.conns[slot].read_armed = true;
             self.ring.poll(fd, READ_EVENTS, false, token(Op::Read, id));
-            return self.refuse(id, &r);
+            if !h.close_refusals {
+                return self.refuse(id, &r);
+            }
+            // Upgraded already (the 101 is in `pending_out`): close with the code.
+            ShardStats::bump(&self.stats().refused);
+            self.stats().refusal(r.code);
+            let (code, reason) = upgrade::refusal_close(&r);
+            self.conns[slot].out = h.pending_out;
+            return self.fail(id, code, &reason);
         }
         let c = &mut self.conns[slot];
         c.phase = Phase::Open;
@@ -1183,9 +1192,11 @@ impl Shard {
             return;
         }
         self.stats().close(code);
-        let shard = self.me.0;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let (user, device) = self.core.conn_identity(id).unwrap_or(("", ""));
+            tracing::debug!(shard = self.me.0, conn = id.slot, user, device, code, reason, "closing connection");
+        }
         let Some(conn) = self.conn_mut(id) else { return };
-        tracing::debug!(shard, conn = id.slot, code, reason, "closing connection");
         ws::write_close(&mut conn.out, code, reason);
         conn.last_seen = now;
         conn.phase = Phase::Closing;

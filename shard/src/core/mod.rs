@@ -348,6 +348,11 @@ impl Core {
         !self.out.is_empty()
     }
 
+    /// The user and device of connection `conn`, once it is registered (for logs).
+    pub fn conn_identity(&self, conn: ConnId) -> Option<(&str, &str)> {
+        self.conns.get(conn).map(|c| (&*c.user, &*c.device))
+    }
+
     /// A reference to connection `conn` of this shard.
     pub fn conn_ref(&self, conn: ConnId) -> ConnRef {
         ConnRef { host: self.cfg.host_id, shard: self.me, conn }

@@ -28,6 +28,17 @@ fn exit_of(mut child: std::process::Child) -> (std::process::ExitStatus, String)
     }
 }
 
+/// Kills a process when dropped during a panic (servers spawned without [`Server`]).
+struct KillIfPanicking(u32);
+
+impl Drop for KillIfPanicking {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").args(["-9", &self.0.to_string()]).status();
+        }
+    }
+}
+
 #[test]
 fn a_second_gateway_on_the_same_port_is_refused() {
     let first = Server::start(1);
@@ -214,6 +225,8 @@ fn logs_are_json_or_plain_text_and_say_why_an_upgrade_was_refused() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // A failing assertion below must not leave the server running.
+        let _reap = KillIfPanicking(child.id());
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let addr: std::net::SocketAddr = loop {
             let line = lines.next().expect("a listening line").unwrap();
@@ -279,6 +292,8 @@ fn only_a_start_after_a_crash_replays_the_commit_log() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // A failing assertion below must not leave the server running.
+        let _reap = KillIfPanicking(child.id());
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let addr: std::net::SocketAddr = loop {
             let line = lines.next().expect("a listening line").unwrap();

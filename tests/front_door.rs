@@ -565,3 +565,42 @@ fn the_admin_token_guards_drain_and_revoke() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin_token is required"), "{out:?}");
 }
+
+/// When whatever reads the gateway's stderr goes away (a log collector restarting, a
+/// test runner that died), logging must not take the gateway down: it still drains on
+/// SIGTERM and exits 0. (It used to hang: the log layer's error report panicked a shard.)
+#[test]
+fn a_closed_stderr_does_not_stop_a_drain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", "2", "--data-dir"])
+        .arg(tmp.path().join("d"))
+        .args(["--set", "admin_listen=\"127.0.0.1:0\"", "--set", "log_level=\"debug\""])
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _reap = KillIfPanicking(child.id());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().expect("a listening line").unwrap();
+        if let Some(rest) = line.strip_prefix("switchboard listening on ws://") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    drop(child.stderr.take());
+    // Something to log at debug on both paths: a refused upgrade.
+    assert_eq!(upgrade_status(addr, None), Some(401));
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "no exit within {DEADLINE:?} of SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -201,7 +201,11 @@ fn init_logs(level: &str, format: &str) {
             if level.contains("lsm_tree") || level.contains("fjall") { "" } else { ",lsm_tree=warn,fjall=warn" };
         EnvFilter::try_new(format!("{level}{quiet}")).unwrap_or_else(|_| EnvFilter::new("info"))
     });
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    // A log line that cannot be written (stderr's reader gone) is dropped: by default the
+    // subscriber reports it with eprintln!, which panics on the same closed stderr and took
+    // a shard (and the drain) down with it.
+    let builder =
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).log_internal_errors(false);
     let _ = if format == "json" {
         builder.json().flatten_event(true).try_init()
     } else {

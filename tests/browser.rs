@@ -5,7 +5,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use common::*;
 
@@ -19,17 +18,7 @@ fn node(script: &str, args: &[String]) -> String {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("node");
-    let deadline = Instant::now() + std::time::Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{script} did not finish within 120 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut child, std::time::Duration::from_secs(120), script);
     let mut out = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
     assert!(status.success(), "{script}: {status}: {out}");

@@ -7,7 +7,6 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use common::*;
 
@@ -35,17 +34,7 @@ fn a_typescript_client_generated_by_flatc_talks_to_json_clients() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("node");
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the TypeScript client did not finish within 60 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut child, std::time::Duration::from_secs(60), "the TypeScript client");
     let mut out = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
     assert!(status.success(), "{status}: {out}");

@@ -12,20 +12,36 @@ use common::*;
 
 /// Waits (bounded) for a child to exit; returns its status and stderr.
 fn exit_of(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-            return (status, err);
+    let status = wait_exit(&mut child, DEADLINE, "the process");
+    let mut err = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status, err)
+}
+
+/// Starts `serve` on `dir` with its stdout and stderr piped, the log settings of the
+/// environment removed and `extra` flags; returns it with its WebSocket address once it
+/// printed the listening line.
+fn serve_piped(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", "2", "--data-dir"])
+        .arg(dir)
+        .args(["--set", "admin_listen=\"127.0.0.1:0\""])
+        .args(extra)
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("a listening line").unwrap();
+        if let Some(rest) = line.strip_prefix("switchboard listening on ws://") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("still running after {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    (child, addr)
 }
 
 /// Kills a process when dropped during a panic (servers spawned without [`Server`]).
@@ -214,26 +230,9 @@ history_rate = 1
 fn logs_are_json_or_plain_text_and_say_why_an_upgrade_was_refused() {
     let run = |extra: &[&str]| -> String {
         let tmp = tempfile::tempdir().unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", "2", "--data-dir"])
-            .arg(tmp.path().join("d"))
-            .args(["--set", "admin_listen=\"127.0.0.1:0\""])
-            .args(extra)
-            .env("SWITCHBOARD_JWT_SECRET", SECRET)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let (child, addr) = serve_piped(&tmp.path().join("d"), extra);
         // A failing assertion below must not leave the server running.
         let _reap = KillIfPanicking(child.id());
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr: std::net::SocketAddr = loop {
-            let line = lines.next().expect("a listening line").unwrap();
-            if let Some(rest) = line.strip_prefix("switchboard listening on ws://") {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        };
         // No token: 401.
         assert_eq!(upgrade_status(addr, None), Some(401));
         // A client the drain closes (1012).
@@ -572,35 +571,12 @@ fn the_admin_token_guards_drain_and_revoke() {
 #[test]
 fn a_closed_stderr_does_not_stop_a_drain() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--shards", "2", "--data-dir"])
-        .arg(tmp.path().join("d"))
-        .args(["--set", "admin_listen=\"127.0.0.1:0\"", "--set", "log_level=\"debug\""])
-        .env("SWITCHBOARD_JWT_SECRET", SECRET)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, addr) = serve_piped(&tmp.path().join("d"), &["--set", "log_level=\"debug\""]);
     let _reap = KillIfPanicking(child.id());
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = loop {
-        let line = lines.next().expect("a listening line").unwrap();
-        if let Some(rest) = line.strip_prefix("switchboard listening on ws://") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
     drop(child.stderr.take());
     // Something to log at debug on both paths: a refused upgrade.
     assert_eq!(upgrade_status(addr, None), Some(401));
     let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "no exit within {DEADLINE:?} of SIGTERM");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, DEADLINE, "the gateway after SIGTERM");
     assert!(status.success(), "{status:?}");
 }

@@ -843,18 +843,23 @@ impl Shard {
         if !req.close_refusals {
             return self.refuse(id, &r);
         }
-        ShardStats::bump(&self.stats().refused);
-        self.stats().refusal(r.code);
-        let (code, reason) = upgrade::refusal_close(&r);
-        tracing::debug!(shard = self.me.0, code, "upgrade refused with a close frame: {}", r.message);
-        let now = self.now;
         let Some(conn) = self.conn_mut(id) else { return };
         conn.inbuf = Vec::new();
-        upgrade::accept(req, &mut conn.out);
+        let mut upgraded = Vec::with_capacity(256);
+        upgrade::accept(req, &mut upgraded);
+        self.close_refused(id, &r, upgraded);
+    }
+
+    /// Refuses an upgraded connection (`upgraded`: its 101, not yet sent) with the
+    /// close code and reason `r` becomes for `?refusals=close` clients.
+    fn close_refused(&mut self, id: ConnId, r: &Refusal, upgraded: Vec<u8>) {
+        ShardStats::bump(&self.stats().refused);
+        self.stats().refusal(r.code);
+        let (code, reason) = upgrade::refusal_close(r);
+        tracing::debug!(shard = self.me.0, code, "upgrade refused with a close frame: {}", r.message);
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.out = upgraded;
         self.fail(id, code, &reason);
-        if let Some(conn) = self.conn_mut(id) {
-            conn.last_seen = now;
-        }
     }
 
     fn refuse(&mut self, id: ConnId, r: &Refusal) {
@@ -900,11 +905,7 @@ impl Shard {
                 return self.refuse(id, &r);
             }
             // Upgraded already (the 101 is in `pending_out`): close with the code.
-            ShardStats::bump(&self.stats().refused);
-            self.stats().refusal(r.code);
-            let (code, reason) = upgrade::refusal_close(&r);
-            self.conns[slot].out = h.pending_out;
-            return self.fail(id, code, &reason);
+            return self.close_refused(id, &r, h.pending_out);
         }
         let c = &mut self.conns[slot];
         c.phase = Phase::Open;

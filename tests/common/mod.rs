@@ -54,6 +54,22 @@ fn cql_storage(dir: &Path) -> Option<String> {
     Some(lines)
 }
 
+/// Waits for `child` to exit within `limit` (killing it and failing otherwise, naming
+/// `what`); its exit status.
+pub fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Every message of `conv`, oldest first, as `(seq, client_msg_id)`, paged by history.
 pub fn history_all(c: &mut Client, conv: ConvId) -> Vec<(u64, String)> {
     let mut out = Vec::new();
@@ -179,15 +195,7 @@ impl Server {
 
     /// Waits (bounded) for the server to exit by itself.
     pub fn terminate_wait(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(&mut self.child.take().unwrap(), Duration::from_secs(60), "the server after SIGTERM")
     }
 
     /// Sends a signal (by name, e.g. "HUP") to the server.

@@ -480,10 +480,11 @@ impl Inner {
     {
         let start = Instant::now();
         let r: Result<Vec<R>, StoreError> = async {
-            let pager = self.session.execute_iter(self.stmt(s).clone(), values).await.map_err(|e| match e {
-                PagerExecutionError::NextPageError(e) => StoreError::Unavailable(e.to_string()),
-                e => StoreError::Unavailable(e.to_string()),
-            })?;
+            let pager = self
+                .session
+                .execute_iter(self.stmt(s).clone(), values)
+                .await
+                .map_err(|e: PagerExecutionError| StoreError::Unavailable(e.to_string()))?;
             let stream = pager.rows_stream::<R>().map_err(decode_err)?;
             stream.try_collect().await.map_err(|e| StoreError::Unavailable(format!("CQL paging failed: {e}")))
         }

@@ -370,9 +370,12 @@ fn admin_endpoint_reports_metrics_readiness_and_drains() {
 /// not vanish (a refused TCP connect tells a client nothing).
 #[test]
 fn upgrades_during_a_drain_get_503_with_retry_after() {
-    let mut server = Server::start_with(1, "drain_secs = 1\nclosing_grace_secs = 3\nretry_after_secs = 7");
-    // A client that never reads its 1012 holds the drain open for the closing grace.
-    let _holder = raw_upgrade(server.addr, &server.token("holder", Some("d")));
+    // 40 idle connections and then a reader: the drain closes 3 a tick (41 over 16 ticks
+    // of drain_secs = 4), lowest slots first, so the process is still draining, for
+    // seconds, after the first holder is closed and until the reader is.
+    let mut server = Server::start_with(1, "drain_secs = 4\nretry_after_secs = 7");
+    let mut holders: Vec<_> =
+        (0..40).map(|i| raw_upgrade(server.addr, &server.token(&format!("holder{i}"), Some("d")))).collect();
     let mut reader = server.connect("reader", "d", Encoding::Json);
     let token = server.token("late", Some("d"));
     assert_eq!(admin_request(&server, "POST", "/drain").0, 202);
@@ -383,10 +386,11 @@ fn upgrades_during_a_drain_get_503_with_retry_after() {
     };
     // At once (before the shard's next tick starts the drain), then once it is draining.
     refused("right after POST /drain");
-    assert_eq!(reader.expect_close(), 1012);
+    wait_for_eof(&mut holders[0]);
     for i in 0..5 {
         refused(&format!("while draining, attempt {i}"));
     }
+    assert_eq!(reader.expect_close(), 1012);
     let status = server.terminate_wait();
     assert!(status.success(), "{status:?}");
 }

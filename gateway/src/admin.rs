@@ -542,7 +542,10 @@ fn serve_one(s: TcpStream, stats: &[ShardStats], drain: &Drain, desk: &mut Revok
         ("GET", "/metrics") => get(s, "200 OK", &metrics(stats, drain, &opts.metrics), "text/plain; version=0.0.4"),
         ("POST", "/drain") => {
             // The same path as an operator's SIGTERM: the signal thread starts the drain.
+            // The shards refuse upgrades from now on, before the 202 goes out (the signal
+            // thread sets the same flag a moment later).
             DRAIN_REQUESTED.store(true, Ordering::Relaxed);
+            drain.requested.store(true, Ordering::Relaxed);
             crate::reactor::request_termination();
             respond(s, "202 Accepted", "draining\n", text)
         }
